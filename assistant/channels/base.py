@@ -1,0 +1,67 @@
+"""The channel interface: how chat platforms plug in.
+
+A channel delivers incoming messages to an `Inbox` and sends what it is given. Only
+`send_text` is required; images and edits have fallbacks that degrade to text.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from storage.timestamps import utc_now
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    chat_id: str  # namespaced: local:console, tg:123
+    sender: str
+    text: str
+    platform_id: str | None = None  # the platform's message id, for de-duplication
+    chat_title: str = ""
+    reply_to: str | None = None
+    received_at: str = field(default_factory=lambda: utc_now().isoformat())
+
+
+class Inbox(Protocol):
+    """What a channel hands messages to (the orchestrator)."""
+
+    async def deliver(self, message: IncomingMessage) -> None: ...
+
+    async def settled(self, chat_id: str) -> None:
+        """Return once everything received so far for the chat has been handled."""
+        ...
+
+
+class Channel(ABC):
+    """Base class: subclasses implement `start` and `send_text`."""
+
+    name: str = "channel"
+    prefix: str = ""  # chat id namespace, e.g. "tg"
+
+    @property
+    def is_connected(self) -> bool:
+        return False
+
+    @abstractmethod
+    async def start(self, inbox: Inbox) -> None:
+        """Connect and begin delivering messages; returns once connected."""
+
+    @abstractmethod
+    async def send_text(self, chat_id: str, text: str) -> str | None:
+        """Send text; returns the platform's message id where there is one."""
+
+    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+        return await self.send_text(chat_id, f"{caption}\n[image: {path}]".strip())
+
+    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
+        """Edit in place where the platform allows; otherwise send anew."""
+        return await self.send_text(chat_id, text)
+
+    def owns(self, chat_id: str) -> bool:
+        return chat_id.startswith(self.prefix + ":")
+
+    async def aclose(self) -> None:
+        return None

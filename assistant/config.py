@@ -1,0 +1,154 @@
+"""Settings: read once from the environment (and an optional `.env`), then passed down.
+
+No other module reads `os.environ`; tests build a `Settings` directly.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from assistant.errors import ConfigError
+
+CHAT_ID_RE = re.compile(r"^(tg|sl|dc|local):[A-Za-z0-9_.@-]{1,64}$")
+
+MissedRunPolicy = Literal["grace", "skip", "always"]
+
+
+class Settings(BaseSettings):
+    """Every knob the service has; one field, one comment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # where the SQLite file, the local-channel token and run dirs live
+    assistant_home: Path = Field(default_factory=lambda: Path.home() / ".assistant")
+    # name the assistant answers to and shows in /status
+    assistant_name: str = "assistant"
+    # IANA zone used to show times and to read cron expressions
+    tz: str = Field(default="UTC", validation_alias="ASSISTANT_TIMEZONE")
+    # chats allowed to run commands, besides the local console (e.g. tg:12345,sl:C0123)
+    admin_chats: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), validation_alias="ASSISTANT_ADMIN_CHATS"
+    )
+    # local channel: loopback port (0 = any free port, written to the endpoint file)
+    local_port: int = Field(default=8765, ge=0, le=65535, validation_alias="ASSISTANT_LOCAL_PORT")
+    # days of event/action/tool-call history to keep (0 = keep forever)
+    event_log_retention_days: float = Field(default=3, ge=0)
+    # days of task_runs history to keep (0 = keep forever)
+    task_run_retention_days: float = Field(default=30, ge=0)
+    # seconds between pruning passes (after the one at start)
+    prune_interval_s: float = Field(default=3600, gt=0, validation_alias="ASSISTANT_PRUNE_INTERVAL")
+    # rows deleted per pruning transaction, so a large prune never holds the lock long
+    prune_batch: int = Field(default=5000, gt=0, validation_alias="ASSISTANT_PRUNE_BATCH")
+    # what to do with a task run missed while the service was down
+    missed_run_policy: MissedRunPolicy = Field(
+        default="grace", validation_alias="ASSISTANT_MISSED_RUN_POLICY"
+    )
+    # how late a missed run may still start under the "grace" policy, in seconds
+    missed_run_grace_s: float = Field(
+        default=3600, ge=0, validation_alias="ASSISTANT_MISSED_RUN_GRACE"
+    )
+    # chats processed by the agent at once (the queue's global limit)
+    max_concurrent: int = Field(default=3, ge=1, le=64, validation_alias="ASSISTANT_MAX_CONCURRENT")
+    # how often the event writer commits, in seconds (bounds what a kill -9 can lose)
+    event_flush_interval_s: float = Field(
+        default=0.1, gt=0, le=5, validation_alias="ASSISTANT_EVENT_FLUSH_INTERVAL"
+    )
+    # extra strings to redact from logs (comma-separated), beside the known secrets below
+    secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), validation_alias="ASSISTANT_SECRETS"
+    )
+    # API keys and bot tokens: only ever used by their clients, and always redacted
+    anthropic_api_key: SecretStr | None = None
+    telegram_bot_token: SecretStr | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    discord_bot_token: SecretStr | None = None
+    # log level of the service's own diagnostics
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias="ASSISTANT_LOG_LEVEL"
+    )
+
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name like Europe/Berlin"
+            ) from exc
+        return value
+
+    @field_validator("admin_chats", mode="before")
+    @classmethod
+    def _split_chats(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            for chat in value:
+                if not CHAT_ID_RE.match(str(chat)):
+                    raise ValueError(
+                        f"{chat!r} is not a chat id;"
+                        " use a namespaced id like tg:12345, sl:C0123, dc:987"
+                    )
+            return tuple(value)
+        return value
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part for part in value.split(",") if part)
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.tz)
+
+    @property
+    def db_path(self) -> Path:
+        return self.assistant_home / "assistant.db"
+
+    @property
+    def endpoint_path(self) -> Path:
+        """Port and token of the running local channel (mode 0600)."""
+        return self.assistant_home / "local-channel.json"
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the redactor."""
+        found = [
+            self.anthropic_api_key,
+            self.telegram_bot_token,
+            self.slack_bot_token,
+            self.slack_app_token,
+            self.discord_bot_token,
+            *self.secrets,
+        ]
+        return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings once.
+
+    :raises ConfigError: naming each bad variable and what it should be.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "?"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,455 @@
+"""The event chain: events, the actions they trigger, and the tool calls inside actions.
+
+`log_event` and `log_action` return an id at once; they never raise and never await. Rows
+wait in memory until the single writer task commits them, in one transaction per batch,
+at most `flush_interval` later: a kill -9 loses at most that window and never corrupts
+the file (SQLite's WAL). Redaction, truncation and the per-hour counts behind
+/debug report happen on the database thread, not on the event loop.
+
+Actions and tool calls link up through a context variable: code running inside
+`async with log.action(...)` gets its tool calls attached without passing ids around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from assistant.redaction import Redactor, to_json
+from storage.db import Database
+from storage.ids import IdGenerator, time_of
+from storage.timestamps import iso_from_ms
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# The action that tool calls made in this context belong to.
+current_action: ContextVar[int | None] = ContextVar("current_action", default=None)
+
+_EVENT_SQL = (
+    "INSERT INTO event_log (id, ts, source, source_id, caused_by, summary, raw_content)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_ACTION_SQL = (
+    "INSERT INTO action_log (id, ts, triggered_by, action_type, target, content, ok, error)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_TOOL_SQL = (
+    "INSERT INTO tool_call_log (id, ts, action_id, tool_name, input, output, duration_ms, ok,"
+    " error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_STATS_SQL = (
+    "INSERT INTO log_stats (hour, kind, key, n, failed) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (hour, kind, key) DO UPDATE SET n = n + excluded.n,"
+    " failed = failed + excluded.failed"
+)
+
+EventRow = tuple[int, str, str | None, int | None, str, str | None]
+ActionRow = tuple[int, int | None, str, str | None, str | None, bool, str | None]
+ToolRow = tuple[int, int | None, str, str | None, str | None, float, bool, str | None]
+
+
+@dataclass
+class WriterStats:
+    """What the writer has done; shown by /status and /debug report."""
+
+    written: int = 0
+    dropped: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_flush_ms: float = 0.0
+
+
+def _stored(value: object) -> str | None:
+    """Freeze a caller's value now (it may be mutated later); strings pass untouched."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return to_json(value)
+    except Exception:  # logging never raises
+        return repr(value)
+
+
+class EventLog:
+    """Buffered, batched writer of the three log tables."""
+
+    def __init__(
+        self,
+        db: Database,
+        redactor: Redactor,
+        *,
+        flush_interval: float = 0.1,
+        batch_rows: int = 5000,
+        max_pending: int = 500_000,
+    ) -> None:
+        self._db = db
+        self._redactor = redactor
+        self._flush_interval = flush_interval
+        self._batch_rows = batch_rows
+        self._max_pending = max_pending
+        self._ids = IdGenerator()
+        self._events: list[EventRow] = []
+        self._actions: list[ActionRow] = []
+        self._tools: list[ToolRow] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = WriterStats()
+
+    # ---- the public, never-raising API -------------------------------------------------
+
+    def new_id(self) -> int:
+        return self._ids.next()
+
+    def log_event(
+        self,
+        source: str,
+        source_id: str | None = None,
+        *,
+        summary: str = "",
+        content: object = None,
+        caused_by: int | None = None,
+    ) -> int:
+        """Record something that happened; returns its id at once."""
+        event_id = self._ids.next()
+        try:
+            self._events.append((event_id, source, source_id, caused_by, summary, _stored(content)))
+            self._note_pending()
+        except Exception as exc:  # pragma: no cover - only on memory exhaustion
+            log.debug("event not buffered: %s", exc)
+        return event_id
+
+    def log_action(
+        self,
+        triggered_by: int | None,
+        action_type: str,
+        *,
+        target: str | None = None,
+        content: object = None,
+        ok: bool = True,
+        error: str | None = None,
+        action_id: int | None = None,
+    ) -> int:
+        """Record something the assistant did; returns its id at once."""
+        if action_id is None:
+            action_id = self._ids.next()
+        try:
+            self._actions.append(
+                (action_id, triggered_by, action_type, target, _stored(content), ok, error)
+            )
+            self._note_pending()
+        except Exception as exc:  # pragma: no cover
+            log.debug("action not buffered: %s", exc)
+        return action_id
+
+    def log_tool_call(
+        self,
+        action_id: int | None,
+        tool_name: str,
+        *,
+        input: object = None,
+        output: object = None,
+        duration_ms: float = 0.0,
+        ok: bool = True,
+        error: str | None = None,
+    ) -> int:
+        call_id = self._ids.next()
+        try:
+            self._tools.append(
+                (
+                    call_id,
+                    action_id,
+                    tool_name,
+                    _stored(input),
+                    _stored(output),
+                    duration_ms,
+                    ok,
+                    error,
+                )
+            )
+            self._note_pending()
+        except Exception as exc:  # pragma: no cover
+            log.debug("tool call not buffered: %s", exc)
+        return call_id
+
+    def action(
+        self, triggered_by: int | None, action_type: str, *, target: str | None = None
+    ) -> ActionScope:
+        """Scope an action: its id is known at once, its row (ok or not) is written at exit."""
+        return ActionScope(self, triggered_by, action_type, target)
+
+    def tool_call(
+        self, tool_name: str, input: object = None, *, action_id: int | None = None
+    ) -> ToolCallScope:
+        """Trace a tool call as `async with` or as a decorator of an async function."""
+        return ToolCallScope(self, tool_name, input, action_id)
+
+    # ---- the writer --------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self._events) + len(self._actions) + len(self._tools)
+
+    def _note_pending(self) -> None:
+        if self.pending >= self._batch_rows:
+            self._wake.set()
+
+    async def start(self) -> None:
+        """Continue ids after the largest stored one, then start the writer task."""
+        for table in ("event_log", "action_log", "tool_call_log"):
+            largest = await self._db.scalar(f"SELECT max(id) FROM {table}")
+            self._ids.bump(int(largest or 0))
+        self._task = asyncio.create_task(self._run(), name="event-writer")
+
+    async def _run(self) -> None:
+        backoff = self._flush_interval
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            self._wake.clear()
+            ok = await self.flush()
+            backoff = self._flush_interval if ok else min(backoff * 2, 5.0)
+
+    async def flush(self) -> bool:
+        """Write everything buffered now; False if the database refused (rows kept)."""
+        while self.pending:
+            events = self._events[: self._batch_rows]
+            room = self._batch_rows - len(events)
+            actions = self._actions[:room]
+            room -= len(actions)
+            tools = self._tools[:room]
+            # Slice off before awaiting, so rows logged meanwhile wait for the next batch.
+            del self._events[: len(events)]
+            del self._actions[: len(actions)]
+            del self._tools[: len(tools)]
+            started = time.perf_counter()
+            try:
+                await self._db.run_sync(_write_batch, events, actions, tools, self._redactor)
+            except Exception as exc:
+                self._requeue(events, actions, tools)
+                self.stats.failures += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.debug("event writer failed, will retry: %s", exc)
+                return False
+            self.stats.written += len(events) + len(actions) + len(tools)
+            self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
+        return True
+
+    def _requeue(
+        self, events: list[EventRow], actions: list[ActionRow], tools: list[ToolRow]
+    ) -> None:
+        self._events[:0] = events
+        self._actions[:0] = actions
+        self._tools[:0] = tools
+        excess = self.pending - self._max_pending
+        if excess > 0:  # the database is down and memory is not endless: drop the oldest
+            for rows in (self._tools, self._actions, self._events):
+                cut = min(excess, len(rows))
+                del rows[:cut]
+                excess -= cut
+                self.stats.dropped += cut
+
+    async def aclose(self) -> None:
+        """Stop the writer and flush what is left."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        for _ in range(3):
+            if await self.flush():
+                return
+            await asyncio.sleep(0.1)
+        log.warning("event log: %d rows could not be written at shutdown", self.pending)
+
+
+def _write_batch(
+    conn: sqlite3.Connection,
+    events: list[EventRow],
+    actions: list[ActionRow],
+    tools: list[ToolRow],
+    clean: Redactor,
+) -> None:
+    """One transaction: rows, then the per-hour counts. Runs on the database thread."""
+    stats: Counter[tuple[str, str, str]] = Counter()
+    failed: Counter[tuple[str, str, str]] = Counter()
+    event_rows = []
+    for event_id, source, source_id, caused_by, summary, raw in events:
+        ts = iso_from_ms(time_of(event_id))
+        event_rows.append(
+            (
+                event_id,
+                ts,
+                source,
+                source_id,
+                caused_by,
+                clean.clean(summary) or "",
+                clean.clean(raw),
+            )
+        )
+        stats[(ts[:13], "event", source)] += 1
+    action_rows = []
+    for action_id, triggered_by, action_type, target, content, ok, error in actions:
+        ts = iso_from_ms(time_of(action_id))
+        action_rows.append(
+            (
+                action_id,
+                ts,
+                triggered_by,
+                action_type,
+                clean.clean(target),
+                clean.clean(content),
+                ok,
+                clean.clean(error),
+            )
+        )
+        stats[(ts[:13], "action", action_type)] += 1
+        if not ok:
+            failed[(ts[:13], "action", action_type)] += 1
+    tool_rows = []
+    for call_id, parent, name, input, output, duration_ms, ok, error in tools:
+        ts = iso_from_ms(time_of(call_id))
+        tool_rows.append(
+            (
+                call_id,
+                ts,
+                parent,
+                name,
+                clean.clean(input),
+                clean.clean(output),
+                duration_ms,
+                ok,
+                clean.clean(error),
+            )
+        )
+        stats[(ts[:13], "tool", name)] += 1
+        if not ok:
+            failed[(ts[:13], "tool", name)] += 1
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_EVENT_SQL, event_rows)
+        conn.executemany(_ACTION_SQL, action_rows)
+        conn.executemany(_TOOL_SQL, tool_rows)
+        conn.executemany(_STATS_SQL, [(*key, n, failed[key]) for key, n in stats.items()])
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+class ActionScope:
+    """`async with log.action(...) as act:`; tool calls inside attach to `act.id`."""
+
+    def __init__(
+        self, log_: EventLog, triggered_by: int | None, action_type: str, target: str | None
+    ) -> None:
+        self._log = log_
+        self.id = log_.new_id()
+        self.triggered_by = triggered_by
+        self.action_type = action_type
+        self.target = target
+        self.content: object = None
+        self.error: str | None = None
+        self._token: Any = None
+
+    def fail(self, error: str) -> None:
+        """Mark the action failed without raising (e.g. a refused request)."""
+        self.error = error
+
+    def __enter__(self) -> ActionScope:
+        self._token = current_action.set(self.id)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        current_action.reset(self._token)
+        if exc is not None and self.error is None:
+            self.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        self._log.log_action(
+            self.triggered_by,
+            self.action_type,
+            target=self.target,
+            content=self.content,
+            ok=self.error is None,
+            error=self.error,
+            action_id=self.id,
+        )
+
+    async def __aenter__(self) -> ActionScope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class ToolCallScope:
+    """Records input, output, duration and ok/failed of one tool call; never swallows errors."""
+
+    def __init__(
+        self, log_: EventLog, tool_name: str, input: object, action_id: int | None
+    ) -> None:
+        self._log = log_
+        self.tool_name = tool_name
+        self.input = input
+        self.action_id = action_id
+        self.output: object = None
+        self._started = 0.0
+
+    async def __aenter__(self) -> ToolCallScope:
+        if self.action_id is None:
+            self.action_id = current_action.get()
+        self._started = time.perf_counter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        duration_ms = (time.perf_counter() - self._started) * 1000
+        error = None if exc is None else (str(exc) or type(exc).__name__)
+        self._log.log_tool_call(
+            self.action_id,
+            self.tool_name,
+            input=self.input,
+            output=self.output,
+            duration_ms=duration_ms,
+            ok=exc is None,
+            error=error,
+        )
+
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        """Decorator form: each call is traced, its arguments as input, its result as output."""
+        log_, name = self._log, self.tool_name
+
+        @functools.wraps(fn)
+        async def traced(*args: P.args, **kwargs: P.kwargs) -> R:
+            call_input = {"args": list(args), "kwargs": kwargs} if kwargs else list(args)
+            async with ToolCallScope(log_, name, call_input, None) as scope:
+                result = await fn(*args, **kwargs)
+                scope.output = result
+                return result
+
+        return traced

@@ -1,0 +1,42 @@
+"""The running services, handed to command handlers as one explicit object."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from assistant.agent import Agent
+from assistant.channels.base import Channel
+from assistant.clock import Clock
+from assistant.config import Settings
+from assistant.hoststats import HostStats
+from assistant.observability import EventLog
+from assistant.queue import GroupQueue
+from storage.chats import ChatRepo
+from storage.db import Database
+
+if TYPE_CHECKING:
+    from assistant.scheduler import TaskScheduler
+    from commands.registry import CommandRouter, Reply
+
+# send(chat_id, reply, caused_by) -> delivered?
+SendFn = Callable[[str, "str | Reply", "int | None"], Awaitable[bool]]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    log: EventLog
+    clock: Clock
+    router: CommandRouter
+    queue: GroupQueue
+    scheduler: TaskScheduler
+    channels: Sequence[Channel]
+    chats: ChatRepo
+    host: HostStats
+    agent: Agent
+    started_at: datetime
+    send: SendFn

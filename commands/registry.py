@@ -1,0 +1,122 @@
+"""The command registry: `/name args` -> an async handler, the first match wins.
+
+Handlers take an explicit `CommandContext` and the parsed arguments, return the reply, and
+raise `CommandError` (whose message is the reply) for bad input. Decorator and explicit
+registration share one path, as in aiogram.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from assistant.errors import CommandError
+
+if TYPE_CHECKING:
+    from assistant.services import Services
+
+_COMMAND_RE = re.compile(r"^/([A-Za-z][A-Za-z0-9_]*)(?:@[A-Za-z0-9_]+)?(?:\s+(.*))?$", re.DOTALL)
+# Phones turn quotes into typographic ones; the parser wants the plain kind.
+_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'"})
+
+
+@dataclass(frozen=True)
+class ParsedCommand:
+    """`/task pause ab12` -> name "task", args ("pause", "ab12")."""
+
+    name: str
+    args: tuple[str, ...]
+    raw_args: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a command answers: text, and images where the channel can show them."""
+
+    text: str
+    images: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Who asked, from where, what event it was, and the running services."""
+
+    chat_id: str
+    sender: str
+    services: Services
+    event_id: int | None = None
+
+
+class Handler(Protocol):
+    def __call__(self, ctx: CommandContext, cmd: ParsedCommand, /) -> Awaitable[str | Reply]: ...
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    handler: Handler
+    usage: str  # one line per form, shown by /help and on a usage error
+    summary: str
+    # False for read-only introspection (/debug) whose own replies would bury the chain
+    traced: bool = True
+
+
+@dataclass
+class CommandRouter:
+    """Holds commands by name; routers compose with `include`."""
+
+    commands: dict[str, CommandSpec] = field(default_factory=dict)
+
+    def register(
+        self, handler: Handler, name: str, *, usage: str, summary: str, traced: bool = True
+    ) -> Handler:
+        if name in self.commands:
+            raise ValueError(f"command /{name} registered twice")
+        self.commands[name] = CommandSpec(name, handler, usage, summary, traced)
+        return handler
+
+    def command(
+        self, name: str, *, usage: str, summary: str, traced: bool = True
+    ) -> Callable[[Handler], Handler]:
+        def decorate(handler: Handler) -> Handler:
+            return self.register(handler, name, usage=usage, summary=summary, traced=traced)
+
+        return decorate
+
+    def include(self, other: CommandRouter) -> None:
+        for spec in other.commands.values():
+            self.register(
+                spec.handler, spec.name, usage=spec.usage, summary=spec.summary, traced=spec.traced
+            )
+
+    def find(self, name: str) -> CommandSpec | None:
+        return self.commands.get(name.lower())
+
+
+def looks_like_command(text: str) -> bool:
+    return _COMMAND_RE.match(text.strip()) is not None
+
+
+def parse_command(text: str) -> ParsedCommand:
+    """Split a slash command into name and shell-like words (quotes group words).
+
+    :raises CommandError: if the text is not a command or its quotes do not close.
+    """
+    match = _COMMAND_RE.match(text.strip())
+    if match is None:
+        raise CommandError("a command starts with / and a name, like /status")
+    raw = (match.group(2) or "").translate(_QUOTES).strip()
+    try:
+        args = tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise CommandError(f"could not read the arguments: {exc} (close every quote)") from None
+    return ParsedCommand(match.group(1).lower(), args, raw)
+
+
+def usage_error(spec: CommandSpec, problem: str) -> CommandError:
+    """A short reply: what was wrong, then how the command is used."""
+    return CommandError(f"{problem}\nUsage:\n{spec.usage}")

@@ -1,0 +1,200 @@
+"""Schema migrations keyed on `PRAGMA user_version`.
+
+Each migration is a function registered in order; version N is "the first N applied".
+A migration and its version bump commit in one transaction, so a crash leaves the file at
+one version or the next, never between.
+
+Log tables (event_log, action_log, tool_call_log) hold soft references: `caused_by`,
+`triggered_by` and `action_id` are indexed but not foreign keys, because a log row must
+never be refused (a parent still in the writer's buffer, or already pruned) and the chain
+walk already shows a missing link as such.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def execute_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one inside the caller's transaction.
+
+    `executescript` would COMMIT first, breaking a migration's atomicity.
+    """
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement: {statement.strip()[:80]}")
+
+
+def migration(fn: Migration) -> Migration:
+    """Register `fn` as the next schema version."""
+    if fn in MIGRATIONS:
+        raise ValueError(f"migration {fn.__name__} registered twice")
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_chats_messages_tasks(conn: sqlite3.Connection) -> None:
+    execute_script(
+        conn,
+        """
+        CREATE TABLE chats (
+            id          TEXT PRIMARY KEY,            -- namespaced: local:console, tg:123
+            channel     TEXT NOT NULL,
+            title       TEXT NOT NULL DEFAULT '',
+            is_admin    INTEGER NOT NULL DEFAULT 0,
+            first_seen  TEXT NOT NULL,
+            last_seen   TEXT NOT NULL,
+            cursor_seq  INTEGER NOT NULL DEFAULT 0   -- last messages.seq the agent processed
+        );
+        CREATE TABLE messages (
+            seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- the processing cursor
+            chat_id      TEXT NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+            platform_id  TEXT,
+            sender       TEXT NOT NULL DEFAULT '',
+            text         TEXT NOT NULL,
+            ts           TEXT NOT NULL,
+            from_me      INTEGER NOT NULL DEFAULT 0,
+            action_id    INTEGER                -- the message_stored action (the chain)
+        );
+        CREATE UNIQUE INDEX messages_platform ON messages(chat_id, platform_id)
+            WHERE platform_id IS NOT NULL;
+        CREATE INDEX messages_chat_seq ON messages(chat_id, seq);
+        CREATE TABLE tasks (
+            id            TEXT PRIMARY KEY,
+            chat_id       TEXT NOT NULL,
+            kind          TEXT NOT NULL CHECK (kind IN ('cron', 'every', 'once')),
+            schedule      TEXT NOT NULL,        -- cron expression, seconds, or ISO time
+            what          TEXT NOT NULL,        -- a built-in command or a prompt
+            status        TEXT NOT NULL DEFAULT 'active'
+                              CHECK (status IN ('active', 'paused', 'done')),
+            created_at    TEXT NOT NULL,
+            next_run_at   TEXT,
+            last_run_at   TEXT,
+            last_outcome  TEXT,
+            last_error    TEXT
+        );
+        CREATE INDEX tasks_due ON tasks(status, next_run_at);
+        CREATE TABLE task_runs (
+            id             INTEGER PRIMARY KEY,
+            task_id        TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+            scheduled_for  TEXT NOT NULL,
+            trigger        TEXT NOT NULL CHECK (trigger IN ('schedule', 'manual', 'catch-up')),
+            state          TEXT NOT NULL CHECK (state IN
+                               ('running', 'succeeded', 'failed', 'missed', 'interrupted')),
+            started_at     TEXT NOT NULL,
+            finished_at    TEXT,
+            error          TEXT,
+            event_id       INTEGER,
+            UNIQUE (task_id, scheduled_for)    -- one firing, one row: the claim
+        );
+        CREATE INDEX task_runs_finished ON task_runs(finished_at);
+        """,
+    )
+
+
+@migration
+def m002_event_chain(conn: sqlite3.Connection) -> None:
+    execute_script(
+        conn,
+        """
+        CREATE TABLE event_log (
+            id           INTEGER PRIMARY KEY,   -- time-ordered, see storage/ids.py
+            ts           TEXT NOT NULL,
+            source       TEXT NOT NULL,
+            source_id    TEXT,
+            caused_by    INTEGER,               -- action_log.id
+            summary      TEXT NOT NULL DEFAULT '',
+            raw_content  TEXT
+        );
+        CREATE INDEX event_log_caused_by ON event_log(caused_by) WHERE caused_by IS NOT NULL;
+        CREATE TABLE action_log (
+            id            INTEGER PRIMARY KEY,
+            ts            TEXT NOT NULL,
+            triggered_by  INTEGER,              -- event_log.id
+            action_type   TEXT NOT NULL,
+            target        TEXT,
+            content       TEXT,
+            ok            INTEGER NOT NULL DEFAULT 1,
+            error         TEXT
+        );
+        CREATE INDEX action_log_triggered_by ON action_log(triggered_by)
+            WHERE triggered_by IS NOT NULL;
+        CREATE INDEX action_log_failed ON action_log(id) WHERE ok = 0;
+        CREATE TABLE tool_call_log (
+            id           INTEGER PRIMARY KEY,
+            ts           TEXT NOT NULL,
+            action_id    INTEGER,               -- action_log.id
+            tool_name    TEXT NOT NULL,
+            input        TEXT,
+            output       TEXT,
+            duration_ms  REAL NOT NULL,
+            ok           INTEGER NOT NULL DEFAULT 1,
+            error        TEXT
+        );
+        CREATE INDEX tool_call_log_action ON tool_call_log(action_id);
+        CREATE INDEX tool_call_log_failed ON tool_call_log(id) WHERE ok = 0;
+        """,
+    )
+
+
+@migration
+def m003_log_stats(conn: sqlite3.Connection) -> None:
+    # Counts per UTC hour, kept by the writer and the pruner, so /debug report never
+    # aggregates a million rows.
+    execute_script(
+        conn,
+        """
+        CREATE TABLE log_stats (
+            hour    TEXT NOT NULL,              -- 'YYYY-MM-DDTHH' UTC
+            kind    TEXT NOT NULL CHECK (kind IN ('event', 'action', 'tool')),
+            key     TEXT NOT NULL,              -- source, action_type or tool_name
+            n       INTEGER NOT NULL DEFAULT 0,
+            failed  INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, kind, key)
+        ) WITHOUT ROWID;
+        INSERT INTO log_stats (hour, kind, key, n, failed)
+            SELECT substr(ts, 1, 13), 'event', source, count(*), 0
+            FROM event_log GROUP BY 1, 3;
+        INSERT INTO log_stats (hour, kind, key, n, failed)
+            SELECT substr(ts, 1, 13), 'action', action_type, count(*), sum(ok = 0)
+            FROM action_log GROUP BY 1, 3;
+        INSERT INTO log_stats (hour, kind, key, n, failed)
+            SELECT substr(ts, 1, 13), 'tool', tool_name, count(*), sum(ok = 0)
+            FROM tool_call_log GROUP BY 1, 3;
+        """,
+    )
+
+
+def apply_migrations(
+    conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
+) -> int:
+    """Apply pending migrations up to `target`; idempotent. Runs on the db thread.
+
+    :raises RuntimeError: if the file is newer than this code (a downgrade).
+    """
+    target = len(migrations) if target is None else target
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if current > len(migrations):
+        raise RuntimeError(
+            f"database schema version {current} is newer than this code ({len(migrations)})"
+        )
+    for version in range(current + 1, target + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            migrations[version - 1](conn)
+            conn.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+    return max(current, target)
