@@ -119,6 +119,11 @@ class Database:
             result: T = await self._conn._execute(fn, self._conn._conn, *args)  # type: ignore[no-untyped-call]
             return result
 
+    async def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read-only `fn(sqlite3_connection, *args)` on the db thread: one hop, no lock."""
+        result: T = await self._conn._execute(fn, self._conn._conn, *args)  # type: ignore[no-untyped-call]
+        return result
+
     async def aclose(self) -> None:
         async with self._lock:
             try:
