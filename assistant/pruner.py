@@ -13,8 +13,8 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from assistant.config import Settings
 from assistant.observability import EventLog

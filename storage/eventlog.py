@@ -16,7 +16,11 @@ from storage.ids import prefix_range
 
 RowKind = Literal["event", "action", "tool"]
 MAX_HOPS = 100
-_TABLES: dict[RowKind, str] = {"event": "event_log", "action": "action_log", "tool": "tool_call_log"}
+_TABLES: dict[RowKind, str] = {
+    "event": "event_log",
+    "action": "action_log",
+    "tool": "tool_call_log",
+}
 
 
 @dataclass(frozen=True)
@@ -87,15 +91,27 @@ def _event(row: sqlite3.Row | None) -> EventRow | None:
     if row is None:
         return None
     return EventRow(
-        row["id"], row["ts"], row["source"], row["source_id"], row["caused_by"], row["summary"],
+        row["id"],
+        row["ts"],
+        row["source"],
+        row["source_id"],
+        row["caused_by"],
+        row["summary"],
         row["raw_content"],
     )
 
 
 def _tool(row: sqlite3.Row) -> ToolRow:
     return ToolRow(
-        row["id"], row["ts"], row["action_id"], row["tool_name"], row["input"], row["output"],
-        row["duration_ms"], bool(row["ok"]), row["error"],
+        row["id"],
+        row["ts"],
+        row["action_id"],
+        row["tool_name"],
+        row["input"],
+        row["output"],
+        row["duration_ms"],
+        bool(row["ok"]),
+        row["error"],
     )
 
 
@@ -109,8 +125,15 @@ def _action(conn: sqlite3.Connection, row: sqlite3.Row | None) -> ActionRow | No
         )
     )
     return ActionRow(
-        row["id"], row["ts"], row["triggered_by"], row["action_type"], row["target"],
-        row["content"], bool(row["ok"]), row["error"], tools,
+        row["id"],
+        row["ts"],
+        row["triggered_by"],
+        row["action_type"],
+        row["target"],
+        row["content"],
+        bool(row["ok"]),
+        row["error"],
+        tools,
     )
 
 
@@ -129,6 +152,8 @@ def find_ids(
     """Rows of the given kinds whose printed id starts with `prefix` (a range scan)."""
     low, high = prefix_range(prefix)
     found: list[tuple[RowKind, int]] = []
+    if low > high:
+        return found
     for kind in kinds:
         rows = conn.execute(
             f"SELECT id FROM {_TABLES[kind]} WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",

@@ -60,10 +60,9 @@ def prefix_range(prefix: str) -> tuple[int, int]:
     if not is_prefix(prefix):
         raise ValueError(f"{prefix!r} is not an id prefix (base32, at most {ID_CHARS} characters)")
     pad = ID_CHARS - len(prefix)
-    low = decode(prefix.lower() + "0" * pad)
-    high_text = prefix.lower() + "z" * pad
-    high = min(_decode_unchecked(high_text), MAX_ID)
-    return low, high
+    low = _decode_unchecked(prefix.lower() + "0" * pad)
+    high = min(_decode_unchecked(prefix.lower() + "z" * pad), MAX_ID)
+    return low, high  # beyond every id: low > high, an empty range
 
 
 def _decode_unchecked(text: str) -> int:

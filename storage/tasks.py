@@ -11,18 +11,10 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 from assistant.errors import AmbiguousIdError, NotFoundError
 from storage.db import Database
 from storage.timestamps import from_iso
-
-TaskKind = Literal["cron", "every", "once"]
-TaskStatus = Literal["active", "paused", "done"]
-RunTrigger = Literal["schedule", "manual", "catch-up"]
-RunState = Literal["running", "succeeded", "failed", "missed", "interrupted"]
-# tasks.last_outcome: what /task list shows after "Last: 3m ago"
-Outcome = Literal["ok", "failed", "missed", "interrupted"]
 
 _COLUMNS = (
     "id, chat_id, kind, schedule, what, status, created_at, next_run_at, last_run_at,"
@@ -34,7 +26,9 @@ _COLUMNS = (
 class Task:
     """One row of `tasks`; times are stored ISO text, see the properties for datetimes.
 
-    `schedule` holds the cron expression, the interval in whole seconds, or the ISO time.
+    kind: cron | every | once; `schedule` holds the cron expression, the interval in whole
+    seconds, or the UTC ISO time. status: active | paused | done. last_outcome: ok |
+    failed | missed | interrupted.
     """
 
     id: str
@@ -64,7 +58,11 @@ class Task:
 
 @dataclass(frozen=True)
 class TaskRun:
-    """One firing of a task (one row of `task_runs`)."""
+    """One firing of a task (one row of `task_runs`).
+
+    trigger: schedule | manual | catch-up; state: running | succeeded | failed | missed |
+    interrupted.
+    """
 
     id: int
     task_id: str
@@ -234,7 +232,7 @@ class TaskRepo:
     async def record_missed(
         self, task_id: str, scheduled_for_iso: str, *, at: str, error: str | None = None
     ) -> bool:
-        """Record a firing that will not run, and make it the task's last outcome.
+        """Record a firing that will not run; it becomes the task's last run ("3h ago, missed").
 
         False if that firing already has a row (it ran, or was recorded missed before).
         """
@@ -249,8 +247,9 @@ class TaskRepo:
             if cursor.rowcount != 1:
                 return False
             await conn.execute(
-                "UPDATE tasks SET last_outcome = 'missed', last_error = ? WHERE id = ?",
-                (error, task_id),
+                "UPDATE tasks SET last_run_at = ?, last_outcome = 'missed', last_error = ?"
+                " WHERE id = ?",
+                (scheduled_for_iso, error, task_id),
             )
             return True
 

@@ -35,12 +35,17 @@ async def test_ids_return_at_once_and_rows_land_within_the_flush_window(
     assert event["ts"].endswith("Z") and len(event["ts"]) == 24
 
 
-async def test_secrets_are_redacted_before_they_are_written(db: Database, event_log: EventLog) -> None:
+async def test_secrets_are_redacted_before_they_are_written(
+    db: Database, event_log: EventLog
+) -> None:
     telegram = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw9"
     event_log.log_event(
         "telegram",
         summary=f"token {telegram} and hunter2-secret-value",
-        content={"headers": {"Authorization": "Bearer abc.def.ghi"}, "api_key": "sk-ant-api03-XYZXYZXYZXYZ"},
+        content={
+            "headers": {"Authorization": "Bearer abc.def.ghi"},
+            "api_key": "sk-ant-api03-XYZXYZXYZXYZ",
+        },
     )
     event_log.log_action(None, "message_sent", error="password=opensesame failed")
     await event_log.flush()
@@ -64,13 +69,17 @@ async def test_content_is_truncated_at_10_kb(db: Database, event_log: EventLog) 
 async def test_tool_call_context_manager_records_success_and_failure(
     db: Database, event_log: EventLog
 ) -> None:
-    async with event_log.action(None, "run_launched", target="gpt") as act:
-        async with event_log.tool_call("docker.create", {"image": "x"}) as call:
-            call.output = {"container": "abc"}
+    async with (
+        event_log.action(None, "run_launched", target="gpt") as act,
+        event_log.tool_call("docker.create", {"image": "x"}) as call,
+    ):
+        call.output = {"container": "abc"}
     with pytest.raises(RuntimeError, match="engine down"):
-        async with event_log.action(None, "run_launched") as failed_act:
-            async with event_log.tool_call("docker.start"):
-                raise RuntimeError("engine down")
+        async with (
+            event_log.action(None, "run_launched") as failed_act,
+            event_log.tool_call("docker.start"),
+        ):
+            raise RuntimeError("engine down")
     await event_log.flush()
     tools = await db.fetchall("SELECT * FROM tool_call_log ORDER BY id")
     assert [(t["action_id"], t["tool_name"], t["ok"]) for t in tools] == [
@@ -196,7 +205,9 @@ def test_kill_9_loses_at_most_the_flush_window_and_never_corrupts(tmp_path: Path
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        n, top = conn.execute("SELECT count(*), max(CAST(source_id AS INTEGER)) FROM event_log").fetchone()
+        n, top = conn.execute(
+            "SELECT count(*), max(CAST(source_id AS INTEGER)) FROM event_log"
+        ).fetchone()
         # Committed rows form an unbroken prefix: nothing in the middle was lost.
         assert n >= 20000 and top == n - 1
     finally:

@@ -30,11 +30,18 @@ async def seed(db: Database, now_ms: int, ages_days: list[float], per_age: int) 
             events.append((e, ts, "local", None, ""))
             actions.append((a, ts, e, "message_sent", 0 if i == 0 else 1))
             tools.append((t, ts, a, "send", 1.0, 1))
-        for kind, key, failed in (("event", "local", 0), ("action", "message_sent", 1), ("tool", "send", 0)):
+        for kind, key, failed in (
+            ("event", "local", 0),
+            ("action", "message_sent", 1),
+            ("tool", "send", 0),
+        ):
             stats[(ts[:13], kind, key)] = (per_age, failed)
-    await db.write_many("INSERT INTO event_log (id, ts, source, caused_by, summary) VALUES (?, ?, ?, ?, ?)", events)
     await db.write_many(
-        "INSERT INTO action_log (id, ts, triggered_by, action_type, ok) VALUES (?, ?, ?, ?, ?)", actions
+        "INSERT INTO event_log (id, ts, source, caused_by, summary) VALUES (?, ?, ?, ?, ?)", events
+    )
+    await db.write_many(
+        "INSERT INTO action_log (id, ts, triggered_by, action_type, ok) VALUES (?, ?, ?, ?, ?)",
+        actions,
     )
     await db.write_many(
         "INSERT INTO tool_call_log (id, ts, action_id, tool_name, duration_ms, ok) VALUES (?, ?, ?, ?, ?, ?)",
@@ -74,12 +81,16 @@ async def test_prunes_old_rows_in_batches_children_first(
     assert orphans == 0
     counts = {
         (r["kind"]): (r["total"], r["failed"])
-        for r in await db.fetchall("SELECT kind, sum(n) AS total, sum(failed) AS failed FROM log_stats GROUP BY kind")
+        for r in await db.fetchall(
+            "SELECT kind, sum(n) AS total, sum(failed) AS failed FROM log_stats GROUP BY kind"
+        )
     }
     assert counts == {"event": (250, 0), "action": (250, 1), "tool": (250, 0)}
 
 
-async def test_zero_days_keeps_everything(tmp_path: Path, db: Database, event_log: EventLog) -> None:
+async def test_zero_days_keeps_everything(
+    tmp_path: Path, db: Database, event_log: EventLog
+) -> None:
     now_ms = time.time_ns() // 1_000_000
     await seed(db, now_ms, [400, 30], per_age=10)
     pruner = Pruner(db, event_log, settings_for(tmp_path, 0, batch=100), no_runs)

@@ -45,11 +45,13 @@ async def test_a_pruned_link_is_shown_not_hidden(db: Database, event_log: EventL
     assert steps[1].event is not None and steps[1].event.id == ids["failed"]
 
 
-async def test_event_tree_follows_actions_into_caused_events(db: Database, event_log: EventLog) -> None:
+async def test_event_tree_follows_actions_into_caused_events(
+    db: Database, event_log: EventLog
+) -> None:
     ids = await build_chain(event_log)
     tree = await db.read_sync(eventlog.event_tree, ids["msg"])
     assert tree is not None
-    (launch, children), = tree.actions
+    ((launch, children),) = tree.actions
     assert launch.id == ids["launch"]
     assert [c.event.id for c in children] == [ids["failed"]]
     assert [a.id for a, _ in children[0].actions] == [ids["report"]]

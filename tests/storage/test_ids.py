@@ -51,3 +51,8 @@ def test_short_random_ids_are_base32() -> None:
     made = {ids.short_random_id() for _ in range(200)}
     assert len(made) == 200
     assert all(len(m) == 8 and set(m) <= set(ids.ALPHABET) for m in made)
+
+
+def test_a_prefix_beyond_every_id_is_an_empty_range() -> None:
+    low, high = ids.prefix_range("zzzz")
+    assert low > high

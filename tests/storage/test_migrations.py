@@ -49,7 +49,9 @@ async def test_reopening_is_idempotent(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("start", range(LATEST))
-async def test_every_earlier_version_upgrades_to_the_same_schema(tmp_path: Path, start: int) -> None:
+async def test_every_earlier_version_upgrades_to_the_same_schema(
+    tmp_path: Path, start: int
+) -> None:
     fresh = tmp_path / "fresh.db"
     db = await Database.open(fresh)
     await db.aclose()
@@ -73,9 +75,10 @@ async def test_every_earlier_version_upgrades_to_the_same_schema(tmp_path: Path,
         if start >= 1:
             assert await db.scalar("SELECT count(*) FROM chats") == 1
         if start >= 2:  # the stats table is back-filled from rows that predate it
-            assert await db.scalar(
-                "SELECT n FROM log_stats WHERE kind = 'event' AND key = 'local'"
-            ) == 1
+            assert (
+                await db.scalar("SELECT n FROM log_stats WHERE kind = 'event' AND key = 'local'")
+                == 1
+            )
     finally:
         await db.aclose()
     assert schema(old) == schema(fresh)

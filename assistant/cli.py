@@ -1,0 +1,141 @@
+"""The `assistant` command line: `up` runs the service; `send` and `chat` talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import NoReturn
+
+import click
+
+from assistant.channels.local import LocalChannel
+from assistant.config import Settings, load_settings
+from assistant.errors import ChannelError, ConfigError
+from assistant.local_client import LocalClient, exchange
+from assistant.orchestrator import Orchestrator
+from assistant.redaction import Redactor
+
+
+class RedactingFormatter(logging.Formatter):
+    """Diagnostics pass through the same redactor as the event log: no secret in logs."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redactor(super().format(record))
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"assistant: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter(Redactor(settings.secret_values())))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+@click.group()
+def main() -> None:
+    """A chat-ops assistant for training and benchmark runs on a GPU host."""
+
+
+@main.command()
+def up() -> None:
+    """Run the assistant in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
+    settings = _settings()
+    _setup_logging(settings)
+    try:
+        asyncio.run(_serve(settings))
+    except ChannelError as exc:
+        _fail(str(exc))
+
+
+async def _serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    local = LocalChannel(settings.endpoint_path, port=settings.local_port)
+    async with Orchestrator(settings, channels=[local]):
+        click.echo(
+            f"assistant is up: data in {settings.assistant_home},"
+            f" local channel on 127.0.0.1:{local.port}."
+            ' Talk to it with: assistant send "/status"  (Ctrl-C stops)',
+            err=True,
+        )
+        await stop.wait()
+        click.echo("assistant: stopping", err=True)
+
+
+@main.command()
+@click.argument("text")
+@click.option(
+    "--wait", default=0.0, show_default=True, help="Seconds to keep printing later messages."
+)
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the answer.")
+def send(text: str, wait: float, timeout: float) -> None:
+    """Send TEXT on the local channel and print the replies."""
+    settings = _settings()
+
+    async def run() -> None:
+        async for reply in exchange(settings.endpoint_path, text, within=timeout, wait=wait):
+            click.echo(reply)
+            click.echo()
+
+    try:
+        asyncio.run(run())
+    except ChannelError as exc:
+        _fail(str(exc), code=1)
+
+
+@main.command()
+def chat() -> None:
+    """An interactive prompt on the local channel; later messages print as they come."""
+    settings = _settings()
+
+    async def run() -> None:
+        async with LocalClient(settings.endpoint_path, mode="chat") as client:
+            click.echo("Connected. Type /help, or Ctrl-D to leave.", err=True)
+
+            async def printer() -> None:
+                async for item in client.incoming():
+                    if item.kind != "settled":
+                        click.echo(item.text + "\n")
+
+            printing = asyncio.create_task(printer())
+            loop = asyncio.get_running_loop()
+            try:
+                while True:
+                    line = await loop.run_in_executor(None, sys.stdin.readline)
+                    if not line:
+                        break
+                    if line.strip():
+                        await client.send(line.strip())
+            finally:
+                printing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ChannelError):
+                    await printing
+
+    try:
+        asyncio.run(run())
+    except ChannelError as exc:
+        _fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        pass

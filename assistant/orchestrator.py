@@ -1,0 +1,390 @@
+"""The orchestrator: every message in, every message out, and the services' lifecycle.
+
+Incoming text is either a built-in command (answered here, at once, never stored, never
+queued) or conversation (stored, then handed to the agent through the group queue).
+Every step is an event or an action in the chain, so /debug why can explain it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+
+from assistant.agent import Agent, OfflineAgent
+from assistant.channels.base import Channel, IncomingMessage
+from assistant.clock import Clock, SystemClock
+from assistant.config import Settings
+from assistant.errors import CommandError
+from assistant.hoststats import HostStats
+from assistant.observability import EventLog
+from assistant.pruner import Pruner
+from assistant.queue import GroupQueue
+from assistant.redaction import Redactor
+from assistant.scheduler import TaskScheduler
+from assistant.services import Services
+from commands import build_router
+from commands.registry import (
+    CommandContext,
+    CommandRouter,
+    Reply,
+    looks_like_command,
+    parse_command,
+)
+from storage.chats import ChatRepo
+from storage.db import Database
+from storage.messages import MessageRepo, StoredMessage
+from storage.tasks import Task, TaskRepo
+
+log = logging.getLogger(__name__)
+
+LOCAL_ADMIN_CHAT = "local:console"
+
+
+class State(enum.Enum):
+    UNOPENED = 1
+    OPENED = 2
+    CLOSED = 3
+
+
+class Orchestrator:
+    """`async with Orchestrator(settings, channels=[...]) as orch:` runs the whole service."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        channels: Sequence[Channel] = (),
+        clock: Clock | None = None,
+        agent: Agent | None = None,
+        router: CommandRouter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.channels = list(channels)
+        self.clock = clock or SystemClock()
+        self.router = router or build_router()
+        self._agent = agent
+        self._state = State.UNOPENED
+        self._admins = {LOCAL_ADMIN_CHAT, *settings.admin_chats}
+        self._known_chats: set[str] = set()
+        self.services: Services
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Orchestrator:
+        if self._state is not State.UNOPENED:
+            raise RuntimeError("an orchestrator is opened once")
+        self._state = State.OPENED
+        settings = self.settings
+        db = await Database.open(settings.db_path)
+        event_log = EventLog(
+            db,
+            Redactor(settings.secret_values()),
+            flush_interval=settings.event_flush_interval_s,
+        )
+        await event_log.start()
+        self.messages = MessageRepo(db)
+        queue = GroupQueue(self._process_chat, settings.max_concurrent)
+        scheduler = TaskScheduler(TaskRepo(db), event_log, settings, self.clock, self)
+        agent = self._agent or OfflineAgent(
+            [
+                f"{spec.usage.splitlines()[0]} — {spec.summary}"
+                for spec in self.router.commands.values()
+            ]
+        )
+        self.services = Services(
+            settings=settings,
+            db=db,
+            log=event_log,
+            clock=self.clock,
+            router=self.router,
+            queue=queue,
+            scheduler=scheduler,
+            channels=self.channels,
+            chats=ChatRepo(db),
+            host=HostStats(),
+            agent=agent,
+            started_at=self.clock.now(),
+            send=self.send,
+        )
+        self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
+        try:
+            event_log.log_event("system", None, summary="assistant started")
+            await self.pruner.start()
+            for channel in self.channels:
+                await channel.start(self)
+            await scheduler.start()
+            for chat_id in await self.messages.chats_with_pending():
+                queue.enqueue(chat_id)  # conversation that arrived before a crash
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._state is State.CLOSED:
+            return
+        self._state = State.CLOSED
+        services = self.services
+        await services.scheduler.aclose()
+        await self.pruner.aclose()
+        for channel in reversed(self.channels):
+            try:
+                await channel.aclose()
+            except Exception:
+                log.exception("closing channel %s", channel.name)
+        await services.queue.aclose()
+        services.log.log_event("system", None, summary="assistant stopped")
+        await services.log.aclose()
+        services.host.aclose()
+        await services.db.aclose()
+
+    # ---- incoming ----------------------------------------------------------------------
+
+    def is_admin(self, chat_id: str) -> bool:
+        return chat_id in self._admins
+
+    def _channel_for(self, chat_id: str) -> Channel | None:
+        for channel in self.channels:
+            if channel.owns(chat_id):
+                return channel
+        return None
+
+    async def deliver(self, message: IncomingMessage) -> None:
+        """Entry point of every channel (the `Inbox` protocol)."""
+        text = message.text.strip()
+        admin = self.is_admin(message.chat_id)
+        if message.chat_id not in self._known_chats:
+            channel = message.chat_id.split(":", 1)[0]
+            await self.services.chats.seen(message.chat_id, channel, message.chat_title, admin)
+            self._known_chats.add(message.chat_id)
+        source = self._source_name(message.chat_id)
+        if looks_like_command(text):
+            if not admin:
+                log.warning("ignored command from non-admin chat %s", message.chat_id)
+                return
+            await self.handle_command(
+                message.chat_id, message.sender, text, source=source, source_id=message.platform_id
+            )
+            return
+        await self._store_conversation(message, text, source, admin)
+
+    async def settled(self, chat_id: str) -> None:
+        await self.services.queue.settled(chat_id)
+
+    def _source_name(self, chat_id: str) -> str:
+        channel = self._channel_for(chat_id)
+        return channel.name if channel is not None else chat_id.split(":", 1)[0]
+
+    async def _store_conversation(
+        self, message: IncomingMessage, text: str, source: str, admin: bool
+    ) -> None:
+        services = self.services
+        event_id = services.log.log_event(
+            source,
+            message.platform_id,
+            summary=f"Message from {message.sender}: {text[:80]}",
+            content={"chat": message.chat_id, "sender": message.sender, "text": text},
+        )
+        try:
+            async with services.log.action(
+                event_id, "message_stored", target=message.chat_id
+            ) as act:
+                seq = await self.messages.store(
+                    message.chat_id,
+                    message.sender,
+                    text,
+                    platform_id=message.platform_id,
+                    action_id=act.id,
+                )
+                act.content = {"seq": seq} if seq else "duplicate delivery, ignored"
+        except Exception as exc:
+            log.error("could not store a message from %s: %s", message.chat_id, exc)
+            await self.send(
+                message.chat_id,
+                f"I could not store your message ({exc}); it was not processed. Please resend.",
+                event_id,
+            )
+            return
+        if seq is not None and admin:
+            services.queue.enqueue(message.chat_id)
+
+    # ---- commands ----------------------------------------------------------------------
+
+    async def execute_command(
+        self, chat_id: str, sender: str, text: str, event_id: int | None
+    ) -> tuple[Reply, str | None]:
+        """Run a command; returns the reply and the error (None when it succeeded)."""
+        try:
+            parsed = parse_command(text)
+        except CommandError as exc:
+            return Reply(str(exc)), str(exc)
+        spec = self.router.find(parsed.name)
+        if spec is None:
+            problem = f"Unknown command /{parsed.name}. /help lists the commands."
+            return Reply(problem), problem
+        ctx = CommandContext(chat_id, sender, self.services, event_id)
+        result = await spec.handler(ctx, parsed)
+        return (result if isinstance(result, Reply) else Reply(result)), None
+
+    async def handle_command(
+        self,
+        chat_id: str,
+        sender: str,
+        text: str,
+        *,
+        source: str,
+        source_id: str | None = None,
+    ) -> Reply:
+        """A command from a chat: answer it there, tracing it unless it is introspection."""
+        services = self.services
+        name = text.split(maxsplit=1)[0].lstrip("/").split("@")[0].lower()
+        spec = self.router.find(name)
+        if spec is not None and not spec.traced:
+            reply, _ = await self._run_guarded(chat_id, sender, text, None)
+            await self.send(chat_id, reply, None, traced=False)
+            return reply
+        event_id = services.log.log_event(
+            source,
+            source_id,
+            summary=f"Command from {sender}: {text[:80]}",
+            content={"chat": chat_id, "sender": sender, "text": text},
+        )
+        async with services.log.action(event_id, "command", target=f"/{name}") as act:
+            reply, error = await self._run_guarded(chat_id, sender, text, event_id)
+            act.content = reply.text[:500]
+            if error is not None:
+                act.fail(error)
+        await self.send(chat_id, reply, event_id)
+        return reply
+
+    async def _run_guarded(
+        self, chat_id: str, sender: str, text: str, event_id: int | None
+    ) -> tuple[Reply, str | None]:
+        try:
+            return await self.execute_command(chat_id, sender, text, event_id)
+        except CommandError as exc:
+            return Reply(str(exc)), str(exc)
+        except Exception as exc:
+            log.exception("command %r failed", text[:80])
+            error = f"{type(exc).__name__}: {exc}"
+            return Reply(
+                f"Sorry, that failed inside the assistant: {error}. /debug why shows the chain."
+            ), error
+
+    # ---- the scheduler's runner (TaskRunner protocol) -----------------------------------
+
+    async def run_task(self, task: Task, event_id: int) -> str:
+        """Run a task's `what`: a built-in command, or a prompt for the agent in its own context.
+
+        :raises CommandError: if the command refused (the scheduler reports it to the chat).
+        """
+        if looks_like_command(task.what):
+            reply, error = await self.execute_command(
+                task.chat_id, "scheduler", task.what, event_id
+            )
+            if error is not None:
+                raise CommandError(error)
+            return reply.text
+        replies = await self.services.agent.respond(task.chat_id, [_prompt_of(task)], event_id)
+        return "\n\n".join(replies)
+
+    async def notify(self, chat_id: str, text: str, caused_by: int | None) -> None:
+        await self.send(chat_id, text, caused_by)
+
+    # ---- conversation ------------------------------------------------------------------
+
+    async def _process_chat(self, chat_id: str) -> None:
+        """One batch of a chat's new messages through the agent (called by the queue)."""
+        services = self.services
+        batch = await self.messages.pending(chat_id)
+        if not batch:
+            return
+        event_id = services.log.log_event(
+            "message_batch",
+            chat_id,
+            summary=f"Processing {len(batch)} message(s) for {chat_id}",
+            content={"seqs": [m.seq for m in batch]},
+            caused_by=batch[-1].action_id,
+        )
+        try:
+            async with services.log.action(event_id, "agent_reply", target=chat_id) as act:
+                replies = await services.agent.respond(chat_id, batch, event_id)
+                act.content = {"replies": len(replies)}
+        except Exception as exc:
+            log.exception("agent failed for %s", chat_id)
+            replies = [f"Sorry, I could not answer that: {exc}. /debug why shows what happened."]
+        await self.messages.advance_cursor(chat_id, batch[-1].seq)
+        for text in replies:
+            await self.send(chat_id, text, event_id)
+            await self.messages.store(chat_id, self.settings.assistant_name, text, from_me=True)
+
+    # ---- outgoing ----------------------------------------------------------------------
+
+    async def send(
+        self, chat_id: str, reply: str | Reply, caused_by: int | None, *, traced: bool = True
+    ) -> bool:
+        """Deliver to whichever channel owns the chat; every send is an action, ok or failed."""
+        reply = reply if isinstance(reply, Reply) else Reply(reply)
+        channel = self._channel_for(chat_id)
+        if not traced:
+            return await _deliver(channel, chat_id, reply)
+        async with self.services.log.action(caused_by, "message_sent", target=chat_id) as act:
+            act.content = reply.text[:500]
+            if channel is None:
+                act.fail(f"no connected channel serves {chat_id}")
+                return False
+            try:
+                await _deliver(channel, chat_id, reply, raise_errors=True)
+            except Exception as exc:
+                act.fail(f"{type(exc).__name__}: {exc}")
+                log.warning("sending to %s failed: %s", chat_id, exc)
+                return False
+        return True
+
+
+async def _deliver(
+    channel: Channel | None, chat_id: str, reply: Reply, *, raise_errors: bool = False
+) -> bool:
+    if channel is None:
+        return False
+    try:
+        if reply.text:
+            await channel.send_text(chat_id, reply.text)
+        for image in reply.images:
+            await channel.send_image(chat_id, image)
+    except Exception:
+        if raise_errors:
+            raise
+        log.warning("sending to %s failed", chat_id, exc_info=True)
+        return False
+    return True
+
+
+def _prompt_of(task: Task) -> StoredMessage:
+    """A scheduled prompt as a one-message conversation: its own context, not the chat's."""
+    return StoredMessage(
+        seq=0,
+        chat_id=task.chat_id,
+        sender="scheduler",
+        text=task.what,
+        ts=task.created_at,
+        from_me=False,
+        action_id=None,
+    )
+
+
+async def run_forever(orchestrator: Orchestrator, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set (by a signal handler)."""
+    async with orchestrator:
+        await stop.wait()

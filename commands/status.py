@@ -1,0 +1,88 @@
+"""/status: what the assistant is doing right now, and /status tasks."""
+
+from __future__ import annotations
+
+from assistant.durations import format_duration
+from commands.formatting import format_local, time_until
+from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
+from commands.tasks import format_task_list
+
+router = CommandRouter()
+
+USAGE = "/status — the dashboard\n/status tasks — every task with its schedule and last run"
+
+
+@router.command("status", usage=USAGE, summary="what the assistant is doing now", traced=False)
+async def status_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
+    if cmd.args == ("tasks",):
+        return await tasks_view(ctx)
+    if cmd.args:
+        spec = ctx.services.router.commands["status"]
+        raise usage_error(spec, f"/status has no view {' '.join(cmd.args)!r}.")
+    return await dashboard(ctx)
+
+
+async def dashboard(ctx: CommandContext) -> str:
+    s = ctx.services
+    now = s.clock.now()
+    lines = [
+        f"{s.settings.assistant_name} status",
+        f"Uptime: {format_duration(now - s.started_at)} · Memory: {s.host.rss_mb():.0f} MB"
+        f" · Timezone: {s.settings.tz}",
+    ]
+    channels = ", ".join(
+        f"{c.name} ({'connected' if c.is_connected else 'disconnected'})" for c in s.channels
+    )
+    lines.append(f"Channels: {channels or 'none'}")
+    chats = await s.chats.all()
+    if chats:
+        shown = [f"{c.id}{' (admin)' if c.is_admin else ''}" for c in chats[:10]]
+        more = f" +{len(chats) - 10} more" if len(chats) > 10 else ""
+        lines.append(f"Chats: {', '.join(shown)}{more}")
+    else:
+        lines.append("Chats: none yet")
+    queue = s.queue.status()
+    busy = [f"{c.chat_id} {c.state}" for c in queue.chats if c.state != "idle"]
+    lines.append(
+        f"Queue: {queue.active}/{queue.max_concurrent} active"
+        + (f", {queue.waiting} waiting" if queue.waiting else "")
+        + (f" · {', '.join(busy)}" if busy else " · all idle")
+    )
+    lines.append("Runs: none active")
+    gpus = s.host.gpus()
+    if gpus:
+        for gpu in gpus:
+            lines.append(
+                f"GPU {gpu.index}: {gpu.name} · {gpu.util_percent}% util"
+                f" · {gpu.mem_used_mb:,}/{gpu.mem_total_mb:,} MB"
+            )
+    else:
+        lines.append(f"GPUs: {s.host.gpu_note}")
+    summary = await s.scheduler.summary()
+    task_line = f"Tasks: {summary.active} active, {summary.paused} paused"
+    due = summary.next_due
+    if due is not None and due.next_run_at:
+        from storage.timestamps import from_iso
+
+        moment = from_iso(due.next_run_at)
+        task_line += (
+            f" · next: {due.what[:40]!r} {time_until(moment, now)}"
+            f" ({format_local(moment, s.settings.zone)}, id {due.id})"
+        )
+    lines.append(task_line)
+    writer = s.log.stats
+    lines.append(
+        f"Event log: {writer.written:,} rows written, {s.log.pending:,} pending"
+        + (f", {writer.dropped:,} dropped" if writer.dropped else "")
+        + (f", last error: {writer.last_error}" if writer.failures else "")
+    )
+    lines.append(f"Model: {s.agent.description}")
+    return "\n".join(lines)
+
+
+async def tasks_view(ctx: CommandContext) -> str:
+    s = ctx.services
+    tasks = await s.scheduler.list_tasks()
+    if not tasks:
+        return "No tasks. Add one: /task add every 1h /status"
+    return format_task_list(tasks, s.clock.now(), s.settings.zone)

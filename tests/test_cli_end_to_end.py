@@ -1,0 +1,138 @@
+"""The whole local-channel path: `assistant up` in a subprocess, `assistant send` against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "assistant", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env_for(home),
+    )
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    env.update(
+        ASSISTANT_HOME=str(home),
+        ASSISTANT_LOCAL_PORT="0",
+        ASSISTANT_TIMEZONE="Europe/Berlin",
+        TELEGRAM_BOT_TOKEN="123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw9",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    home = tmp_path / "home"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assistant", "up"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=env_for(home),
+    )
+    endpoint = home / "local-channel.json"
+    deadline = time.monotonic() + 20
+    while not endpoint.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"assistant up did not start: {err}")
+        time.sleep(0.05)
+    try:
+        yield home, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_send_gets_answers_from_a_running_service(
+    service: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    home, proc = service
+    endpoint = home / "local-channel.json"
+    assert endpoint.stat().st_mode & 0o777 == 0o600
+    port = json.loads(endpoint.read_text())["port"]
+
+    status = cli(home, "send", "/status")
+    assert status.returncode == 0, status.stderr
+    assert "Uptime:" in status.stdout and "Timezone: Europe/Berlin" in status.stdout
+    assert "local (connected)" in status.stdout
+
+    added = cli(home, "send", "/task add every 2h /status")
+    assert added.returncode == 0 and "every 2h" in added.stdout
+
+    bad = cli(home, "send", "/task add every soon /status")
+    assert bad.returncode == 0 and "Usage:" in bad.stdout
+
+    text = cli(home, "send", "what is the loss?")
+    assert "No model is configured" in text.stdout
+
+    why = cli(home, "send", "/debug why")
+    assert "Why message_sent (ok):" in why.stdout and "event message_batch" in why.stdout
+
+    # The port is loopback only, and a client without the token is refused.
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b'{"token": "guess"}\n')
+        assert b"bad token" in sock.recv(1000)
+
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "123456789:AAHdq" not in err  # secrets never reach the log
+    assert not endpoint.exists()
+    conn = sqlite3.connect(home / "assistant.db")
+    try:
+        # The writer was flushed on shutdown: the last event is the stop itself.
+        last = conn.execute("SELECT summary FROM event_log ORDER BY id DESC LIMIT 1").fetchone()[0]
+        tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        commands_stored = conn.execute(
+            "SELECT count(*) FROM messages WHERE text LIKE '/%'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    assert last == "assistant stopped"
+    assert tasks == 1 and commands_stored == 0
+
+
+def test_send_without_a_service_fails_clearly(tmp_path: Path) -> None:
+    result = cli(tmp_path / "nowhere", "send", "/status")
+    assert result.returncode == 1
+    assert "no assistant is running" in result.stderr and "assistant up" in result.stderr
+
+
+def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    env["ASSISTANT_TIMEZONE"] = "Mars/Olympus"
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant", "up"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "ASSISTANT_TIMEZONE" in result.stderr and "Mars/Olympus" in result.stderr
