@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from assistant.redaction import Redactor, to_json
 from storage.db import Database
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+S = TypeVar("S", bound="HasEventLog")
 
 # The action that tool calls made in this context belong to.
 current_action: ContextVar[int | None] = ContextVar("current_action", default=None)
@@ -453,3 +454,35 @@ class ToolCallScope:
                 return result
 
         return traced
+
+
+class HasEventLog(Protocol):
+    @property
+    def event_log(self) -> EventLog: ...
+
+
+def traced(
+    tool_name: str,
+) -> Callable[
+    [Callable[Concatenate[S, P], Awaitable[R]]], Callable[Concatenate[S, P], Awaitable[R]]
+]:
+    """Trace an operation (a method of an object with an `event_log`) as a tool call.
+
+    Operations are what commands and the model's tools share, so tracing them here records
+    every call whichever path made it, inside whatever action is current.
+    """
+
+    def decorate(
+        method: Callable[Concatenate[S, P], Awaitable[R]],
+    ) -> Callable[Concatenate[S, P], Awaitable[R]]:
+        async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            call_input = {"args": list(args), **kwargs} if kwargs else list(args)
+            async with self.event_log.tool_call(tool_name, call_input) as call:
+                result = await method(self, *args, **kwargs)
+                call.output = result
+                return result
+
+        functools.update_wrapper(wrapper, method)
+        return wrapper
+
+    return decorate

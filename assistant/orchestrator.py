@@ -345,7 +345,13 @@ class Orchestrator:
                 act.fail(f"no connected channel serves {chat_id}")
                 return False
             try:
-                await _deliver(channel, chat_id, reply, raise_errors=True)
+                call_input = {
+                    "chat": chat_id,
+                    "chars": len(reply.text),
+                    "images": len(reply.images),
+                }
+                async with self.services.log.tool_call(f"{channel.name}.send", call_input):
+                    await _deliver(channel, chat_id, reply, raise_errors=True)
             except Exception as exc:
                 act.fail(f"{type(exc).__name__}: {exc}")
                 log.warning("sending to %s failed: %s", chat_id, exc)

@@ -6,6 +6,7 @@ secret with no recognisable shape is still caught.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable
@@ -67,7 +68,13 @@ class Redactor:
 
 
 def to_json(value: object) -> str:
-    return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, default=_plain, ensure_ascii=False, separators=(",", ":"))
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
 
 
 def truncate(text: str, limit: int = MAX_CONTENT) -> str:

@@ -33,7 +33,7 @@ from assistant.clock import Clock
 from assistant.config import Settings
 from assistant.durations import format_duration, parse_duration
 from assistant.errors import CommandError, StateError
-from assistant.observability import EventLog
+from assistant.observability import EventLog, traced
 from storage.ids import short_random_id
 from storage.tasks import Task, TaskRepo
 from storage.timestamps import from_iso, to_iso
@@ -210,6 +210,7 @@ class TaskScheduler:
     ) -> None:
         self._repo = repo
         self._log = log
+        self.event_log = log  # for @traced: task operations are tool calls in the chain
         self._settings = settings
         self._zone = settings.zone
         self._clock = clock
@@ -292,6 +293,7 @@ class TaskScheduler:
 
     # ---- commands --------------------------------------------------------------------
 
+    @traced("task.add")
     async def add(
         self, chat_id: str, kind: str, schedule: str, what: str, *, triggered_by: int | None = None
     ) -> Task:
@@ -377,6 +379,7 @@ class TaskScheduler:
             )
         return moment
 
+    @traced("task.pause")
     async def pause(self, prefix: str, *, triggered_by: int | None = None) -> Task:
         """:raises StateError: if the task is paused or done already."""
         task = await self._repo.resolve(prefix)
@@ -389,6 +392,7 @@ class TaskScheduler:
         self._changed(task, "paused", triggered_by)
         return await self._reload(task)
 
+    @traced("task.resume")
     async def resume(self, prefix: str, *, triggered_by: int | None = None) -> Task:
         """Resume from now: a paused task does not replay what it missed while paused.
 
@@ -412,6 +416,7 @@ class TaskScheduler:
         self._changed(task, "resumed", triggered_by)
         return await self._reload(task)
 
+    @traced("task.delete")
     async def delete(self, prefix: str, *, triggered_by: int | None = None) -> Task:
         """Delete a task and its run history; returns it as it was."""
         task = await self._repo.resolve(prefix)
@@ -420,6 +425,7 @@ class TaskScheduler:
         self._changed(task, "deleted", triggered_by)
         return task
 
+    @traced("task.run")
     async def run_now(self, prefix: str, caused_by: int | None) -> Task:
         """Start a manual firing in the background, whatever the task's status.
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from assistant.errors import AmbiguousIdError, NotFoundError
+from commands.formatting import truncate
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 from storage import eventlog
 from storage.eventlog import ActionRow, EventRow, EventTree, RowKind, Step, ToolRow
@@ -97,10 +98,7 @@ def _ok(ok: bool, error: str | None) -> str:
 
 
 def _clip(text: str | None, n: int = 120) -> str:
-    if not text:
-        return ""
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
+    return truncate(text, n) if text else ""
 
 
 def _tool_line(tool: ToolRow, indent: str) -> str:

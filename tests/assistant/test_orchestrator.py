@@ -10,7 +10,7 @@ import pytest
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from storage.ids import encode
-from tests.assistant.conftest import RecordingChannel, Running
+from tests.assistant.recording import RecordingChannel, Running
 
 ADMIN = "tg:1001"
 STRANGER = "tg:2002"

@@ -1,0 +1,57 @@
+"""A channel that records what it is sent, and the handle tests use on a running service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from assistant.channels.base import Channel, Inbox, IncomingMessage
+from assistant.config import Settings
+from assistant.orchestrator import Orchestrator
+
+
+class RecordingChannel(Channel):
+    """A real `Channel` that keeps what it is sent; tests type into it with `say`."""
+
+    name = "telegram"
+    prefix = "tg"
+
+    def __init__(self, fail_with: Exception | None = None) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.fail_with = fail_with
+        self._inbox: Inbox | None = None
+        self._ids = 0
+
+    @property
+    def is_connected(self) -> bool:
+        return self._inbox is not None
+
+    async def start(self, inbox: Inbox) -> None:
+        self._inbox = inbox
+
+    async def send_text(self, chat_id: str, text: str) -> str | None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.sent.append((chat_id, text))
+        return str(len(self.sent))
+
+    async def say(self, chat_id: str, text: str, sender: str = "ann") -> list[str]:
+        """Deliver a message, wait until it is handled, return the replies to that chat."""
+        assert self._inbox is not None
+        before = len(self.sent)
+        self._ids += 1
+        await self._inbox.deliver(
+            IncomingMessage(chat_id, sender, text, platform_id=str(self._ids))
+        )
+        await self._inbox.settled(chat_id)
+        return [t for c, t in self.sent[before:] if c == chat_id]
+
+
+@dataclass
+class Running:
+    orch: Orchestrator
+    channel: RecordingChannel
+    settings: Settings
+    extra: dict[str, object] = field(default_factory=dict)
+
+    async def flush(self) -> None:
+        await self.orch.services.log.flush()
