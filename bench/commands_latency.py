@@ -65,12 +65,29 @@ def seed(path: Path, n: int) -> None:
                 (base, ts, SOURCES[i % 5], str(i), caused_by, f"event {i}", '{"text":"hello"}')
             )
             actions.append(
-                (base + 1, ts, base, ACTIONS[i % 4], "tg:1", "reply", int(not failed),
-                 "HTTP 429" if failed else None)
+                (
+                    base + 1,
+                    ts,
+                    base,
+                    ACTIONS[i % 4],
+                    "tg:1",
+                    "reply",
+                    int(not failed),
+                    "HTTP 429" if failed else None,
+                )
             )
             tools.append(
-                (base + 2, ts, base + 1, TOOLS[i % 4], "{}", "{}", 3.5, int(not failed),
-                 "timed out" if failed else None)
+                (
+                    base + 2,
+                    ts,
+                    base + 1,
+                    TOOLS[i % 4],
+                    "{}",
+                    "{}",
+                    3.5,
+                    int(not failed),
+                    "timed out" if failed else None,
+                )
             )
             previous_action = base + 1
         conn.execute("BEGIN")
@@ -114,10 +131,14 @@ async def main() -> None:
         started = time.perf_counter()
         seed(home / "assistant.db", args.events)
         size = (home / "assistant.db").stat().st_size / 1e6
-        print(f"seeded {args.events:,} events (+ as many actions and tool calls)"
-              f" in {time.perf_counter() - started:.1f}s, {size:.0f} MB")
+        print(
+            f"seeded {args.events:,} events (+ as many actions and tool calls)"
+            f" in {time.perf_counter() - started:.1f}s, {size:.0f} MB"
+        )
         settings = Settings(
-            assistant_home=home, admin_chats=("tg:1",), _env_file=None  # type: ignore[call-arg]
+            assistant_home=home,
+            admin_chats=("tg:1",),
+            _env_file=None,  # type: ignore[call-arg]
         )
         async with Orchestrator(settings, channels=[NullChannel()]) as orch:
             for what in ("every 1h /status", 'cron "0 2 * * *" /status', "once +3h check run"):
