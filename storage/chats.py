@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from storage.db import Database
+from storage.rows import from_row
 from storage.timestamps import to_iso, utc_now
 
 
@@ -45,12 +46,4 @@ class ChatRepo:
 
 
 def _chat(row: sqlite3.Row) -> Chat:
-    return Chat(
-        id=row["id"],
-        channel=row["channel"],
-        title=row["title"],
-        is_admin=bool(row["is_admin"]),
-        first_seen=row["first_seen"],
-        last_seen=row["last_seen"],
-        cursor_seq=row["cursor_seq"],
-    )
+    return from_row(Chat, row, is_admin=bool(row["is_admin"]))

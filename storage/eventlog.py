@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from storage.ids import prefix_range
+from storage.rows import from_row
 
 RowKind = Literal["event", "action", "tool"]
 MAX_HOPS = 100
@@ -88,31 +89,11 @@ class Report:
 
 
 def _event(row: sqlite3.Row | None) -> EventRow | None:
-    if row is None:
-        return None
-    return EventRow(
-        row["id"],
-        row["ts"],
-        row["source"],
-        row["source_id"],
-        row["caused_by"],
-        row["summary"],
-        row["raw_content"],
-    )
+    return None if row is None else from_row(EventRow, row)
 
 
 def _tool(row: sqlite3.Row) -> ToolRow:
-    return ToolRow(
-        row["id"],
-        row["ts"],
-        row["action_id"],
-        row["tool_name"],
-        row["input"],
-        row["output"],
-        row["duration_ms"],
-        bool(row["ok"]),
-        row["error"],
-    )
+    return from_row(ToolRow, row, ok=bool(row["ok"]))
 
 
 def _action(conn: sqlite3.Connection, row: sqlite3.Row | None) -> ActionRow | None:
@@ -124,17 +105,7 @@ def _action(conn: sqlite3.Connection, row: sqlite3.Row | None) -> ActionRow | No
             "SELECT * FROM tool_call_log WHERE action_id = ? ORDER BY id", (row["id"],)
         )
     )
-    return ActionRow(
-        row["id"],
-        row["ts"],
-        row["triggered_by"],
-        row["action_type"],
-        row["target"],
-        row["content"],
-        bool(row["ok"]),
-        row["error"],
-        tools,
-    )
+    return from_row(ActionRow, row, ok=bool(row["ok"]), tools=tools)
 
 
 def get_event(conn: sqlite3.Connection, event_id: int) -> EventRow | None:

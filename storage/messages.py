@@ -10,6 +10,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from storage.db import Database
+from storage.rows import from_row
 from storage.timestamps import to_iso, utc_now
 
 
@@ -83,12 +84,4 @@ class MessageRepo:
 
 
 def _message(row: sqlite3.Row) -> StoredMessage:
-    return StoredMessage(
-        seq=row["seq"],
-        chat_id=row["chat_id"],
-        sender=row["sender"],
-        text=row["text"],
-        ts=row["ts"],
-        from_me=bool(row["from_me"]),
-        action_id=row["action_id"],
-    )
+    return from_row(StoredMessage, row, from_me=bool(row["from_me"]))

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from assistant.errors import AmbiguousIdError, NotFoundError
 from storage.db import Database
+from storage.rows import from_row
 from storage.timestamps import from_iso
 
 _COLUMNS = (
@@ -313,30 +314,8 @@ class TaskRepo:
 
 
 def _task(row: sqlite3.Row) -> Task:
-    return Task(
-        id=row["id"],
-        chat_id=row["chat_id"],
-        kind=row["kind"],
-        schedule=row["schedule"],
-        what=row["what"],
-        status=row["status"],
-        created_at=row["created_at"],
-        next_run_at=row["next_run_at"],
-        last_run_at=row["last_run_at"],
-        last_outcome=row["last_outcome"],
-        last_error=row["last_error"],
-    )
+    return from_row(Task, row)
 
 
 def _run(row: sqlite3.Row) -> TaskRun:
-    return TaskRun(
-        id=row["id"],
-        task_id=row["task_id"],
-        scheduled_for=row["scheduled_for"],
-        trigger=row["trigger"],
-        state=row["state"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        error=row["error"],
-        event_id=row["event_id"],
-    )
+    return from_row(TaskRun, row)
