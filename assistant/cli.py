@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 from typing import NoReturn
@@ -113,11 +114,18 @@ def chat() -> None:
     async def run() -> None:
         async with LocalClient(settings.endpoint_path, mode="chat") as client:
             click.echo("Connected. Type /help, or Ctrl-D to leave.", err=True)
+            unsettled: set[str] = set()
+            all_settled = asyncio.Event()
+            all_settled.set()
 
             async def printer() -> None:
                 async for item in client.incoming():
                     if item.kind != "settled":
                         click.echo(item.text + "\n")
+                    elif item.id in unsettled:
+                        unsettled.discard(item.id)
+                        if not unsettled:
+                            all_settled.set()
 
             printing = asyncio.create_task(printer())
             loop = asyncio.get_running_loop()
@@ -127,7 +135,13 @@ def chat() -> None:
                     if not line:
                         break
                     if line.strip():
-                        await client.send(line.strip())
+                        message_id = secrets.token_hex(8)  # known before its answer can come
+                        unsettled.add(message_id)
+                        all_settled.clear()
+                        await client.send(line.strip(), message_id)
+                # End of input: answer what was asked before leaving.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(all_settled.wait(), 60)
             finally:
                 printing.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ChannelError):

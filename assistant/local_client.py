@@ -73,8 +73,9 @@ class LocalClient:
         data: dict[str, Any] = json.loads(line)
         return data
 
-    async def send(self, text: str) -> str:
-        message_id = secrets.token_hex(8)
+    async def send(self, text: str, message_id: str | None = None) -> str:
+        """Send text; its id comes back in the `settled` notice once it is handled."""
+        message_id = message_id or secrets.token_hex(8)
         await self._send({"type": "message", "id": message_id, "text": text})
         return message_id
 

@@ -117,6 +117,22 @@ def test_send_gets_answers_from_a_running_service(
     assert tasks == 1 and commands_stored == 0
 
 
+def test_chat_is_an_interactive_prompt(service: tuple[Path, subprocess.Popen[str]]) -> None:
+    home, _ = service
+    chat = subprocess.run(
+        [sys.executable, "-m", "assistant", "chat"],
+        input="/help\n/task add every 1h /status\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=env_for(home),
+    )
+    assert chat.returncode == 0, chat.stderr
+    assert "Connected." in chat.stderr
+    assert "/debug" in chat.stdout and "every 1h" in chat.stdout
+
+
 def test_send_without_a_service_fails_clearly(tmp_path: Path) -> None:
     result = cli(tmp_path / "nowhere", "send", "/status")
     assert result.returncode == 1
