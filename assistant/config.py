@@ -75,6 +75,30 @@ class Settings(BaseSettings):
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None
     discord_bot_token: SecretStr | None = None
+    # where runs execute: a Docker engine if one answers, else local processes
+    runner: Literal["auto", "docker", "process"] = Field(
+        default="auto", validation_alias="ASSISTANT_RUNNER"
+    )
+    # the engine (DOCKER_HOST semantics: unix://, tcp://host:2376, ssh://user@host)
+    docker_host: str | None = Field(default=None, validation_alias="DOCKER_HOST")
+    # image a run's container starts from
+    run_image: str = Field(default="assistant-run:latest", validation_alias="ASSISTANT_RUN_IMAGE")
+    # GPU indices runs may use: "auto" (all NVML sees), "none", or a list like "0,1,2,3"
+    gpus: str = Field(default="auto", validation_alias="ASSISTANT_GPUS")
+    # runs that need no GPU and may run at once
+    max_cpu_runs: int = Field(default=2, ge=1, le=64, validation_alias="ASSISTANT_MAX_CPU_RUNS")
+    # default container limits (a run's mem_mb= / cpus= override them)
+    run_memory_mb: int = Field(default=8192, ge=64, validation_alias="ASSISTANT_RUN_MEMORY_MB")
+    run_cpus: float = Field(default=2.0, gt=0, validation_alias="ASSISTANT_RUN_CPUS")
+    run_pids_limit: int = Field(default=1024, ge=16, validation_alias="ASSISTANT_RUN_PIDS_LIMIT")
+    # a run with no heartbeat or progress for this long is reported as stalled
+    stall_timeout_s: float = Field(default=300, gt=0, validation_alias="ASSISTANT_STALL_TIMEOUT")
+    # how often the monitor reads runs' events, in seconds
+    monitor_interval_s: float = Field(
+        default=0.5, gt=0, le=30, validation_alias="ASSISTANT_MONITOR_INTERVAL"
+    )
+    # seconds a paused or stopped run gets to checkpoint before it is killed
+    stop_grace_s: float = Field(default=60, ge=1, validation_alias="ASSISTANT_STOP_GRACE")
     # log level of the service's own diagnostics
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="ASSISTANT_LOG_LEVEL"
@@ -112,6 +136,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part for part in value.split(",") if part)
         return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_list(cls, value: str) -> str:
+        text = value.strip().lower()
+        if text in ("auto", "none", ""):
+            return text or "none"
+        parts = [p.strip() for p in text.split(",")]
+        if not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+            raise ValueError(f"{value!r}: use auto, none, or distinct GPU indices like 0,1,2,3")
+        return ",".join(parts)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.assistant_home / "runs"
 
     @property
     def zone(self) -> ZoneInfo:

@@ -45,3 +45,7 @@ class AmbiguousIdError(CommandError):
 
 class ChannelError(OpsError):
     """A channel failed to connect or to deliver."""
+
+
+class RunStartError(OpsError):
+    """A runner could not start a run; the message says why and what would fix it."""

@@ -36,6 +36,14 @@ class HostStats:
             self.gpu_note = "no GPU (NVML unavailable)"
             log.debug("NVML not available: %s", exc)
 
+    def gpu_count(self) -> int:
+        if self._nvml is None:
+            return 0
+        try:
+            return int(self._nvml.nvmlDeviceGetCount())
+        except Exception:
+            return 0
+
     def rss_mb(self) -> float:
         return float(self._process.memory_info().rss) / (1024 * 1024)
 

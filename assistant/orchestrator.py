@@ -23,6 +23,10 @@ from assistant.observability import EventLog
 from assistant.pruner import Pruner
 from assistant.queue import GroupQueue
 from assistant.redaction import Redactor
+from assistant.runs.manager import RunManager
+from assistant.runs.monitor import RunMonitor
+from assistant.runs.runner import Runner
+from assistant.runs.select import choose_runner, gpu_inventory
 from assistant.scheduler import TaskScheduler
 from assistant.services import Services
 from commands import build_router
@@ -36,6 +40,7 @@ from commands.registry import (
 from storage.chats import ChatRepo
 from storage.db import Database
 from storage.messages import MessageRepo, StoredMessage
+from storage.runs import RunRepo
 from storage.tasks import Task, TaskRepo
 
 log = logging.getLogger(__name__)
@@ -60,12 +65,14 @@ class Orchestrator:
         clock: Clock | None = None,
         agent: Agent | None = None,
         router: CommandRouter | None = None,
+        runner: Runner | None = None,
     ) -> None:
         self.settings = settings
         self.channels = list(channels)
         self.clock = clock or SystemClock()
         self.router = router or build_router()
         self._agent = agent
+        self._runner = runner
         self._state = State.UNOPENED
         self._admins = {LOCAL_ADMIN_CHAT, *settings.admin_chats}
         self._known_chats: set[str] = set()
@@ -78,6 +85,10 @@ class Orchestrator:
             raise RuntimeError("an orchestrator is opened once")
         self._state = State.OPENED
         settings = self.settings
+        # Decided before anything is opened: a required engine that is missing stops here.
+        host = HostStats()
+        inventory = gpu_inventory(settings, host)
+        runner = self._runner or await choose_runner(settings, len(inventory))
         db = await Database.open(settings.db_path)
         event_log = EventLog(
             db,
@@ -94,6 +105,9 @@ class Orchestrator:
                 for spec in self.router.commands.values()
             ]
         )
+        run_manager = RunManager(
+            RunRepo(db), runner, event_log, settings, self.clock, self.send, inventory
+        )
         self.services = Services(
             settings=settings,
             db=db,
@@ -104,10 +118,12 @@ class Orchestrator:
             scheduler=scheduler,
             channels=self.channels,
             chats=ChatRepo(db),
-            host=HostStats(),
+            host=host,
             agent=agent,
             started_at=self.clock.now(),
             send=self.send,
+            runs=run_manager,
+            monitor=RunMonitor(run_manager),
         )
         self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
         try:
@@ -116,6 +132,7 @@ class Orchestrator:
             for channel in self.channels:
                 await channel.start(self)
             await scheduler.start()
+            await self.services.monitor.start()
             for chat_id in await self.messages.chats_with_pending():
                 queue.enqueue(chat_id)  # conversation that arrived before a crash
         except BaseException:
@@ -136,6 +153,8 @@ class Orchestrator:
             return
         self._state = State.CLOSED
         services = self.services
+        await services.monitor.aclose()
+        await services.runs.runner.aclose()
         await services.scheduler.aclose()
         await self.pruner.aclose()
         for channel in reversed(self.channels):
@@ -248,9 +267,13 @@ class Orchestrator:
     ) -> Reply:
         """A command from a chat: answer it there, tracing it unless it is introspection."""
         services = self.services
-        name = text.split(maxsplit=1)[0].lstrip("/").split("@")[0].lower()
+        try:
+            parsed = parse_command(text)
+        except CommandError:
+            parsed = None
+        name = parsed.name if parsed else text.split(maxsplit=1)[0].lstrip("/").lower()
         spec = self.router.find(name)
-        if spec is not None and not spec.traced:
+        if spec is not None and parsed is not None and not spec.is_traced(parsed):
             reply, _ = await self._run_guarded(chat_id, sender, text, None)
             await self.send(chat_id, reply, None, traced=False)
             return reply

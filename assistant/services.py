@@ -18,6 +18,8 @@ from storage.chats import ChatRepo
 from storage.db import Database
 
 if TYPE_CHECKING:
+    from assistant.runs.manager import RunManager
+    from assistant.runs.monitor import RunMonitor
     from assistant.scheduler import TaskScheduler
     from commands.registry import CommandRouter, Reply
 
@@ -40,3 +42,5 @@ class Services:
     agent: Agent
     started_at: datetime
     send: SendFn
+    runs: RunManager
+    monitor: RunMonitor

@@ -6,9 +6,9 @@ from commands.registry import CommandRouter
 
 
 def build_router() -> CommandRouter:
-    from commands import debug, help, status, tasks
+    from commands import debug, help, runs, status, tasks
 
     router = CommandRouter()
-    for module in (help, status, tasks, debug):
+    for module in (help, status, tasks, runs, debug):
         router.include(module.router)
     return router

@@ -25,6 +25,7 @@ USAGE = "\n".join(
         "/debug why [id] — the whole chain behind the last action (or the action/event id)",
         "/debug event <id> — an event and everything it triggered",
         "/debug report — counts, busiest hours, recent failures",
+        "/debug run <id> — a run's chain: what asked for it, launch, engine calls, states",
     ]
 )
 MIN_PREFIX = 4
@@ -46,6 +47,10 @@ async def debug_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
         return await _event(ctx, rest[0])
     if sub == "report" and not rest:
         return await _report(ctx)
+    if sub == "run":
+        if len(rest) != 1:
+            raise usage_error(spec, "/debug run needs one run id.")
+        return await _run(ctx, rest[0])
     raise usage_error(spec, f"Unknown /debug view {sub!r}.")
 
 
@@ -280,4 +285,30 @@ async def _report(ctx: CommandContext) -> str:
         f"Writer: {writer.written:,} written since start, {s.log.pending:,} pending,"
         f" {writer.dropped:,} dropped, {writer.failures} failed flushes"
     )
+    return "\n".join(lines)
+
+
+async def _run(ctx: CommandContext, text: str) -> str:
+    """The chain that asked for the run, then every recorded event of the run in order."""
+    s = ctx.services
+    run = await s.runs.repo.resolve(text)
+    db = s.db
+    zone, now = s.settings.zone, s.clock.now()
+    lines = [f"Run {run.id} ({run.recipe}, {run.state})"]
+    first = await db.scalar(
+        "SELECT id FROM event_log WHERE source = 'run' AND source_id = ? ORDER BY id LIMIT 1",
+        (run.id,),
+    )
+    if first is not None:
+        lines.append("How it started:")
+        lines.extend(_chain_lines(await db.read_sync(eventlog.chain_to_event, first), zone, now))
+    rows = await db.fetchall(
+        "SELECT id FROM event_log WHERE source = 'run' AND source_id = ? ORDER BY id LIMIT 200",
+        (run.id,),
+    )
+    lines.append(f"Run events ({len(rows)}):")
+    for row in rows[1:]:
+        tree = await db.read_sync(eventlog.event_tree, row["id"], 1)
+        if tree is not None:
+            lines.extend(_tree_lines(tree, zone, now, "  "))
     return "\n".join(lines)

@@ -63,6 +63,11 @@ class CommandSpec:
     summary: str
     # False for read-only introspection (/debug) whose own replies would bury the chain
     traced: bool = True
+    # subcommands that only read (/run show): untraced like the above
+    quiet: frozenset[str] = frozenset()
+
+    def is_traced(self, cmd: ParsedCommand) -> bool:
+        return self.traced and not (cmd.args and cmd.args[0].lower() in self.quiet)
 
 
 @dataclass
@@ -72,26 +77,41 @@ class CommandRouter:
     commands: dict[str, CommandSpec] = field(default_factory=dict)
 
     def register(
-        self, handler: Handler, name: str, *, usage: str, summary: str, traced: bool = True
+        self,
+        handler: Handler,
+        name: str,
+        *,
+        usage: str,
+        summary: str,
+        traced: bool = True,
+        quiet: frozenset[str] = frozenset(),
     ) -> Handler:
         if name in self.commands:
             raise ValueError(f"command /{name} registered twice")
-        self.commands[name] = CommandSpec(name, handler, usage, summary, traced)
+        self.commands[name] = CommandSpec(name, handler, usage, summary, traced, quiet)
         return handler
 
     def command(
-        self, name: str, *, usage: str, summary: str, traced: bool = True
+        self,
+        name: str,
+        *,
+        usage: str,
+        summary: str,
+        traced: bool = True,
+        quiet: frozenset[str] = frozenset(),
     ) -> Callable[[Handler], Handler]:
         def decorate(handler: Handler) -> Handler:
-            return self.register(handler, name, usage=usage, summary=summary, traced=traced)
+            return self.register(
+                handler, name, usage=usage, summary=summary, traced=traced, quiet=quiet
+            )
 
         return decorate
 
     def include(self, other: CommandRouter) -> None:
         for spec in other.commands.values():
-            self.register(
-                spec.handler, spec.name, usage=spec.usage, summary=spec.summary, traced=spec.traced
-            )
+            self.commands.setdefault(spec.name, spec)
+            if self.commands[spec.name] is not spec:
+                raise ValueError(f"command /{spec.name} registered twice")
 
     def find(self, name: str) -> CommandSpec | None:
         return self.commands.get(name.lower())

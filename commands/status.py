@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from assistant.durations import format_duration
+from assistant.hoststats import GpuInfo
+from assistant.runs.report import eta
 from commands.formatting import format_local, time_until
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 from commands.tasks import format_task_list
+from storage.runs import ACTIVE
+from storage.timestamps import from_iso
 
 router = CommandRouter()
 
@@ -48,8 +52,8 @@ async def dashboard(ctx: CommandContext) -> str:
         + (f", {queue.waiting} waiting" if queue.waiting else "")
         + (f" · {', '.join(busy)}" if busy else " · all idle")
     )
-    lines.append("Runs: none active")
     gpus = s.host.gpus()
+    lines.extend(await runs_section(ctx, {g.index: g for g in gpus}))
     if gpus:
         for gpu in gpus:
             lines.append(
@@ -62,8 +66,6 @@ async def dashboard(ctx: CommandContext) -> str:
     task_line = f"Tasks: {summary.active} active, {summary.paused} paused"
     due = summary.next_due
     if due is not None and due.next_run_at:
-        from storage.timestamps import from_iso
-
         moment = from_iso(due.next_run_at)
         task_line += (
             f" · next: {due.what[:40]!r} {time_until(moment, now)}"
@@ -86,3 +88,40 @@ async def tasks_view(ctx: CommandContext) -> str:
     if not tasks:
         return "No tasks. Add one: /task add every 1h /status"
     return format_task_list(tasks, s.clock.now(), s.settings.zone)
+
+
+async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[str]:
+    """Each active run: recipe, step/total, loss, throughput, ETA, GPU memory; the queue."""
+    s = ctx.services
+    manager = s.runs
+    active = await manager.repo.in_states(ACTIVE)
+    lines = [f"Runner: {manager.runner.description}"]
+    if not active:
+        lines.append("Runs: none active")
+        return lines
+    lines.append(f"Runs: {len(active)} active")
+    for run in active:
+        total = f"/{run.total}" if run.total else ""
+        parts = [f"  {run.id} {run.recipe} {run.state}", f"step {run.step}{total}"]
+        if run.state == "queued":
+            wanted = f"{run.gpus_wanted} GPU(s)" if run.gpus_wanted else "a CPU slot"
+            parts.append(f"waiting for {wanted}")
+        loss = run.metrics.get("loss")
+        if isinstance(loss, int | float):
+            parts.append(f"loss {loss:.4g}")
+        live = s.monitor.live.get(run.id)
+        if live is not None:
+            if live.tokens_per_s:
+                parts.append(f"{live.tokens_per_s:,.0f} tok/s")
+            elif live.steps_per_s:
+                parts.append(f"{live.steps_per_s:.2f} steps/s")
+            left = eta(run.step, run.total, live.steps_per_s)
+            if left is not None:
+                parts.append(f"ETA {format_duration(left)}")
+        mem = [gpus[g] for g in run.gpus if g in gpus]
+        if mem:
+            parts.append("GPU mem " + ", ".join(f"{g.mem_used_mb:,} MB" for g in mem))
+        if run.stalled:
+            parts.append("STALLED")
+        lines.append(" · ".join(parts))
+    return lines

@@ -38,7 +38,12 @@ _BY_ID = ("pause", "resume", "delete", "run")
 _GROUPS = (("active", "Active"), ("paused", "Paused"), ("done", "Done"))
 
 
-@router.command("task", usage=USAGE, summary="schedule commands or prompts: cron, every, once")
+@router.command(
+    "task",
+    usage=USAGE,
+    summary="schedule commands or prompts: cron, every, once",
+    quiet=frozenset({"list"}),
+)
 async def task_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
     try:
         return await _dispatch(ctx, cmd)

@@ -175,6 +175,58 @@ def m003_log_stats(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m004_runs(conn: sqlite3.Connection) -> None:
+    execute_script(
+        conn,
+        """
+        CREATE TABLE runs (
+            id              TEXT PRIMARY KEY,
+            kind            TEXT NOT NULL CHECK (kind IN ('train', 'bench')),
+            recipe          TEXT NOT NULL,
+            params          TEXT NOT NULL,          -- JSON, resolved (defaults filled in)
+            image           TEXT NOT NULL,
+            gpus_wanted     INTEGER NOT NULL DEFAULT 0,
+            gpus            TEXT NOT NULL DEFAULT '[]',   -- JSON list of assigned indices
+            nproc           INTEGER NOT NULL DEFAULT 1,
+            memory_mb       INTEGER,
+            cpus            REAL,
+            chat_id         TEXT NOT NULL,
+            state           TEXT NOT NULL CHECK (state IN ('queued', 'starting', 'running',
+                                'pausing', 'paused', 'stopping', 'succeeded', 'failed',
+                                'cancelled', 'lost')),
+            runner          TEXT,                   -- docker | process
+            handle          TEXT,                   -- container id or pid
+            created_at      TEXT NOT NULL,
+            started_at      TEXT,
+            ended_at        TEXT,
+            step            INTEGER NOT NULL DEFAULT 0,
+            total           INTEGER,
+            metrics         TEXT NOT NULL DEFAULT '{}',   -- latest value per metric
+            best            TEXT NOT NULL DEFAULT '{}',
+            checkpoint      TEXT,                   -- latest checkpoint, relative to the run dir
+            exit_code       INTEGER,
+            error           TEXT,
+            events_offset   INTEGER NOT NULL DEFAULT 0,   -- bytes of events.jsonl consumed
+            last_beat_at    TEXT,
+            stalled         INTEGER NOT NULL DEFAULT 0,
+            retry_of        TEXT,
+            launch_action   INTEGER                 -- the action later run events hang off
+        );
+        CREATE INDEX runs_state ON runs(state, created_at);
+        CREATE TABLE run_states (
+            id       INTEGER PRIMARY KEY,
+            run_id   TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            ts       TEXT NOT NULL,
+            state    TEXT NOT NULL,
+            note     TEXT
+        );
+        CREATE INDEX run_states_run ON run_states(run_id, id);
+        CREATE INDEX event_log_run ON event_log(source_id) WHERE source = 'run';
+        """,
+    )
+
+
 def apply_migrations(
     conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
 ) -> int:

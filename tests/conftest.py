@@ -21,6 +21,8 @@ def settings(tmp_path: Path) -> Settings:
         tz="Europe/Berlin",
         admin_chats=("tg:1001",),
         secrets=("hunter2-secret-value",),
+        runner="process",
+        gpus="none",
         _env_file=None,  # type: ignore[call-arg]
     )
 

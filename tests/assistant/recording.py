@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from assistant.channels.base import Channel, Inbox, IncomingMessage
 from assistant.config import Settings
@@ -17,6 +19,7 @@ class RecordingChannel(Channel):
 
     def __init__(self, fail_with: Exception | None = None) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.images: list[tuple[str, Path]] = []
         self.fail_with = fail_with
         self._inbox: Inbox | None = None
         self._ids = 0
@@ -33,6 +36,21 @@ class RecordingChannel(Channel):
             raise self.fail_with
         self.sent.append((chat_id, text))
         return str(len(self.sent))
+
+    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+        self.images.append((chat_id, path))
+        return str(len(self.images))
+
+    async def wait_for(self, needle: str, timeout: float = 60) -> str:
+        """The first message sent so far or within `timeout` s that contains `needle`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for _, text in self.sent:
+                if needle in text:
+                    return text
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no message with {needle!r}; sent: {self.sent[-5:]}")
+            await asyncio.sleep(0.1)
 
     async def say(self, chat_id: str, text: str, sender: str = "ann") -> list[str]:
         """Deliver a message, wait until it is handled, return the replies to that chat."""

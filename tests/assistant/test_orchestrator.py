@@ -87,7 +87,7 @@ async def test_a_redelivered_message_is_answered_once(running: Running) -> None:
 async def test_a_failed_send_is_a_failed_action_with_the_error(settings: Settings) -> None:
     channel = RecordingChannel(fail_with=ConnectionError("telegram unreachable"))
     async with Orchestrator(settings, channels=[channel]) as orch:
-        await channel.say(ADMIN, "/task list")
+        await channel.say(ADMIN, "/task add every 1h /status")
         await orch.services.log.flush()
         row = await orch.services.db.fetchone(
             "SELECT ok, error FROM action_log WHERE action_type = 'message_sent'"

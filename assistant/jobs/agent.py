@@ -1,0 +1,425 @@
+"""The supervisor inside a run: start the recipe, keep a heartbeat, leave a result behind.
+
+    python -m assistant.jobs.agent RUN_DIR
+
+It reads `spec.json`, launches the recipe (through torchrun when nproc > 1) in its own
+process group with output appended to `stdout.log`, writes a `heartbeat` event every
+`heartbeat_s`, forwards SIGTERM/SIGINT to the recipe, and finally writes `result.json`:
+the recipe's own `result` event when it wrote one, or a `failed` result with the cause
+read from the recipe's `error` event, its exit status and the tail of its output.
+
+Standard library only (plus the stdlib-only recipe registry): it must start, and report
+a failure, even where torch itself is broken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from assistant.jobs.protocol import (
+    CHECKPOINTS,
+    EVENTS,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_STOPPED,
+    RESULT,
+    SPEC,
+    STDOUT,
+    EventWriter,
+    utc_now_iso,
+)
+from assistant.jobs.recipes import ParamError, RecipeInfo, get_recipe, to_cli_args
+
+TAIL_LINES = 20
+TAIL_BYTES = 64 * 1024  # enough to find the traceback or OOM text near the end
+DEFAULT_HEARTBEAT_S = 5.0
+# What torchrun may spend on a graceful stop before it SIGKILLs the workers: they save
+# a checkpoint first, which can take minutes for a large model.
+TORCHRUN_SHUTDOWN_S = "600"
+EXIT_CODES = {
+    "succeeded": EXIT_OK,
+    "paused": EXIT_PAUSED,
+    "stopped": EXIT_STOPPED,
+    "failed": EXIT_FAILED,
+}
+_OOM_TEXT = re.compile(r"MemoryError|out of memory|OutOfMemoryError|Signal 9 \(SIGKILL\)", re.I)
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds assistant/
+
+
+class SpecError(ValueError):
+    """spec.json is missing, not JSON, or asks for something impossible."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The parts of spec.json the agent acts on."""
+
+    run_id: str
+    recipe: RecipeInfo
+    params: dict[str, Any]
+    nproc: int
+    resume_from: str | None
+    heartbeat_s: float
+
+
+def load_spec(run_dir: Path) -> Spec:
+    """Read and check spec.json against the recipe registry.
+
+    :raises SpecError: anything wrong with it, in words fit for a chat message.
+    """
+    try:
+        raw = json.loads((run_dir / SPEC).read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{SPEC} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{SPEC} is unreadable: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{SPEC} must hold a JSON object")
+    try:
+        recipe = get_recipe(str(raw.get("recipe")))
+        params = raw.get("params") or {}
+        if not isinstance(params, dict):
+            raise SpecError("params must be an object")
+        to_cli_args(recipe, params)  # validates
+    except ParamError as exc:
+        raise SpecError(str(exc)) from None
+    nproc = raw.get("nproc", 1)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= 64:
+        raise SpecError(f"nproc must be an integer from 1 to 64, got {nproc!r}")
+    heartbeat = raw.get("heartbeat_s", DEFAULT_HEARTBEAT_S)
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or heartbeat <= 0:
+        raise SpecError(f"heartbeat_s must be a positive number, got {heartbeat!r}")
+    resume = raw.get("resume_from")
+    if resume is not None:
+        if not isinstance(resume, str) or not resume:
+            raise SpecError("resume_from must be a checkpoint path relative to the run dir")
+        if not recipe.supports_resume:
+            raise SpecError(f"recipe {recipe.name!r} cannot resume")
+        if Path(resume).is_absolute() or ".." in Path(resume).parts:
+            raise SpecError(f"resume_from must stay inside the run dir, got {resume!r}")
+        if not (run_dir / resume).is_file():
+            raise SpecError(f"resume_from {resume!r} does not exist in the run dir")
+    return Spec(
+        str(raw.get("run_id", run_dir.name)), recipe, params, nproc, resume, float(heartbeat)
+    )
+
+
+def build_command(spec: Spec, run_dir: Path) -> list[str]:
+    """The recipe's command line; torchrun (as `python -m torch.distributed.run`) for nproc > 1."""
+    launcher = [sys.executable, "-m"]
+    if spec.nproc > 1:
+        launcher += [
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={spec.nproc}",
+            "-m",
+        ]
+    args = ["--run-dir", str(run_dir), *to_cli_args(spec.recipe, spec.params)]
+    if spec.resume_from:
+        args.append(f"--resume={spec.resume_from}")
+    return [*launcher, spec.recipe.module, *args]
+
+
+@dataclass
+class EventTail:
+    """Follows events.jsonl from where this attempt began (earlier attempts are history)."""
+
+    path: Path
+    offset: int
+    step: int | None = None
+    checkpoint: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    _partial: bytes = field(default=b"", repr=False)
+
+    def poll(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return
+        self.offset += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self._see(event)
+
+    def _see(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "heartbeat":
+            return
+        if isinstance(event.get("step"), int):
+            self.step = event["step"]
+        if kind == "checkpoint":
+            self.checkpoint = event.get("path")
+        elif kind == "result":
+            self.result = event
+        elif kind == "error" and self.error is None:
+            self.error = event  # the first error is the cause; later ones are fallout
+
+
+class SignalForwarder:
+    """Passes SIGTERM/SIGINT on to the recipe's whole process group (torchrun and workers)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.received: int | None = None
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        self.forward()
+
+    def forward(self) -> None:
+        # returncode, not poll(): no reaping from inside a signal handler
+        if self.proc is not None and self.received is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, self.received)
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the agent dies, so no orphan keeps a GPU."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def read_tail(path: Path, start: int) -> str:
+    """The last TAIL_BYTES of `path` written after offset `start`."""
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(start, end - TAIL_BYTES))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def classify_failure(returncode: int | None, text: str) -> dict[str, Any]:
+    """An `error` event's fields for a recipe that ended without a result."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    tail = lines[-TAIL_LINES:]
+    killed = returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+    if killed or _OOM_TEXT.search(text):
+        how = "killed by SIGKILL" if killed else f"exited with code {returncode}"
+        return {"kind": "oom", "message": f"out of memory ({how})", "traceback": tail}
+    start = text.rfind("Traceback (most recent call last)")
+    if start >= 0:
+        tb = [ln for ln in text[start:].splitlines() if ln.strip()]
+        message = next((ln for ln in reversed(tb) if not ln.startswith((" ", "\t"))), tb[-1])
+        return {"kind": "exception", "message": message.strip(), "traceback": tb[-TAIL_LINES:]}
+    return {"kind": "exit", "message": f"exited with code {returncode}", "traceback": tail}
+
+
+def write_result(run_dir: Path, result: dict[str, Any]) -> None:
+    tmp = run_dir / (RESULT + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp, run_dir / RESULT)
+
+
+def fail(
+    writer: EventWriter,
+    run_dir: Path,
+    base: dict[str, Any],
+    error: dict[str, Any],
+    *,
+    emit_error: bool = True,
+    step: int | None = None,
+    checkpoint: str | None = None,
+) -> int:
+    """Report a failed run: error event (unless the recipe wrote one), result event, result.json."""
+    if emit_error:
+        writer.emit("error", **error)
+    writer.emit("result", status="failed", step=step, final={}, best={}, checkpoint=checkpoint)
+    write_result(
+        run_dir,
+        {
+            **base,
+            "status": "failed",
+            "step": step,
+            "final": {},
+            "best": {},
+            "checkpoint": checkpoint,
+            "error": {k: error.get(k) for k in ("kind", "message", "traceback")},
+            "ended_at": utc_now_iso(),
+        },
+    )
+    return EXIT_FAILED
+
+
+def supervise(run_dir: Path) -> int:
+    """Run one attempt of the run in `run_dir`; returns the agent's exit code."""
+    events = run_dir / EVENTS
+    start_offset = events.stat().st_size if events.exists() else 0
+    writer = EventWriter(run_dir)
+    forwarder = SignalForwarder()
+    base: dict[str, Any] = {"run_id": run_dir.name, "recipe": None, "exit_code": None}
+    try:
+        spec = load_spec(run_dir)
+    except SpecError as exc:
+        return fail(
+            writer,
+            run_dir,
+            base,
+            {"kind": "exception", "message": f"invalid spec: {exc}", "traceback": []},
+        )
+    base.update(run_id=spec.run_id, recipe=spec.recipe.name)
+    command = build_command(spec, run_dir)
+    writer.emit("log", level="info", message=f"recipe {spec.recipe.name}: {' '.join(command)}")
+    if forwarder.received is not None:  # told to stop before anything started
+        return _stopped_before_start(writer, run_dir, base)
+
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    if spec.nproc > 1:
+        env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", TORCHRUN_SHUTDOWN_S)
+    stdout_path = run_dir / STDOUT
+    stdout_offset = stdout_path.stat().st_size if stdout_path.exists() else 0
+    tail = EventTail(events, start_offset)
+    started = time.monotonic()
+    with stdout_path.open("ab", buffering=0) as out:
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # its own process group, so a signal reaches all of it
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            return fail(
+                writer,
+                run_dir,
+                base,
+                {"kind": "exception", "message": f"cannot start recipe: {exc}", "traceback": []},
+            )
+        forwarder.proc = proc
+        forwarder.forward()  # a signal that came while Popen ran
+        returncode = _wait(proc, writer, tail, spec.heartbeat_s)
+    tail.poll()
+    base.update(exit_code=returncode, duration_s=round(time.monotonic() - started, 3))
+
+    if tail.result is not None:
+        res = {k: v for k, v in tail.result.items() if k not in ("ts", "type")}
+        status = res.get("status", "failed")
+        write_result(
+            run_dir,
+            {
+                **base,
+                **res,
+                "error": tail.error and _error_fields(tail.error),
+                "ended_at": utc_now_iso(),
+            },
+        )
+        return EXIT_CODES.get(status, EXIT_FAILED)
+    if forwarder.received is not None and tail.error is None:
+        # told to stop, and it ended before the recipe could checkpoint (e.g. in start-up)
+        return _stopped_before_start(
+            writer, run_dir, base, step=tail.step, checkpoint=tail.checkpoint
+        )
+    if tail.error is not None:
+        error = _error_fields(tail.error)
+        if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+            error["kind"] = "oom"
+        return fail(
+            writer,
+            run_dir,
+            base,
+            error,
+            emit_error=False,
+            step=tail.step,
+            checkpoint=tail.checkpoint,
+        )
+    error = classify_failure(returncode, read_tail(stdout_path, stdout_offset))
+    return fail(writer, run_dir, base, error, step=tail.step, checkpoint=tail.checkpoint)
+
+
+def _wait(proc: subprocess.Popen[bytes], writer: EventWriter, tail: EventTail, every: float) -> int:
+    """Wait for the recipe, with a heartbeat (and the last step seen) every `every` seconds."""
+    while True:
+        tail.poll()
+        writer.emit("heartbeat", **({"step": tail.step} if tail.step is not None else {}))
+        try:
+            return proc.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _error_fields(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: event.get(k) for k in ("kind", "message", "traceback")}
+
+
+def _stopped_before_start(
+    writer: EventWriter,
+    run_dir: Path,
+    base: dict[str, Any],
+    *,
+    step: int | None = None,
+    checkpoint: str | None = None,
+) -> int:
+    """A stop that arrived before the recipe could checkpoint: `stopped`, nothing to resume."""
+    writer.emit("log", level="warning", message="stopped before the recipe could save a checkpoint")
+    writer.emit("result", status="stopped", step=step, final={}, best={}, checkpoint=checkpoint)
+    write_result(
+        run_dir,
+        {
+            **base,
+            "status": "stopped",
+            "step": step,
+            "final": {},
+            "best": {},
+            "checkpoint": checkpoint,
+            "error": None,
+            "ended_at": utc_now_iso(),
+        },
+    )
+    return EXIT_STOPPED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m assistant.jobs.agent RUN_DIR", file=sys.stderr)
+        return EXIT_FAILED
+    run_dir = Path(args[0]).resolve()
+    if not run_dir.is_dir():
+        print(f"agent: run dir {run_dir} does not exist", file=sys.stderr)
+        return EXIT_FAILED
+    (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
+    return supervise(run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

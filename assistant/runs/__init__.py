@@ -1,0 +1,1 @@
+"""Runs: specs, runners (Docker, local process), the monitor, the queue and reports."""

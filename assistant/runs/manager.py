@@ -1,0 +1,381 @@
+"""Run operations: submit, stop, pause, resume, retry, and the queue that starts runs.
+
+Commands (and later the model's tools) call these; each is traced as a tool call. Runs
+wait for GPUs instead of failing: a run asking for N GPUs starts when N of the configured
+inventory are free, in the order asked. The chain of a run:
+
+    message ─> run_queued ─> event "run ab12 starting" ─> run_launched (engine tool calls)
+           ─> events "started", "checkpoint", ..., "succeeded" ─> message_sent (the report)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from assistant.clock import Clock
+from assistant.config import Settings
+from assistant.errors import CommandError, RunStartError, StateError
+from assistant.jobs import protocol
+from assistant.jobs.recipes import RECIPES
+from assistant.observability import EventLog, traced
+from assistant.runs.runner import LaunchRequest, RunHandle, Runner
+from assistant.runs.spec import RunSpec
+from storage.runs import ACTIVE, LIVE, RunRecord, RunRepo
+from storage.timestamps import to_iso
+
+if TYPE_CHECKING:
+    from commands.registry import Reply
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[str, "str | Reply", "int | None"], Awaitable[object]]
+
+
+class RunManager:
+    """Owns the run queue and every change of a run's state made on request."""
+
+    def __init__(
+        self,
+        repo: RunRepo,
+        runner: Runner,
+        event_log: EventLog,
+        settings: Settings,
+        clock: Clock,
+        notify: Notify,
+        gpu_inventory: list[int],
+    ) -> None:
+        self.repo = repo
+        self.runner = runner
+        self.event_log = event_log
+        self.settings = settings
+        self.clock = clock
+        self.notify = notify
+        self.gpu_inventory = gpu_inventory
+        self._dispatch_lock = asyncio.Lock()
+        self._building: asyncio.Task[None] | None = None
+        self.build_note: str | None = None  # shown by /status while an image builds
+        self.on_dispatch: Callable[[RunRecord, RunHandle], None] | None = None
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.settings.runs_dir / run_id
+
+    def _now(self) -> str:
+        return to_iso(self.clock.now())
+
+    # ---- requests ----------------------------------------------------------------------
+
+    @traced("run.submit")
+    async def submit(
+        self, spec: RunSpec, triggered_by: int | None, *, retry_of: str | None = None
+    ) -> RunRecord:
+        """Queue a validated run and start it if its GPUs are free.
+
+        :raises CommandError: if it asks for more GPUs than the host has.
+        """
+        if spec.gpus > len(self.gpu_inventory):
+            have = len(self.gpu_inventory)
+            raise CommandError(
+                f"the run asks for {spec.gpus} GPU(s) but this host has {have}"
+                + ("" if have else " (set ASSISTANT_GPUS, or gpus=0 to run on the CPU)")
+            )
+        run = await self.repo.create(
+            kind=spec.kind,
+            recipe=spec.recipe,
+            params=spec.params,
+            image=spec.image,
+            gpus_wanted=spec.gpus,
+            nproc=spec.nproc,
+            memory_mb=spec.memory_mb,
+            cpus=spec.cpus,
+            chat_id=spec.chat_id,
+            total=spec.total,
+            now=self._now(),
+            retry_of=retry_of,
+        )
+        action = self.event_log.log_action(
+            triggered_by,
+            "run_queued",
+            target=run.id,
+            content={"recipe": spec.recipe, "params": spec.overrides, "gpus": spec.gpus},
+        )
+        await self.repo.update(run.id, launch_action=action)
+        await self.dispatch()
+        fresh = await self.repo.get(run.id)
+        assert fresh is not None
+        return fresh
+
+    @traced("run.stop")
+    async def stop(self, run: RunRecord, triggered_by: int | None) -> RunRecord:
+        """Cancel a queued run, or ask a live one to stop (it checkpoints first).
+
+        :raises StateError: if the run has ended or is paused.
+        """
+        return await self._halt(run, "stop", triggered_by)
+
+    @traced("run.pause")
+    async def pause(self, run: RunRecord, triggered_by: int | None) -> RunRecord:
+        """Checkpoint and stop the container; its GPUs are freed until resumed.
+
+        :raises StateError: if the run is not live or its recipe cannot resume.
+        """
+        if not RECIPES[run.recipe].supports_resume:
+            raise StateError(f"run {run.id} ({run.recipe}) cannot be paused: no resume support")
+        return await self._halt(run, "pause", triggered_by)
+
+    async def _halt(self, run: RunRecord, action: str, triggered_by: int | None) -> RunRecord:
+        if run.state == "queued":
+            if action == "pause":
+                raise StateError(f"run {run.id} has not started; /run stop {run.id} cancels it")
+            await self.repo.set_state(
+                run.id, "cancelled", self._now(), "cancelled while queued", ended_at=self._now()
+            )
+            self._changed(run, "cancelled", triggered_by)
+            await self.dispatch()
+            return await self._reload(run)
+        if run.state in ("pausing", "stopping"):
+            raise StateError(f"run {run.id} is already {run.state}")
+        if run.state not in LIVE or run.handle is None or run.runner is None:
+            raise StateError(f"run {run.id} is {run.state}; only a running run can {action}")
+        (self.run_dir(run.id) / protocol.CONTROL).write_text(json.dumps({"action": action}))
+        state = "pausing" if action == "pause" else "stopping"
+        await self.repo.set_state(run.id, state, self._now(), f"{action} asked")
+        handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
+        async with self.event_log.tool_call(f"{self.runner.kind}.signal", {"signal": "SIGTERM"}):
+            await self.runner.signal_stop(handle)
+        self._changed(run, f"{action} asked", triggered_by)
+        asyncio.get_running_loop().call_later(
+            self.settings.stop_grace_s, lambda: asyncio.ensure_future(self._kill_if_live(run.id))
+        )
+        return await self._reload(run)
+
+    async def _kill_if_live(self, run_id: str) -> None:
+        run = await self.repo.get(run_id)
+        if run is None or run.state not in ("pausing", "stopping") or run.handle is None:
+            return
+        log.warning("run %s did not stop within the grace period: killing it", run_id)
+        await self.runner.kill(RunHandle(self.runner.kind, run.handle, run.id))
+
+    @traced("run.resume")
+    async def resume(self, run: RunRecord, triggered_by: int | None) -> RunRecord:
+        """Queue a paused run again; it relaunches from its checkpoint.
+
+        :raises StateError: if it is not paused or has no checkpoint.
+        """
+        if run.state != "paused":
+            raise StateError(f"run {run.id} is {run.state}, not paused")
+        if run.checkpoint is None:
+            raise StateError(f"run {run.id} has no checkpoint to resume from; /run retry it")
+        action = self.event_log.log_action(
+            triggered_by, "run_resumed", target=run.id, content={"from": run.checkpoint}
+        )
+        (self.run_dir(run.id) / protocol.CONTROL).unlink(missing_ok=True)
+        await self.repo.set_state(
+            run.id,
+            "queued",
+            self._now(),
+            f"resume from {run.checkpoint}",
+            launch_action=action,
+            handle=None,
+            exit_code=None,
+            error=None,
+            ended_at=None,
+        )
+        await self.dispatch()
+        return await self._reload(run)
+
+    async def retry(self, run: RunRecord, triggered_by: int | None) -> RunRecord:
+        """The same spec as a fresh run."""
+        spec = RunSpec(
+            kind=run.kind,
+            recipe=run.recipe,
+            params=run.params,
+            gpus=run.gpus_wanted,
+            nproc=run.nproc,
+            memory_mb=run.memory_mb or self.settings.run_memory_mb,
+            cpus=run.cpus or self.settings.run_cpus,
+            image=run.image,
+            chat_id=run.chat_id,
+        )
+        return await self.submit(spec, triggered_by, retry_of=run.id)
+
+    def _changed(self, run: RunRecord, change: str, triggered_by: int | None) -> None:
+        self.event_log.log_action(triggered_by, "run_changed", target=run.id, content=change)
+
+    async def _reload(self, run: RunRecord) -> RunRecord:
+        return await self.repo.get(run.id) or run
+
+    # ---- the queue ---------------------------------------------------------------------
+
+    def free_gpus(self, live: list[RunRecord]) -> list[int]:
+        busy = {g for r in live for g in r.gpus}
+        return [g for g in self.gpu_inventory if g not in busy]
+
+    async def dispatch(self) -> None:
+        """Start every queued run whose resources are free, oldest first."""
+        async with self._dispatch_lock:
+            runs = await self.repo.in_states(ACTIVE)
+            live = [r for r in runs if r.state in LIVE]
+            free = self.free_gpus(live)
+            cpu_live = sum(1 for r in live if r.gpus_wanted == 0)
+            gpu_blocked = False
+            for run in (r for r in runs if r.state == "queued"):
+                if not await self.runner.image_ready(run.image):
+                    self._build_in_background(run)
+                    continue
+                if run.gpus_wanted == 0:
+                    if cpu_live >= self.settings.max_cpu_runs:
+                        continue
+                    cpu_live += 1
+                    assigned: list[int] = []
+                else:
+                    if gpu_blocked or len(free) < run.gpus_wanted:
+                        gpu_blocked = True  # first come, first served: later GPU runs wait
+                        continue
+                    assigned, free = free[: run.gpus_wanted], free[run.gpus_wanted :]
+                await self._start(run, assigned)
+
+    def _build_in_background(self, run: RunRecord) -> None:
+        """Build a missing image once, telling the asking chat how it goes, then dispatch."""
+        if self._building is not None and not self._building.done():
+            return
+        self._building = asyncio.create_task(self._build(run), name="image-build")
+
+    async def _build(self, run: RunRecord) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        last_said = started
+        event = self.event_log.log_event(
+            "run", run.id, summary=f"building image {run.image}", caused_by=run.launch_action
+        )
+        await self.notify(
+            run.chat_id,
+            f"Image {run.image} is missing: building it first (a few minutes the first time;"
+            f" run {run.id} starts after).",
+            event,
+        )
+
+        async def on_line(line: str) -> None:
+            nonlocal last_said
+            self.build_note = f"building {run.image}: {line[:80]}"
+            if line.startswith("==") and loop.time() - last_said > 20:
+                last_said = loop.time()
+                await self.notify(run.chat_id, f"Image build: {line.lstrip('= ')}", event)
+
+        try:
+            async with self.event_log.action(event, "image_built", target=run.image):
+                await self.runner.build_image(run.image, on_line)
+        except Exception as exc:
+            self.build_note = None
+            for waiting in await self.repo.in_states(("queued",)):
+                if waiting.image == run.image:
+                    await self.repo.set_state(
+                        waiting.id,
+                        "failed",
+                        self._now(),
+                        "image build failed",
+                        error=str(exc),
+                        ended_at=self._now(),
+                    )
+            await self.notify(
+                run.chat_id, f"Run {run.id} could not start: the image build failed: {exc}", event
+            )
+            return
+        self.build_note = None
+        took = loop.time() - started
+        await self.notify(run.chat_id, f"Image {run.image} built in {took:.0f}s.", event)
+        await self.dispatch()
+
+    async def queue_position(self, run: RunRecord) -> int:
+        queued = [r for r in await self.repo.in_states(("queued",)) if r.gpus_wanted > 0]
+        return next((i + 1 for i, r in enumerate(queued) if r.id == run.id), 0)
+
+    async def _start(self, run: RunRecord, gpus: list[int]) -> None:
+        """Write the run dir and launch; a refusal fails the run and tells its chat."""
+        run_dir = self.run_dir(run.id)
+        resume_from = run.checkpoint if run.started_at is not None else None
+        event_id = self.event_log.log_event(
+            "run",
+            run.id,
+            summary=f"run {run.id} {'resuming' if resume_from else 'starting'}"
+            f" ({run.recipe}, {len(gpus)} GPU)",
+            content={"gpus": gpus, "resume_from": resume_from},
+            caused_by=run.launch_action,
+        )
+        await self.repo.set_state(run.id, "starting", self._now(), None, gpus=gpus)
+        try:
+            async with self.event_log.action(event_id, "run_launched", target=run.id) as act:
+                prepare_run_dir(run_dir, run, resume_from)
+                request = LaunchRequest(
+                    run_id=run.id,
+                    recipe=run.recipe,
+                    run_dir=run_dir,
+                    image=run.image,
+                    gpus=tuple(gpus),
+                    nproc=run.nproc,
+                    memory_mb=run.memory_mb,
+                    cpus=run.cpus,
+                    pids_limit=self.settings.run_pids_limit,
+                    labels={"assistant.recipe": run.recipe},
+                )
+                async with self.event_log.tool_call(
+                    f"{self.runner.kind}.launch",
+                    {"image": run.image, "gpus": gpus, "memory_mb": run.memory_mb},
+                ) as call:
+                    handle = await self.runner.launch(request)
+                    call.output = {"handle": handle.ref}
+                act.content = {"handle": handle.ref, "runner": handle.runner}
+        except (RunStartError, OSError) as exc:
+            await self.repo.set_state(
+                run.id,
+                "failed",
+                self._now(),
+                "could not start",
+                error=str(exc),
+                ended_at=self._now(),
+            )
+            end = self.event_log.log_event(
+                "run",
+                run.id,
+                summary=f"run {run.id} could not start",
+                caused_by=act.id,
+                content={"error": str(exc)},
+            )
+            await self.notify(run.chat_id, f"Run {run.id} could not start: {exc}", end)
+            return
+        started_at = run.started_at or self._now()
+        await self.repo.update(
+            run.id,
+            runner=handle.runner,
+            handle=handle.ref,
+            launch_action=act.id,
+            started_at=started_at,
+            last_beat_at=self._now(),
+            stalled=0,
+        )
+        if self.on_dispatch is not None:
+            self.on_dispatch(run, handle)
+
+
+def prepare_run_dir(run_dir: Path, run: RunRecord, resume_from: str | None) -> None:
+    """spec.json and the folders; a fresh start clears what a failed start may have left."""
+    if resume_from is None and run_dir.exists():
+        shutil.rmtree(run_dir)
+    for stale in (protocol.RESULT, protocol.CONTROL):  # from the paused part of the run
+        (run_dir / stale).unlink(missing_ok=True)
+    for sub in ("", protocol.CHECKPOINTS, protocol.ARTIFACTS):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    spec = {
+        "run_id": run.id,
+        "recipe": run.recipe,
+        "params": run.params,
+        "nproc": run.nproc,
+        "resume_from": resume_from,
+        "heartbeat_s": 5,
+    }
+    (run_dir / protocol.SPEC).write_text(json.dumps(spec, indent=2))

@@ -1,0 +1,390 @@
+"""`RunMonitor`: follows every live run through its events.jsonl and its runner.
+
+Each pass reads the new complete lines from the stored offset, updates the run (offset and
+what the lines said, in one transaction), records notable events in the chain, watches
+heartbeats for a stall, and, once the runner says the run is over, settles its final
+state and sends the report. At start it reconciles with what is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from assistant.jobs import protocol
+from assistant.runs.manager import RunManager
+from assistant.runs.report import plot, read_events, summary_text
+from assistant.runs.runner import ExitInfo, RunHandle
+from commands.registry import Reply
+from storage.runs import LIVE, Progress, RunRecord
+from storage.timestamps import from_iso, to_iso
+
+log = logging.getLogger(__name__)
+
+MAX_READ = 4 * 1024 * 1024  # bytes per run per pass: a flood cannot starve other runs
+NOTABLE = ("started", "checkpoint", "error", "result")
+
+
+@dataclass
+class Live:
+    """Throughput of a live run, for /status (kept in memory, rebuilt after a restart)."""
+
+    first: tuple[float, int] | None = None
+    last: tuple[float, int] | None = None
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+
+    def note(self, step: int, event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, step)
+        self.last = (now, step)
+        if event.get("tokens_per_s") is not None:
+            self.tokens_per_s = float(event["tokens_per_s"])
+        if event.get("mfu") is not None:
+            self.mfu = float(event["mfu"])
+
+    @property
+    def steps_per_s(self) -> float | None:
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return None
+        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+
+
+class RunMonitor:
+    def __init__(self, manager: RunManager) -> None:
+        self.manager = manager
+        self.live: dict[str, Live] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.events_absorbed = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self.manager.on_dispatch = lambda run, handle: self._wake.set()
+        self._task = asyncio.create_task(self._loop(), name="run-monitor")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def reconcile(self) -> None:
+        """After a restart: re-attach what still runs; the loop settles what ended meanwhile.
+
+        A run left 'starting' without a handle died during launch: it is lost. Containers
+        of ours that no live run claims are stopped (nothing would ever watch them).
+        """
+        m = self.manager
+        active = {h.run_id: h for h in await m.runner.find_active()}
+        for run in await m.repo.in_states(LIVE):
+            if run.handle is None:
+                await self._finish(run, "lost", "the service stopped while launching it", None)
+            elif run.id in active:
+                log.info("re-attached run %s (%s %s)", run.id, run.runner, run.handle)
+        claimed = {r.id for r in await m.repo.in_states(LIVE)}
+        for run_id, handle in active.items():
+            if run_id not in claimed:
+                log.warning("stopping run %s: it runs but no live run claims it", run_id)
+                await m.runner.kill(handle)
+                await m.runner.remove(handle)
+        await m.dispatch()
+
+    async def _loop(self) -> None:
+        interval = self.manager.settings.monitor_interval_s
+        while True:
+            try:
+                await self.poll()
+            except Exception:
+                log.exception("run monitor pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            self._wake.clear()
+
+    # ---- one pass ----------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        """One pass over every live run."""
+        for run in await self.manager.repo.in_states(LIVE):
+            await self.follow(run)
+
+    async def follow(self, run: RunRecord) -> None:
+        m = self.manager
+        run_dir = m.run_dir(run.id)
+        events, offset = read_new(run_dir / protocol.EVENTS, run.events_offset)
+        progress = Progress(offset=offset)
+        live = self.live.setdefault(run.id, Live())
+        now = to_iso(m.clock.now())
+        result: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        for event in events:
+            kind = event.get("type")
+            self.events_absorbed += 1
+            step = event.get("step")
+            if isinstance(step, int):
+                progress.step = step
+            if kind in ("progress", "started", "checkpoint", "metric"):
+                # Signs of work. A heartbeat only says the agent lives: a hung collective
+                # keeps it beating while the steps stop, and that is the stall to catch.
+                progress.beat_at = now
+            if kind == "started":
+                progress.total = event.get("total") or progress.total
+                if run.state == "starting":
+                    progress.state, progress.note = "running", "started"
+                self.live[run.id] = live = Live()
+            elif kind == "progress":
+                if isinstance(step, int):
+                    live.note(step, event)
+                if event.get("total"):
+                    progress.total = int(event["total"])
+                if event.get("loss") is not None:
+                    progress.metrics["loss"] = event["loss"]
+            elif kind == "metric":
+                name, value = str(event.get("name")), event.get("value")
+                progress.metrics[name] = value
+                better = _better(run, name, value, {**run.best, **progress.best})
+                if better:
+                    progress.best[name] = value
+            elif kind == "checkpoint":
+                progress.checkpoint = str(event.get("path"))
+            elif kind == "result":
+                result = event
+            elif kind == "error":
+                error = event
+            if kind in NOTABLE:
+                m.event_log.log_event(
+                    "run",
+                    run.id,
+                    summary=f"run {run.id} {_describe(event)}",
+                    content=event,
+                    caused_by=run.launch_action,
+                )
+        if events or progress.offset != run.events_offset:
+            await m.repo.apply(run, progress, now)
+            run = await m.repo.get(run.id) or run
+        await self._check_end(run, result, error)
+
+    async def _check_end(
+        self, run: RunRecord, result: dict[str, Any] | None, error: dict[str, Any] | None
+    ) -> None:
+        m = self.manager
+        if run.handle is None or run.runner is None:
+            return
+        handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
+        state = await m.runner.state(handle)
+        if state.running:
+            await self._check_stall(run)
+            return
+        # Over: late lines first (the agent writes its last events just before exiting).
+        events, _ = read_new(m.run_dir(run.id) / protocol.EVENTS, run.events_offset)
+        if events:
+            await self.follow(run)
+            return
+        final, cause = settle(run, m.run_dir(run.id), state.exit, result, error)
+        await m.runner.remove(handle)
+        await self._finish(run, final, cause, state.exit)
+
+    async def _check_stall(self, run: RunRecord) -> None:
+        m = self.manager
+        if run.stalled or run.last_beat_at is None or run.state not in ("running", "starting"):
+            return
+        silent = (m.clock.now() - from_iso(run.last_beat_at)).total_seconds()
+        if silent < m.settings.stall_timeout_s:
+            return
+        await m.repo.update(run.id, stalled=1)
+        event = m.event_log.log_event(
+            "run",
+            run.id,
+            summary=f"run {run.id} stalled: no progress for {silent:.0f}s",
+            content={"step": run.step, "silent_s": round(silent)},
+            caused_by=run.launch_action,
+        )
+        await m.notify(
+            run.chat_id,
+            f"Run {run.id} ({run.recipe}) looks stalled: no progress for"
+            f" {silent:.0f}s (last step {run.step}). /run logs {run.id} shows its output;"
+            f" /run stop {run.id} ends it.",
+            event,
+        )
+
+    async def _finish(
+        self, run: RunRecord, final: str, cause: str | None, exit_info: ExitInfo | None
+    ) -> None:
+        m = self.manager
+        now = to_iso(m.clock.now())
+        await m.repo.set_state(
+            run.id,
+            final,
+            now,
+            cause,
+            ended_at=now if final != "paused" else None,
+            exit_code=exit_info.exit_code if exit_info else None,
+            error=cause if final in ("failed", "lost") else None,
+            gpus=[],
+        )
+        self.live.pop(run.id, None)
+        ended = await m.repo.get(run.id) or run
+        if final == "paused":
+            ended = await m.repo.get(run.id) or run
+        event = m.event_log.log_event(
+            "run",
+            run.id,
+            summary=f"run {run.id} {final}" + (f": {cause}" if cause else ""),
+            content={"state": final, "cause": cause, "exit_code": ended.exit_code},
+            caused_by=run.launch_action,
+        )
+        await self._report(ended, cause, event)
+        await m.dispatch()
+
+    async def _report(self, run: RunRecord, cause: str | None, event: int) -> None:
+        m = self.manager
+        run_dir = m.run_dir(run.id)
+        report_run = run if run.ended_at else _with_end(run, to_iso(m.clock.now()))
+        text = summary_text(report_run, cause, run_dir)
+        images: tuple[Path, ...] = ()
+        try:
+            picture = await asyncio.to_thread(
+                plot, run, read_events(run_dir), run_dir / protocol.ARTIFACTS / "curves.png"
+            )
+            if picture is not None:
+                images = (picture,)
+        except Exception:
+            log.exception("could not plot run %s", run.id)
+        await m.notify(run.chat_id, Reply(text, images), event)
+
+
+def _with_end(run: RunRecord, now: str) -> RunRecord:
+    from dataclasses import replace
+
+    return replace(run, ended_at=now)
+
+
+def read_new(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Complete lines after `offset`, and the offset after the last complete one."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(MAX_READ)
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    events = []
+    for line in data[: end + 1].split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            log.warning("unreadable event line in %s", path)
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events, offset + end + 1
+
+
+def settle(
+    run: RunRecord,
+    run_dir: Path,
+    exit_info: ExitInfo | None,
+    result: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+) -> tuple[str, str | None]:
+    """The final state of a run whose process is gone, and the cause if it failed."""
+    if result is None:
+        try:
+            result = json.loads((run_dir / protocol.RESULT).read_text())
+        except (OSError, ValueError):
+            result = None
+    code = exit_info.exit_code if exit_info else None
+    if run.state in ("stopping", "pausing") and result is None and code in (-15, 143, -9, 137):
+        # Asked to stop and ended by the signal itself: it had no checkpoint to write yet.
+        return "cancelled", None
+    if exit_info is not None and exit_info.oom_killed:
+        limit = f" (memory limit {run.memory_mb} MB)" if run.memory_mb else ""
+        return "failed", f"out of memory: the container was OOM-killed{limit}"
+    status = (result or {}).get("status")
+    if status == "succeeded":
+        return "succeeded", None
+    if status == "paused":
+        return "paused", None
+    if status == "stopped" or code == protocol.EXIT_STOPPED:
+        return "cancelled", None
+    if code == protocol.EXIT_PAUSED:
+        return "paused", None
+    if status == "failed" or error is not None or (code not in (None, 0)):
+        return "failed", _cause(error or (result or {}).get("error"), code)
+    if code == 0:
+        return "succeeded", None
+    return "lost", "the run's process is gone and left no result"
+
+
+def _cause(error: object, code: int | None) -> str:
+    if isinstance(error, dict):
+        kind = error.get("kind")
+        message = str(error.get("message", "")).strip()
+        trace = error.get("traceback") or []
+        if kind == "oom":
+            return f"out of memory: {message}" if message else "out of memory"
+        text = message or f"exit code {code}"
+        if trace:
+            text += "\n" + "\n".join(f"  {line}" for line in list(trace)[-8:])
+        return text
+    if code is not None and code < 0:
+        return f"killed by signal {-code}"
+    if code in (137,):
+        return "killed (SIGKILL: out of memory or stopped by force)"
+    return f"exit code {code}"
+
+
+def _better(run: RunRecord, name: str, value: object, best: dict[str, Any]) -> bool:
+    from assistant.jobs.recipes import RECIPES
+
+    if not isinstance(value, int | float):
+        return False
+    current = best.get(name)
+    if current is None:
+        return True
+    info = RECIPES.get(run.recipe)
+    lower = ("loss" in name) or (
+        info is not None and info.key_metric == name and info.key_metric_mode == "min"
+    )
+    return bool(value < current) if lower else bool(value > current)
+
+
+def _describe(event: dict[str, Any]) -> str:
+    kind = event.get("type")
+    if kind == "started":
+        return f"started at step {event.get('step', 0)} on {event.get('device', '?')}"
+    if kind == "checkpoint":
+        best = " (best)" if event.get("best") else ""
+        return f"checkpoint at step {event.get('step')}{best}"
+    if kind == "error":
+        return f"error: {str(event.get('message', ''))[:120]}"
+    if kind == "result":
+        return f"result {event.get('status')} at step {event.get('step')}"
+    return str(kind)
+
+
+def live_line(run: RunRecord, live: Live | None) -> dict[str, Any]:
+    """Numbers /status shows for a live run."""
+    info: dict[str, Any] = {"step": run.step, "total": run.total, "loss": run.metrics.get("loss")}
+    if live is not None:
+        info["steps_per_s"] = live.steps_per_s
+        info["tokens_per_s"] = live.tokens_per_s
+        info["mfu"] = live.mfu
+    return info
+
+
+__all__ = ["RunMonitor", "json", "live_line", "read_new", "settle"]

@@ -1,0 +1,145 @@
+"""`ProcessRunner`: the run's agent as a local subprocess, when no Docker engine is reachable.
+
+Same run-dir protocol as a container. The agent starts in a session of its own, so it
+outlives an orchestrator restart; `agent.pid` in the run dir lets a new orchestrator find
+it again. Its environment is built from scratch: nothing of the host's (no secret) leaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import psutil
+
+import assistant
+from assistant.errors import RunStartError
+from assistant.runs.runner import (
+    ExitInfo,
+    LaunchRequest,
+    RunHandle,
+    Runner,
+    RunnerState,
+)
+
+PID_FILE = "agent.pid"
+AGENT_LOG = "agent.log"
+CODE_ROOT = Path(assistant.__file__).resolve().parents[1]
+
+
+class ProcessRunner(Runner):
+    kind = "process"
+
+    def __init__(self, runs_dir: Path, python: str = sys.executable) -> None:
+        self._runs_dir = runs_dir
+        self._python = python
+        self._exits: dict[str, int] = {}  # reaped children: pid -> exit code
+
+    @property
+    def description(self) -> str:
+        return "local processes (no Docker engine)"
+
+    async def launch(self, request: LaunchRequest) -> RunHandle:
+        env = {
+            "PATH": os.defpath,
+            "PYTHONPATH": str(CODE_ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": str(max(1, int(request.cpus or 1))),
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in request.gpus),
+            "LANG": "C.UTF-8",
+            "HOME": str(request.run_dir),
+        }
+        argv = [self._python, "-m", "assistant.jobs.agent", str(request.run_dir)]
+        log = os.open(request.run_dir / AGENT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            # posix_spawn, not Popen: the agent must outlive us without a Popen object
+            # complaining at exit; we reap it ourselves while we live.
+            pid = os.posix_spawn(  # noqa: ASYNC221 - returns at once, never waits
+                self._python,
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log, 1),
+                    (os.POSIX_SPAWN_DUP2, log, 2),
+                ],
+                setsid=True,
+            )
+        except OSError as exc:
+            raise RunStartError(f"could not start the run's process: {exc}") from None
+        finally:
+            os.close(log)
+        (request.run_dir / PID_FILE).write_text(str(pid))
+        return RunHandle("process", str(pid), request.run_id)
+
+    def _reap(self, ref: str) -> int | None:
+        """Exit code of our child if it ended (once reaped, remembered); None otherwise."""
+        if ref in self._exits:
+            return self._exits[ref]
+        try:
+            pid, status = os.waitpid(int(ref), os.WNOHANG)
+        except (ChildProcessError, ValueError):
+            return None  # not our child
+        if pid == 0:
+            return None
+        self._exits[ref] = os.waitstatus_to_exitcode(status)
+        return self._exits[ref]
+
+    def _matches(self, handle: RunHandle) -> psutil.Process | None:
+        """The live process behind a handle, if it is still our agent for that run."""
+        try:
+            proc = psutil.Process(int(handle.ref))
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            cmdline = proc.cmdline()
+        except (psutil.Error, ValueError):
+            return None
+        if "assistant.jobs.agent" in cmdline and any(handle.run_id in a for a in cmdline):
+            return proc
+        return None
+
+    async def state(self, handle: RunHandle) -> RunnerState:
+        code = self._reap(handle.ref)
+        if code is not None:
+            return RunnerState(running=False, exit=ExitInfo(exit_code=code))
+        if self._matches(handle) is not None:
+            return RunnerState(running=True)
+        code = self._reap(handle.ref)  # it may have ended between the two looks
+        if code is not None:
+            return RunnerState(running=False, exit=ExitInfo(exit_code=code))
+        # Not our child (started before a restart): its exit code is gone; result.json says.
+        return RunnerState(running=False, exit=ExitInfo(exit_code=None), gone=True)
+
+    async def signal_stop(self, handle: RunHandle) -> None:
+        proc = self._matches(handle)
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGTERM)
+
+    async def kill(self, handle: RunHandle) -> None:
+        proc = self._matches(handle)
+        if proc is None:
+            return
+        with contextlib.suppress(psutil.Error):
+            family = [*proc.children(recursive=True), proc]
+            for member in family:
+                with contextlib.suppress(psutil.Error):
+                    member.kill()
+            await asyncio.to_thread(psutil.wait_procs, family, 5)
+        self._reap(handle.ref)
+
+    async def find_active(self) -> list[RunHandle]:
+        found = []
+        for pid_file in sorted(self._runs_dir.glob(f"*/{PID_FILE}")):
+            handle = RunHandle("process", pid_file.read_text().strip(), pid_file.parent.name)
+            if self._matches(handle) is not None:
+                found.append(handle)
+        return found
+
+    async def remove(self, handle: RunHandle) -> None:
+        self._reap(handle.ref)
+        self._exits.pop(handle.ref, None)

@@ -1,0 +1,216 @@
+"""/run and /runs: launch, watch, stop, pause, resume and retry training runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from assistant.durations import format_duration
+from assistant.errors import CommandError
+from assistant.jobs import protocol
+from assistant.jobs.recipes import RECIPES
+from assistant.runs.monitor import Live
+from assistant.runs.report import eta, log_tail
+from assistant.runs.spec import build_spec, recipe_help
+from commands.formatting import time_ago
+from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
+from storage.runs import ACTIVE, RunRecord
+from storage.timestamps import from_iso
+
+router = CommandRouter()
+
+USAGE = "\n".join(
+    [
+        "/run train <recipe> [key=value ...] — e.g. /run train gpt steps=2000 gpus=1",
+        "/run show <id> — spec, state history, metrics, checkpoint, container, exit code",
+        "/run logs <id> [n] — the last n lines of its output (default 20)",
+        "/run stop <id> — stop it (it checkpoints first)",
+        "/run pause <id> — checkpoint and free its GPUs; /run resume <id> continues",
+        "/run resume <id> — relaunch a paused run from its checkpoint",
+        "/run retry <id> — the same spec as a fresh run",
+        "/run recipes [name] — recipes and their parameters",
+    ]
+)
+
+
+@router.command(
+    "run",
+    usage=USAGE,
+    summary="launch and control training runs",
+    quiet=frozenset({"show", "logs", "recipes"}),
+)
+async def run_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
+    try:
+        return await _dispatch(ctx, cmd)
+    except CommandError as exc:
+        raise usage_error(router.commands["run"], str(exc)) from None
+
+
+@router.command(
+    "runs", usage="/runs — active runs, then recent ones", summary="list runs", traced=False
+)
+async def runs_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
+    if cmd.args:
+        raise usage_error(router.commands["runs"], "/runs takes no arguments.")
+    manager = ctx.services.runs
+    active = await manager.repo.in_states(ACTIVE)
+    recent = [r for r in await manager.repo.recent(15) if r.state not in ACTIVE]
+    if not active and not recent:
+        return "No runs yet. Start one: /run train gpt"
+    now = ctx.services.clock.now()
+    lines = []
+    if active:
+        lines.append("Active:")
+        lines.extend(_run_line(r, now, ctx.services.monitor.live.get(r.id)) for r in active)
+    if recent:
+        lines.append("Recent:")
+        lines.extend(_run_line(r, now, None) for r in recent[:10])
+    return "\n".join(lines)
+
+
+def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
+    total = f"/{run.total}" if run.total else ""
+    parts = [f"{run.id} {run.recipe} {run.state}", f"step {run.step}{total}"]
+    info = RECIPES.get(run.recipe)
+    key = info.key_metric if info else "loss"
+    for name in (key, "loss"):
+        if name in run.metrics:
+            parts.append(f"{name} {_num(run.metrics[name])}")
+            break
+    if live is not None and live.steps_per_s:
+        left = eta(run.step, run.total, live.steps_per_s)
+        if left is not None:
+            parts.append(f"ETA {format_duration(left)}")
+    parts.append(time_ago(from_iso(run.created_at), now))
+    if run.stalled:
+        parts.append("STALLED")
+    return "  " + " · ".join(parts)
+
+
+def _num(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str:
+    if not cmd.args:
+        raise CommandError("say what to do: train, show, logs, stop, pause, resume, retry")
+    sub, rest = cmd.args[0].lower(), list(cmd.args[1:])
+    if sub == "train":
+        return await _train(ctx, rest)
+    if sub == "recipes":
+        if len(rest) > 1:
+            raise CommandError("/run recipes takes at most one recipe name")
+        if rest:
+            info = RECIPES.get(rest[0].lower())
+            if info is None:
+                raise CommandError(f"unknown recipe {rest[0]!r}; recipes: {', '.join(RECIPES)}")
+            return recipe_help(info)
+        return "\n".join(f"{i.name} — {i.summary}" for i in RECIPES.values())
+    if sub not in ("show", "logs", "stop", "pause", "resume", "retry"):
+        raise CommandError(f"unknown subcommand {cmd.args[0]!r}")
+    if not rest:
+        raise CommandError(f"missing the run id: /run {sub} <id>; /runs shows ids")
+    if len(rest) > (2 if sub == "logs" else 1):
+        raise CommandError(
+            f"/run {sub} takes one run id" + (" and a count" if sub == "logs" else "")
+        )
+    manager = ctx.services.runs
+    run = await manager.repo.resolve(rest[0])
+    if sub == "show":
+        return await _show(ctx, run)
+    if sub == "logs":
+        return _logs(ctx, run, rest[1:])
+    if sub == "stop":
+        run = await manager.stop(run, ctx.event_id)
+        return f"Run {run.id}: {run.state}." + (
+            " It checkpoints, then stops; the report follows." if run.state == "stopping" else ""
+        )
+    if sub == "pause":
+        run = await manager.pause(run, ctx.event_id)
+        return f"Run {run.id}: pausing — it checkpoints, then frees its GPUs."
+    if sub == "resume":
+        run = await manager.resume(run, ctx.event_id)
+        return f"Run {run.id} resumes from {run.checkpoint} ({run.state})."
+    fresh = await manager.retry(run, ctx.event_id)
+    return f"Run {fresh.id} retries {run.id}: {fresh.recipe}, {fresh.state}."
+
+
+async def _train(ctx: CommandContext, words: list[str]) -> str:
+    if not words:
+        raise CommandError(f"name a recipe: {', '.join(RECIPES)}")
+    s = ctx.services
+    manager = s.runs
+    spec = build_spec(
+        words[0],
+        words[1:],
+        chat_id=ctx.chat_id,
+        image=s.settings.run_image,
+        default_gpus=min(1, len(manager.gpu_inventory)),
+        memory_mb=s.settings.run_memory_mb,
+        cpus=s.settings.run_cpus,
+    )
+    run = await manager.submit(spec, ctx.event_id)
+    shown = ", ".join(f"{k}={v}" for k, v in spec.params.items() if k in spec.overrides) or (
+        "defaults"
+    )
+    where = manager.runner.description
+    gpus = (
+        f"GPUs {run.gpus}" if run.gpus else ("no GPU" if not spec.gpus else f"{spec.gpus} GPU(s)")
+    )
+    head = f"Run {run.id}: {run.recipe} ({shown}) · {gpus} · image {run.image} · {where}."
+    if run.state == "queued":
+        position = await manager.queue_position(run)
+        wait = f" (position {position})" if position else ""
+        return f"{head}\nQueued: waiting for {spec.gpus} free GPU(s){wait}."
+    if run.state == "failed":
+        return f"{head}\nIt could not start: {run.error}"
+    return (
+        f"{head}\nState: {run.state}. /run show {run.id} follows it; the report comes at the end."
+    )
+
+
+async def _show(ctx: CommandContext, run: RunRecord) -> str:
+    manager = ctx.services.runs
+    zone = ctx.services.settings.zone
+    lines = [
+        f"Run {run.id} · {run.kind} {run.recipe} · {run.state}"
+        + (" · STALLED" if run.stalled else ""),
+        "Params: " + ", ".join(f"{k}={v}" for k, v in run.params.items()),
+        f"Resources: {run.gpus_wanted} GPU(s) {run.gpus or ''}, {run.nproc} proc(s),"
+        f" memory {run.memory_mb} MB, cpus {run.cpus} · image {run.image}",
+        f"Progress: step {run.step}" + (f"/{run.total}" if run.total else ""),
+    ]
+    for label, values in (("Latest", run.metrics), ("Best", run.best)):
+        if values:
+            shown = ", ".join(f"{k} {_num(v)}" for k, v in sorted(values.items()))
+            lines.append(f"{label}: {shown}")
+    run_dir = manager.run_dir(run.id)
+    if run.checkpoint:
+        lines.append(f"Checkpoint: {run_dir / run.checkpoint}")
+    artifacts = (
+        sorted(p.name for p in (run_dir / protocol.ARTIFACTS).glob("*")) if run_dir.exists() else []
+    )
+    if artifacts:
+        lines.append(f"Artifacts ({run_dir / protocol.ARTIFACTS}): {', '.join(artifacts)}")
+    lines.append(
+        f"Runner: {run.runner or '-'} {run.handle or ''} · exit code"
+        f" {run.exit_code if run.exit_code is not None else '-'}"
+    )
+    if run.error:
+        lines.append(f"Error: {run.error}")
+    if run.retry_of:
+        lines.append(f"Retry of {run.retry_of}")
+    lines.append("History:")
+    for ts, state, note in await manager.repo.history(run.id):
+        local = from_iso(ts).astimezone(zone).strftime("%m-%d %H:%M:%S")
+        lines.append(f"  {local} {state}" + (f" — {note}" if note else ""))
+    return "\n".join(lines)
+
+
+def _logs(ctx: CommandContext, run: RunRecord, rest: list[str]) -> str:
+    if rest and (not rest[0].isdigit() or not 1 <= int(rest[0]) <= 200):
+        raise CommandError("the line count is a number from 1 to 200")
+    n = int(rest[0]) if rest else 20
+    lines = log_tail(ctx.services.runs.run_dir(run.id), n)
+    if not lines:
+        return f"Run {run.id} has no output yet."
+    return f"Run {run.id}, last {len(lines)} line(s):\n" + "\n".join(lines)

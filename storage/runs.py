@@ -1,0 +1,241 @@
+"""Runs and their state history.
+
+The monitor's reading position in a run's events.jsonl (`events_offset`) is stored in the
+same transaction as what it learned from those lines, so a restart neither loses nor
+repeats an event.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from assistant.errors import AmbiguousIdError, NotFoundError
+from storage.db import Database
+from storage.ids import short_random_id
+from storage.rows import from_row
+
+ACTIVE = ("queued", "starting", "running", "pausing", "stopping")
+LIVE = ("starting", "running", "pausing", "stopping")  # something may be executing
+ENDED = ("succeeded", "failed", "cancelled", "lost")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    kind: str
+    recipe: str
+    params: dict[str, Any]
+    image: str
+    gpus_wanted: int
+    gpus: list[int]
+    nproc: int
+    memory_mb: int | None
+    cpus: float | None
+    chat_id: str
+    state: str
+    runner: str | None
+    handle: str | None
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    step: int
+    total: int | None
+    metrics: dict[str, Any]
+    best: dict[str, Any]
+    checkpoint: str | None
+    exit_code: int | None
+    error: str | None
+    events_offset: int
+    last_beat_at: str | None
+    stalled: bool
+    retry_of: str | None
+    launch_action: int | None
+
+
+@dataclass
+class Progress:
+    """What one monitor pass learned; applied in one transaction with the new offset."""
+
+    offset: int
+    step: int | None = None
+    total: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    beat_at: str | None = None
+    state: str | None = None
+    note: str | None = None
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return from_row(
+        RunRecord,
+        row,
+        params=json.loads(row["params"]),
+        gpus=json.loads(row["gpus"]),
+        metrics=json.loads(row["metrics"]),
+        best=json.loads(row["best"]),
+        stalled=bool(row["stalled"]),
+    )
+
+
+class RunRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        *,
+        kind: str,
+        recipe: str,
+        params: dict[str, Any],
+        image: str,
+        gpus_wanted: int,
+        nproc: int,
+        memory_mb: int | None,
+        cpus: float | None,
+        chat_id: str,
+        total: int | None,
+        now: str,
+        retry_of: str | None = None,
+    ) -> RunRecord:
+        for _ in range(5):
+            run_id = short_random_id(6)
+            try:
+                async with self._db.atomic() as conn:
+                    await conn.execute(
+                        "INSERT INTO runs (id, kind, recipe, params, image, gpus_wanted, nproc,"
+                        " memory_mb, cpus, chat_id, state, created_at, total, retry_of)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                        (
+                            run_id,
+                            kind,
+                            recipe,
+                            json.dumps(params),
+                            image,
+                            gpus_wanted,
+                            nproc,
+                            memory_mb,
+                            cpus,
+                            chat_id,
+                            now,
+                            total,
+                            retry_of,
+                        ),
+                    )
+                    await conn.execute(
+                        "INSERT INTO run_states (run_id, ts, state, note)"
+                        " VALUES (?, ?, 'queued', ?)",
+                        (run_id, now, "asked"),
+                    )
+            except sqlite3.IntegrityError:
+                continue  # id taken: draw another
+            run = await self.get(run_id)
+            assert run is not None
+            return run
+        raise RuntimeError("could not draw a free run id")
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        row = await self._db.fetchone("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return None if row is None else _run(row)
+
+    async def resolve(self, prefix: str) -> RunRecord:
+        """An unambiguous id prefix -> the run.
+
+        :raises NotFoundError, AmbiguousIdError: with the candidates.
+        """
+        text = prefix.strip().lower()
+        exact = await self.get(text)
+        if exact is not None:
+            return exact
+        rows = await self._db.fetchall(
+            "SELECT * FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT 11",
+            (text, text + "\U0010ffff"),
+        )
+        if not rows:
+            raise NotFoundError(f"no run with id starting {text!r}; /runs shows ids")
+        if len(rows) > 1:
+            raise AmbiguousIdError(text, [r["id"] for r in rows])
+        return _run(rows[0])
+
+    async def in_states(self, states: tuple[str, ...]) -> list[RunRecord]:
+        marks = ",".join("?" * len(states))
+        rows = await self._db.fetchall(
+            f"SELECT * FROM runs WHERE state IN ({marks}) ORDER BY created_at, id", states
+        )
+        return [_run(r) for r in rows]
+
+    async def recent(self, limit: int) -> list[RunRecord]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)
+        )
+        return [_run(r) for r in rows]
+
+    async def history(self, run_id: str) -> list[tuple[str, str, str | None]]:
+        rows = await self._db.fetchall(
+            "SELECT ts, state, note FROM run_states WHERE run_id = ? ORDER BY id", (run_id,)
+        )
+        return [(r["ts"], r["state"], r["note"]) for r in rows]
+
+    async def set_state(
+        self, run_id: str, state: str, now: str, note: str | None = None, **columns: Any
+    ) -> None:
+        """Change state (recorded in the history) and any other columns, atomically."""
+        sets = ["state = ?"]
+        values: list[Any] = [state]
+        for name, value in columns.items():
+            if name not in RunRecord.__dataclass_fields__:
+                raise ValueError(f"no run column {name}")
+            sets.append(f"{name} = ?")
+            values.append(json.dumps(value) if isinstance(value, list | dict) else value)
+        async with self._db.atomic() as conn:
+            await conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*values, run_id))
+            await conn.execute(
+                "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
+                (run_id, now, state, note),
+            )
+
+    async def update(self, run_id: str, **columns: Any) -> None:
+        """Change columns other than the state."""
+        if "state" in columns:
+            raise ValueError("use set_state to change a run's state")
+        sets, values = [], []
+        for name, value in columns.items():
+            if name not in RunRecord.__dataclass_fields__:
+                raise ValueError(f"no run column {name}")
+            sets.append(f"{name} = ?")
+            values.append(json.dumps(value) if isinstance(value, list | dict) else value)
+        await self._db.write(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*values, run_id))
+
+    async def apply(self, run: RunRecord, progress: Progress, now: str) -> None:
+        """Store a monitor pass: new offset, progress, metrics, maybe a state, atomically."""
+        metrics = {**run.metrics, **progress.metrics}
+        best = {**run.best, **progress.best}
+        async with self._db.atomic() as conn:
+            await conn.execute(
+                "UPDATE runs SET events_offset = ?, step = coalesce(?, step),"
+                " total = coalesce(?, total), metrics = ?, best = ?,"
+                " checkpoint = coalesce(?, checkpoint), last_beat_at = coalesce(?, last_beat_at),"
+                " state = coalesce(?, state), stalled = CASE WHEN ? IS NULL THEN stalled ELSE 0 END"
+                " WHERE id = ?",
+                (
+                    progress.offset,
+                    progress.step,
+                    progress.total,
+                    json.dumps(metrics),
+                    json.dumps(best),
+                    progress.checkpoint,
+                    progress.beat_at,
+                    progress.state,
+                    progress.beat_at,
+                    run.id,
+                ),
+            )
+            if progress.state is not None and progress.state != run.state:
+                await conn.execute(
+                    "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
+                    (run.id, now, progress.state, progress.note),
+                )

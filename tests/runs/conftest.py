@@ -1,0 +1,130 @@
+"""A real Docker engine for the runner tests, and a tiny probe image built on it.
+
+No engine is a failure, not a skip: a suite that silently skips its container tests
+would pass on a machine where runs cannot start. Set ASSISTANT_TEST_NO_DOCKER=1 to skip
+them on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tarfile
+from collections.abc import AsyncIterator, Iterator
+
+import docker
+import pytest
+
+from assistant.errors import RunStartError
+from assistant.runs.docker_runner import DEFAULT_DOCKER_HOST, DockerRunner
+
+TEST_LABEL = "assistant.test"
+PROBE_IMAGE = "assistant-test-probe:latest"
+# Any image with python3 will do: the imported Debian base is small and quick to build on.
+PROBE_BASES = ("assistant-base:bookworm", "assistant-run:latest")
+
+# The probe: does what spec.json in its run dir asks, the way the real agent would be
+# driven by the host; every action leaves evidence in the run dir.
+PROBE = r"""
+import json, os, signal, sys, time
+from pathlib import Path
+
+run = Path(sys.argv[1])
+spec = json.loads((run / "spec.json").read_text())
+action = spec["action"]
+
+if action == "write":
+    report = {"uid": os.getuid(), "gid": os.getgid(), "net": sorted(os.listdir("/sys/class/net"))}
+    for target in ("/opt/probe-write", "/workspace/probe-write", "/tmp/probe-write"):
+        try:
+            Path(target).write_text("x")
+            report[target] = "written"
+        except OSError as exc:
+            report[target] = exc.strerror
+    (run / "out.json").write_text(json.dumps(report))
+elif action == "exit":
+    sys.exit(spec["code"])
+elif action == "oom":
+    blocks = []
+    for _ in range(30):
+        blocks.append(b"\x01" * (10 << 20))  # filled, so the pages are really used
+    (run / "survived").write_text(str(len(blocks)))
+elif action == "trap":
+    def on_term(signum, frame):
+        (run / "terminated").write_text(str(signum))
+        sys.exit(4)
+    signal.signal(signal.SIGTERM, on_term)
+    (run / "ready").write_text("1")
+    time.sleep(60)
+elif action == "sleep":
+    time.sleep(60)
+"""
+
+
+def _docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[docker.DockerClient]:
+    """The engine the tests use; every container labelled as a test's is removed at the end."""
+    if os.environ.get("ASSISTANT_TEST_NO_DOCKER") == "1":
+        pytest.skip("ASSISTANT_TEST_NO_DOCKER=1: Docker engine tests skipped on purpose")
+    # Asked through the runner first: its error names the address and the fix, and a
+    # failed first connect through docker-py alone leaks a socket.
+    probe = DockerRunner(_docker_host())
+    try:
+        asyncio.run(probe.connect())
+    except RunStartError as exc:
+        pytest.fail(f"{exc} (or set ASSISTANT_TEST_NO_DOCKER=1 to skip these tests)", pytrace=False)
+    asyncio.run(probe.aclose())
+    client = docker.from_env(use_context=False)
+    yield client
+    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        container.remove(force=True)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def probe_image(docker_engine: docker.DockerClient) -> str:
+    """Build (or reuse from the build cache) the probe image FROM the local base."""
+    base = next((b for b in PROBE_BASES if docker_engine.images.list(name=b)), None)
+    if base is None:
+        pytest.fail(
+            f"none of {', '.join(PROBE_BASES)} is on the engine; build them with "
+            "deploy/build-images.sh",
+            pytrace=False,
+        )
+    dockerfile = (
+        f"FROM {base}\n"
+        "COPY probe.py /opt/probe.py\n"
+        'CMD ["python3", "/opt/probe.py", "/workspace/run"]\n'
+    )
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, text in (("Dockerfile", dockerfile), ("probe.py", PROBE)):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    docker_engine.images.build(
+        fileobj=context,
+        custom_context=True,
+        tag=PROBE_IMAGE,
+        rm=True,
+        network_mode="none",
+        labels={TEST_LABEL: "1"},
+    )
+    return PROBE_IMAGE
+
+
+@pytest.fixture
+async def runner(
+    docker_engine: docker.DockerClient, probe_image: str
+) -> AsyncIterator[DockerRunner]:
+    r = DockerRunner(_docker_host(), image=probe_image)
+    await r.connect()
+    yield r
+    await r.aclose()
