@@ -280,6 +280,9 @@ def supervise(run_dir: Path) -> int:
     """Run one attempt of the run in `run_dir`; returns the agent's exit code."""
     events = run_dir / EVENTS
     start_offset = events.stat().st_size if events.exists() else 0
+    # a result.json from an earlier attempt (e.g. the pause before this resume) would read
+    # as this attempt's end to anyone looking before we finish
+    (run_dir / RESULT).unlink(missing_ok=True)
     writer = EventWriter(run_dir)
     forwarder = SignalForwarder()
     base: dict[str, Any] = {"run_id": run_dir.name, "recipe": None, "exit_code": None}

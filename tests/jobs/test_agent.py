@@ -183,3 +183,18 @@ def test_failures_are_classified_from_exit_status_and_output(
     error = classify_failure(code, text)
     assert error["kind"] == kind and error["message"] == message
     assert isinstance(error["traceback"], list)
+
+
+def test_stop_during_start_up_is_stopped_not_failed(run_dir: MakeRunDir) -> None:
+    """A SIGTERM that lands before the recipe can checkpoint still ends as `stopped`."""
+    run = run_dir("gpt", {"steps": 10_000})
+    agent = start_agent(run)
+    try:
+        wait_for(run, lambda e: e["type"] == "heartbeat", agent)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=TIMEOUT) == EXIT_STOPPED
+    finally:
+        agent.kill()
+    result = result_json(run)
+    assert result["status"] == "stopped" and result["error"] is None
+    assert [e["status"] for e in read_events(run, "result")] == ["stopped"]

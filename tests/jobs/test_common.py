@@ -94,3 +94,11 @@ def test_ballast_touches_the_memory() -> None:
     assert allocate_ballast(0) is None
     ballast = allocate_ballast(3)
     assert ballast is not None and ballast.nbytes == 3 * 1024 * 1024 and int(ballast[-1]) == 1
+
+
+def test_usage_lists_every_param_with_its_bounds() -> None:
+    from assistant.jobs.recipes.common import usage
+
+    text = usage(GPT)
+    assert text.startswith("python -m assistant.jobs.recipes.gpt --run-dir DIR")
+    assert all(f"--{p.name} (" in text for p in GPT.params)
