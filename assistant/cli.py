@@ -14,7 +14,7 @@ import click
 
 from assistant.channels.local import LocalChannel
 from assistant.config import Settings, load_settings
-from assistant.errors import ChannelError, ConfigError
+from assistant.errors import ChannelError, ConfigError, OpsError
 from assistant.local_client import LocalClient, exchange
 from assistant.orchestrator import Orchestrator
 from assistant.redaction import Redactor
@@ -104,6 +104,26 @@ def send(text: str, wait: float, timeout: float) -> None:
         asyncio.run(run())
     except ChannelError as exc:
         _fail(str(exc), code=1)
+
+
+@main.group()
+def images() -> None:
+    """The run image that training containers start from."""
+
+
+@images.command("build")
+def images_build() -> None:
+    """Build the run image on the engine, with no registry (base, wheelhouse, image)."""
+    from assistant.runs.docker_runner import build_images
+
+    settings = _settings()
+    try:
+        asyncio.run(
+            build_images(click.echo, docker_host=settings.docker_host, image=settings.run_image)
+        )
+    except OpsError as exc:
+        _fail(str(exc), code=1)
+    click.echo(f"built {settings.run_image}")
 
 
 @main.command()

@@ -217,8 +217,9 @@ class EventLog:
     async def _run(self) -> None:
         backoff = self._flush_interval
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: see RunMonitor._loop
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
             self._wake.clear()
             ok = await self.flush()
             backoff = self._flush_interval if ok else min(backoff * 2, 5.0)

@@ -158,9 +158,13 @@ async def _train(ctx: CommandContext, words: list[str]) -> str:
     )
     head = f"Run {run.id}: {run.recipe} ({shown}) · {gpus} · image {run.image} · {where}."
     if run.state == "queued":
-        position = await manager.queue_position(run)
-        wait = f" (position {position})" if position else ""
-        return f"{head}\nQueued: waiting for {spec.gpus} free GPU(s){wait}."
+        if manager.building:
+            return f"{head}\nQueued: the run image is being built first; it starts after."
+        if spec.gpus:
+            position = await manager.queue_position(run)
+            wait = f" (position {position})" if position else ""
+            return f"{head}\nQueued: waiting for {spec.gpus} free GPU(s){wait}."
+        return f"{head}\nQueued: waiting for a free CPU slot (ASSISTANT_MAX_CPU_RUNS)."
     if run.state == "failed":
         return f"{head}\nIt could not start: {run.error}"
     return (

@@ -96,6 +96,8 @@ async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[st
     manager = s.runs
     active = await manager.repo.in_states(ACTIVE)
     lines = [f"Runner: {manager.runner.description}"]
+    if manager.build_note:
+        lines.append(f"Image: {manager.build_note}")
     if not active:
         lines.append("Runs: none active")
         return lines

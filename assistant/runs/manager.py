@@ -240,9 +240,13 @@ class RunManager:
                     assigned, free = free[: run.gpus_wanted], free[run.gpus_wanted :]
                 await self._start(run, assigned)
 
+    @property
+    def building(self) -> bool:
+        return self._building is not None and not self._building.done()
+
     def _build_in_background(self, run: RunRecord) -> None:
         """Build a missing image once, telling the asking chat how it goes, then dispatch."""
-        if self._building is not None and not self._building.done():
+        if self.building:
             return
         self._building = asyncio.create_task(self._build(run), name="image-build")
 

@@ -107,8 +107,11 @@ class RunMonitor:
                 await self.poll()
             except Exception:
                 log.exception("run monitor pass failed")
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that lands as the event fires, and aclose() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     # ---- one pass ----------------------------------------------------------------------

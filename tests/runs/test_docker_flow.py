@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -131,3 +132,25 @@ async def test_a_restart_reattaches_the_container(docker_settings: Settings) -> 
         lines = (orch.services.runs.run_dir(run_id) / "events.jsonl").read_text().splitlines()
     written = sum(1 for line in lines if json.loads(line)["type"] == "checkpoint")
     assert written > 0 and logged == written
+
+
+async def test_a_missing_image_is_built_first_and_the_chat_is_told(
+    docker_settings: Settings, docker_engine: docker.DockerClient
+) -> None:
+    image = "assistant-run-test-missing:latest"
+    settings = docker_settings.model_copy(update={"run_image": image})
+    channel = RecordingChannel()
+    try:
+        async with Orchestrator(
+            settings, channels=[channel], runner=DockerRunner(_docker_host(), image=image)
+        ):
+            replies = await channel.say(ADMIN, "/run train classifier steps=5")
+            reply = next(r for r in replies if r.startswith("Run "))
+            run_id = re.search(r"^Run (\w+):", reply).group(1)  # type: ignore[union-attr]
+            assert "Queued: the run image is being built first" in reply
+            await channel.wait_for(f"Image {image} is missing: building it first", timeout=10)
+            await channel.wait_for(f"Image {image} built in", timeout=600)
+            await channel.wait_for(f"Run {run_id} (classifier) succeeded", timeout=120)
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_engine.images.remove(image, noprune=True)

@@ -200,3 +200,27 @@ async def wait_until(probe, at_least: int, timeout: float = 60) -> None:  # type
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"did not reach {at_least} in {timeout}s")
         await asyncio.sleep(0.1)
+
+
+async def test_a_scheduled_task_launches_a_run(run_settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from assistant.clock import ManualClock
+
+    clock = ManualClock(datetime.now(UTC))
+    channel = RecordingChannel()
+    runner = ProcessRunner(run_settings.runs_dir)
+    async with Orchestrator(run_settings, channels=[channel], runner=runner, clock=clock) as orch:
+        (added,) = await channel.say(
+            ADMIN, '/task add cron "0 2 * * *" /run train classifier steps=20 gpus=0'
+        )
+        assert "scheduled" in added
+        clock.advance(timedelta(days=1))
+        assert await orch.services.scheduler.run_due() == 1
+        await orch.services.scheduler.wait_idle()
+        started = await channel.wait_for("Run ", timeout=10)
+        run_id = RUN_ID.search(started).group(1)  # type: ignore[union-attr]
+        await channel.wait_for(f"Run {run_id} (classifier) succeeded", timeout=90)
+        await orch.services.log.flush()
+        (chain,) = await channel.say(ADMIN, f"/debug run {run_id}")
+    assert "event scheduled_task" in chain and "action run_queued" in chain
