@@ -8,7 +8,6 @@ per-hour counts behind /debug report are decremented in the same transaction as 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -16,6 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from assistant.background import cancel
 from assistant.config import Settings
 from assistant.observability import EventLog
 from storage.db import Database
@@ -132,8 +132,5 @@ class Pruner:
             await self.prune()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None

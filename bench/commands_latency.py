@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assistant.channels.base import Channel, Inbox
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
+from bench.harness import NullChannel
 from storage.db import Database
 from storage.ids import encode, id_for_time
 from storage.timestamps import iso_from_ms
@@ -31,17 +31,6 @@ from storage.timestamps import iso_from_ms
 SOURCES = ("telegram", "slack", "scheduled_task", "run", "message_batch")
 ACTIONS = ("message_sent", "run_launched", "task_run", "command")
 TOOLS = ("telegram.send", "docker.create", "task.add", "slack.send")
-
-
-class NullChannel(Channel):
-    name = "telegram"
-    prefix = "tg"
-
-    async def start(self, inbox: Inbox) -> None:
-        return None
-
-    async def send_text(self, chat_id: str, text: str) -> str | None:
-        return None
 
 
 def seed(path: Path, n: int) -> None:

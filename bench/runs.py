@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assistant.channels.base import Channel, Inbox
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
@@ -34,18 +33,8 @@ from assistant.runs.runner import (
     Runner,
     RunnerState,
 )
+from bench.harness import NullChannel
 from storage.timestamps import from_iso
-
-
-class NullChannel(Channel):
-    name = "bench"
-    prefix = "tg"
-
-    async def start(self, inbox: Inbox) -> None:
-        return None
-
-    async def send_text(self, chat_id: str, text: str) -> str | None:
-        return None
 
 
 class AlwaysRunning(Runner):

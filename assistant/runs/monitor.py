@@ -13,10 +13,11 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from assistant.background import cancel
 from assistant.jobs import protocol
 from assistant.runs.manager import RunManager
 from assistant.runs.report import plot, read_events, summary_text
@@ -73,11 +74,8 @@ class RunMonitor:
         self._task = asyncio.create_task(self._loop(), name="run-monitor")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def reconcile(self) -> None:
         """After a restart: re-attach what still runs; the loop settles what ended meanwhile.
@@ -237,8 +235,6 @@ class RunMonitor:
         )
         self.live.pop(run.id, None)
         ended = await m.repo.get(run.id) or run
-        if final == "paused":
-            ended = await m.repo.get(run.id) or run
         event = m.event_log.log_event(
             "run",
             run.id,
@@ -252,7 +248,8 @@ class RunMonitor:
     async def _report(self, run: RunRecord, cause: str | None, event: int) -> None:
         m = self.manager
         run_dir = m.run_dir(run.id)
-        report_run = run if run.ended_at else _with_end(run, to_iso(m.clock.now()))
+        # A paused run has no end time; its report measures up to now.
+        report_run = run if run.ended_at else replace(run, ended_at=to_iso(m.clock.now()))
         text = summary_text(report_run, cause, run_dir)
         images: tuple[Path, ...] = ()
         try:
@@ -264,12 +261,6 @@ class RunMonitor:
         except Exception:
             log.exception("could not plot run %s", run.id)
         await m.notify(run.chat_id, Reply(text, images), event)
-
-
-def _with_end(run: RunRecord, now: str) -> RunRecord:
-    from dataclasses import replace
-
-    return replace(run, ended_at=now)
 
 
 def read_new(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -378,16 +369,3 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "result":
         return f"result {event.get('status')} at step {event.get('step')}"
     return str(kind)
-
-
-def live_line(run: RunRecord, live: Live | None) -> dict[str, Any]:
-    """Numbers /status shows for a live run."""
-    info: dict[str, Any] = {"step": run.step, "total": run.total, "loss": run.metrics.get("loss")}
-    if live is not None:
-        info["steps_per_s"] = live.steps_per_s
-        info["tokens_per_s"] = live.tokens_per_s
-        info["mfu"] = live.mfu
-    return info
-
-
-__all__ = ["RunMonitor", "json", "live_line", "read_new", "settle"]
