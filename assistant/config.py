@@ -75,6 +75,26 @@ class Settings(BaseSettings):
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None
     discord_bot_token: SecretStr | None = None
+    # chat platforms' API servers (a self-hosted Bot API server, or a test server)
+    telegram_api_url: str = "https://api.telegram.org/bot"
+    slack_api_url: str = "https://slack.com/api/"
+    discord_api_url: str | None = None  # None: discord.py's own
+    discord_gateway_url: str | None = None
+    # the model: Anthropic's Messages API (base URL for a proxy or a test server)
+    anthropic_base_url: str | None = None
+    model: str = Field(default="claude-sonnet-4-5", validation_alias="ASSISTANT_MODEL")
+    model_max_tokens: int = Field(
+        default=2048, ge=64, le=64_000, validation_alias="ASSISTANT_MODEL_MAX_TOKENS"
+    )
+    # tool-use loop bounds: model turns per request, and seconds per request
+    agent_max_turns: int = Field(
+        default=8, ge=1, le=50, validation_alias="ASSISTANT_AGENT_MAX_TURNS"
+    )
+    agent_timeout_s: float = Field(default=180, gt=0, validation_alias="ASSISTANT_AGENT_TIMEOUT")
+    # conversation history sent to the model, in (estimated) tokens
+    history_tokens: int = Field(default=12_000, ge=500, validation_alias="ASSISTANT_HISTORY_TOKENS")
+    # US dollars of model use per day (UTC); 0 = no budget
+    daily_budget_usd: float = Field(default=0, ge=0, validation_alias="ASSISTANT_DAILY_BUDGET_USD")
     # where runs execute: a Docker engine if one answers, else local processes
     runner: Literal["auto", "docker", "process"] = Field(
         default="auto", validation_alias="ASSISTANT_RUNNER"

@@ -227,6 +227,33 @@ def m004_runs(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m005_kv_and_usage(conn: sqlite3.Connection) -> None:
+    execute_script(
+        conn,
+        """
+        CREATE TABLE kv (                      -- small durable state: a Telegram offset, ...
+            key    TEXT PRIMARY KEY,
+            value  TEXT NOT NULL
+        );
+        CREATE TABLE model_usage (             -- one row per model call
+            id            INTEGER PRIMARY KEY,
+            ts            TEXT NOT NULL,
+            day           TEXT NOT NULL,       -- UTC date, for budgets and /usage
+            chat_id       TEXT,
+            model         TEXT NOT NULL,
+            input         INTEGER NOT NULL DEFAULT 0,
+            output        INTEGER NOT NULL DEFAULT 0,
+            cache_read    INTEGER NOT NULL DEFAULT 0,
+            cache_write   INTEGER NOT NULL DEFAULT 0,
+            cost_usd      REAL NOT NULL DEFAULT 0,
+            action_id     INTEGER
+        );
+        CREATE INDEX model_usage_day ON model_usage(day, chat_id);
+        """,
+    )
+
+
 def apply_migrations(
     conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
 ) -> int:

@@ -22,6 +22,9 @@ class IncomingMessage:
     platform_id: str | None = None  # the platform's message id, for de-duplication
     chat_title: str = ""
     reply_to: str | None = None
+    # addressed to the assistant: a direct message, a mention, a reply to it, its name.
+    # In a group, free text that is not addressed is stored but not answered.
+    addressed: bool = True
     received_at: str = field(default_factory=lambda: utc_now().isoformat())
 
 
