@@ -18,6 +18,8 @@ from assistant.errors import ChannelError, ConfigError, OpsError
 from assistant.local_client import LocalClient, exchange
 from assistant.orchestrator import Orchestrator
 from assistant.redaction import Redactor
+from storage.chats import ChatRepo
+from storage.db import Database
 
 
 class RedactingFormatter(logging.Formatter):
@@ -50,6 +52,8 @@ def _setup_logging(settings: Settings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # httpx logs every request URL, and the Bot API's URLs carry the token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @click.group()
@@ -74,10 +78,11 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     local = LocalChannel(settings.endpoint_path, port=settings.local_port)
-    async with Orchestrator(settings, channels=[local]):
+    async with Orchestrator(settings, channels=[local], platforms=True) as orch:
         click.echo(
             f"assistant is up: data in {settings.assistant_home},"
-            f" local channel on 127.0.0.1:{local.port}."
+            f" local channel on 127.0.0.1:{local.port};"
+            f" channels: {', '.join(c.name for c in orch.channels)}."
             ' Talk to it with: assistant send "/status"  (Ctrl-C stops)',
             err=True,
         )
@@ -104,6 +109,33 @@ def send(text: str, wait: float, timeout: float) -> None:
         asyncio.run(run())
     except ChannelError as exc:
         _fail(str(exc), code=1)
+
+
+@main.command()
+def chats() -> None:
+    """List the chats the assistant has seen, to find the id to make admin."""
+    settings = _settings()
+
+    async def run() -> None:
+        db = await Database.open(settings.db_path)
+        try:
+            rows = await ChatRepo(db).all()
+        finally:
+            await db.aclose()
+        if not rows:
+            click.echo("No chats seen yet: write to the assistant from a chat first.")
+        configured = {"local:console", *settings.admin_chats}
+        for chat in rows:
+            admin = chat.id in configured or chat.is_admin
+            rights = "admin" if admin else "allowed" if chat.allowed else "no rights"
+            title = f"  {chat.title}" if chat.title else ""
+            click.echo(f"{chat.id:24s} {rights:10s} last seen {chat.last_seen[:16]}{title}")
+        click.echo(
+            "Make one admin: ASSISTANT_ADMIN_CHATS=<id> (restart), or /chat admin <id>"
+            " from an admin chat."
+        )
+
+    asyncio.run(run())
 
 
 @main.group()

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     discord_gateway_url: str | None = None
     # the model: Anthropic's Messages API (base URL for a proxy or a test server)
     anthropic_base_url: str | None = None
-    model: str = Field(default="claude-sonnet-4-5", validation_alias="ASSISTANT_MODEL")
+    model: str = Field(default="claude-sonnet-5-5", validation_alias="ASSISTANT_MODEL")
     model_max_tokens: int = Field(
         default=2048, ge=64, le=64_000, validation_alias="ASSISTANT_MODEL_MAX_TOKENS"
     )

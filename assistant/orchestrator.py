@@ -13,8 +13,11 @@ import logging
 from collections.abc import Sequence
 from types import TracebackType
 
+from assistant.access import Access
 from assistant.agent import Agent, OfflineAgent
 from assistant.channels.base import Channel, IncomingMessage
+from assistant.channels.factory import platform_channels
+from assistant.claude_agent import ClaudeAgent, build_claude_agent
 from assistant.clock import Clock, SystemClock
 from assistant.config import Settings
 from assistant.errors import CommandError
@@ -39,13 +42,12 @@ from commands.registry import (
 )
 from storage.chats import ChatRepo
 from storage.db import Database
+from storage.kv import KeyValue
 from storage.messages import MessageRepo, StoredMessage
 from storage.runs import RunRepo
 from storage.tasks import Task, TaskRepo
 
 log = logging.getLogger(__name__)
-
-LOCAL_ADMIN_CHAT = "local:console"
 
 
 class State(enum.Enum):
@@ -66,6 +68,7 @@ class Orchestrator:
         agent: Agent | None = None,
         router: CommandRouter | None = None,
         runner: Runner | None = None,
+        platforms: bool = False,
     ) -> None:
         self.settings = settings
         self.channels = list(channels)
@@ -73,8 +76,8 @@ class Orchestrator:
         self.router = router or build_router()
         self._agent = agent
         self._runner = runner
+        self._platforms = platforms  # also start the chat platforms whose tokens are set
         self._state = State.UNOPENED
-        self._admins = {LOCAL_ADMIN_CHAT, *settings.admin_chats}
         self._known_chats: set[str] = set()
         self.services: Services
 
@@ -96,15 +99,19 @@ class Orchestrator:
             flush_interval=settings.event_flush_interval_s,
         )
         await event_log.start()
+        if self._platforms:
+            try:
+                self.channels.extend(platform_channels(settings, KeyValue(db)))
+            except BaseException:
+                await event_log.aclose()
+                await db.aclose()
+                raise
         self.messages = MessageRepo(db)
+        chats = ChatRepo(db)
+        access = Access(chats, settings.admin_chats)
         queue = GroupQueue(self._process_chat, settings.max_concurrent)
         scheduler = TaskScheduler(TaskRepo(db), event_log, settings, self.clock, self)
-        agent = self._agent or OfflineAgent(
-            [
-                f"{spec.usage.splitlines()[0]} — {spec.summary}"
-                for spec in self.router.commands.values()
-            ]
-        )
+        agent = self._agent or self._model_agent(db, event_log)
         run_manager = RunManager(
             RunRepo(db), runner, event_log, settings, self.clock, self.send, inventory
         )
@@ -117,7 +124,8 @@ class Orchestrator:
             queue=queue,
             scheduler=scheduler,
             channels=self.channels,
-            chats=ChatRepo(db),
+            chats=chats,
+            access=access,
             host=host,
             agent=agent,
             started_at=self.clock.now(),
@@ -128,6 +136,7 @@ class Orchestrator:
         self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
         try:
             event_log.log_event("system", None, summary="assistant started")
+            await access.load()
             await self.pruner.start()
             for channel in self.channels:
                 await channel.start(self)
@@ -163,15 +172,38 @@ class Orchestrator:
             except Exception:
                 log.exception("closing channel %s", channel.name)
         await services.queue.aclose()
+        if isinstance(services.agent, ClaudeAgent) and services.agent is not self._agent:
+            await services.agent.aclose()  # the one _model_agent made
         services.log.log_event("system", None, summary="assistant stopped")
         await services.log.aclose()
         services.host.aclose()
         await services.db.aclose()
 
+    # ---- the model (hook for assistant/claude_agent.py: it needs what __aenter__ makes) ---
+
+    def _model_agent(self, db: Database, event_log: EventLog) -> Agent:
+        """Claude when ANTHROPIC_API_KEY is set (closed in _shutdown), else the offline reply."""
+        claude = build_claude_agent(
+            self.settings,
+            db=db,
+            event_log=event_log,
+            messages=self.messages,
+            run_command=self.execute_command,
+            is_admin=self.is_admin,
+        )
+        if claude is not None:
+            return claude
+        return OfflineAgent(
+            [
+                f"{spec.usage.splitlines()[0]} — {spec.summary}"
+                for spec in self.router.commands.values()
+            ]
+        )
+
     # ---- incoming ----------------------------------------------------------------------
 
     def is_admin(self, chat_id: str) -> bool:
-        return chat_id in self._admins
+        return self.services.access.is_admin(chat_id)
 
     def _channel_for(self, chat_id: str) -> Channel | None:
         for channel in self.channels:
@@ -184,8 +216,7 @@ class Orchestrator:
         text = message.text.strip()
         admin = self.is_admin(message.chat_id)
         if message.chat_id not in self._known_chats:
-            channel = message.chat_id.split(":", 1)[0]
-            await self.services.chats.seen(message.chat_id, channel, message.chat_title, admin)
+            await self.services.chats.seen(message.chat_id, message.chat_title)
             self._known_chats.add(message.chat_id)
         source = self._source_name(message.chat_id)
         if looks_like_command(text):
@@ -196,7 +227,7 @@ class Orchestrator:
                 message.chat_id, message.sender, text, source=source, source_id=message.platform_id
             )
             return
-        await self._store_conversation(message, text, source, admin)
+        await self._store_conversation(message, text, source, self.services.access.answers(message))
 
     async def settled(self, chat_id: str) -> None:
         await self.services.queue.settled(chat_id)
@@ -206,7 +237,7 @@ class Orchestrator:
         return channel.name if channel is not None else chat_id.split(":", 1)[0]
 
     async def _store_conversation(
-        self, message: IncomingMessage, text: str, source: str, admin: bool
+        self, message: IncomingMessage, text: str, source: str, answer: bool
     ) -> None:
         services = self.services
         event_id = services.log.log_event(
@@ -225,6 +256,7 @@ class Orchestrator:
                     text,
                     platform_id=message.platform_id,
                     action_id=act.id,
+                    answer=answer,
                 )
                 act.content = {"seq": seq} if seq else "duplicate delivery, ignored"
         except Exception as exc:
@@ -235,7 +267,7 @@ class Orchestrator:
                 event_id,
             )
             return
-        if seq is not None and admin:
+        if seq is not None and answer:
             services.queue.enqueue(message.chat_id)
 
     # ---- commands ----------------------------------------------------------------------

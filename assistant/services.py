@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from assistant.access import Access
 from assistant.agent import Agent
 from assistant.channels.base import Channel
 from assistant.clock import Clock
@@ -38,6 +39,7 @@ class Services:
     scheduler: TaskScheduler
     channels: Sequence[Channel]
     chats: ChatRepo
+    access: Access
     host: HostStats
     agent: Agent
     started_at: datetime

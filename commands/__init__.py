@@ -6,9 +6,9 @@ from commands.registry import CommandRouter
 
 
 def build_router() -> CommandRouter:
-    from commands import debug, help, runs, status, tasks
+    from commands import chats, debug, help, runs, status, tasks, usage
 
     router = CommandRouter()
-    for module in (help, status, tasks, runs, debug):
+    for module in (help, status, tasks, runs, debug, chats, usage):
         router.include(module.router)
     return router

@@ -197,7 +197,23 @@ async def _why(ctx: CommandContext, rest: tuple[str, ...]) -> str:
     )
     hops = sum(1 for s in steps if s.event is not None)
     lines = [head, f"Chain from the root, {hops} event(s):", *_chain_lines(steps, zone, now)]
+    lines.extend(await _earlier_siblings(ctx, target))
     return "\n".join(lines)
+
+
+async def _earlier_siblings(ctx: CommandContext, target: Step) -> list[str]:
+    """What the target's event triggered before it (e.g. the model calls behind a reply)."""
+    if target.event is None or target.action is None:
+        return []
+    tree = await ctx.services.db.read_sync(eventlog.event_tree, target.event.id, 0)
+    before = [a for a, _ in tree.actions if a.id < target.action.id] if tree else []
+    if not before:
+        return []
+    zone, now = ctx.services.settings.zone, ctx.services.clock.now()
+    lines = [f"Before it, event {show_id(target.event.id)} triggered:"]
+    for action in before:
+        lines.extend(_action_lines(action, zone, now, "   "))
+    return lines
 
 
 def _tree_lines(tree: EventTree, zone: ZoneInfo, now: datetime, indent: str) -> list[str]:

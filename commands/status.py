@@ -8,6 +8,7 @@ from assistant.runs.report import eta
 from commands.formatting import format_local, time_until
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 from commands.tasks import format_task_list
+from commands.usage import usage_line
 from storage.runs import ACTIVE
 from storage.timestamps import from_iso
 
@@ -40,7 +41,8 @@ async def dashboard(ctx: CommandContext) -> str:
     lines.append(f"Channels: {channels or 'none'}")
     chats = await s.chats.all()
     if chats:
-        shown = [f"{c.id}{' (admin)' if c.is_admin else ''}" for c in chats[:10]]
+        admin = s.access.is_admin
+        shown = [f"{c.id}{' (admin)' if admin(c.id) else ''}" for c in chats[:10]]
         more = f" +{len(chats) - 10} more" if len(chats) > 10 else ""
         lines.append(f"Chats: {', '.join(shown)}{more}")
     else:
@@ -79,6 +81,7 @@ async def dashboard(ctx: CommandContext) -> str:
         + (f", last error: {writer.last_error}" if writer.failures else "")
     )
     lines.append(f"Model: {s.agent.description}")
+    lines.append(await usage_line(s))
     return "\n".join(lines)
 
 

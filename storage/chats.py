@@ -1,4 +1,9 @@
-"""Chats the assistant has seen, and the agent's processing cursor per chat."""
+"""Chats the assistant has seen, what each may do, and the agent's cursor per chat.
+
+`is_admin` and `allowed` here are grants made from an admin chat (/chat admin, /chat
+allow). Admins named in the settings are not stored: taking a chat out of
+ASSISTANT_ADMIN_CHATS takes its rights away at the next start.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ class Chat:
     id: str
     channel: str
     title: str
-    is_admin: bool
+    is_admin: bool  # granted from chat
+    allowed: bool  # free text answered (when addressed), without command rights
+    reply_mode: str  # "addressed" (mentions, DMs, replies, its name) or "all"
     first_seen: str
     last_seen: str
     cursor_seq: int
@@ -25,19 +32,43 @@ class ChatRepo:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def seen(self, chat_id: str, channel: str, title: str, is_admin: bool) -> None:
-        """Register the chat or refresh its title, admin flag and last-seen time."""
+    async def seen(self, chat_id: str, title: str) -> None:
+        """Register the chat, or refresh its title and last-seen time."""
         now = to_iso(utc_now())
         await self._db.write(
-            "INSERT INTO chats (id, channel, title, is_admin, first_seen, last_seen)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET title = excluded.title,"
-            " is_admin = excluded.is_admin, last_seen = excluded.last_seen",
-            (chat_id, channel, title, int(is_admin), now, now),
+            "INSERT INTO chats (id, channel, title, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET title = CASE WHEN excluded.title != ''"
+            " THEN excluded.title ELSE title END, last_seen = excluded.last_seen",
+            (chat_id, chat_id.split(":", 1)[0], title, now, now),
         )
 
+    async def grant(
+        self,
+        chat_id: str,
+        *,
+        admin: bool | None = None,
+        allowed: bool | None = None,
+        reply_mode: str | None = None,
+    ) -> Chat:
+        """Change what a chat may do; a chat never seen yet is registered first."""
+        await self.seen(chat_id, "")
+        await self._db.write(
+            "UPDATE chats SET is_admin = coalesce(?, is_admin), allowed = coalesce(?, allowed),"
+            " reply_mode = coalesce(?, reply_mode) WHERE id = ?",
+            (
+                None if admin is None else int(admin),
+                None if allowed is None else int(allowed),
+                reply_mode,
+                chat_id,
+            ),
+        )
+        chat = await self.get(chat_id)
+        assert chat is not None
+        return chat
+
     async def all(self) -> list[Chat]:
-        rows = await self._db.fetchall("SELECT * FROM chats ORDER BY is_admin DESC, last_seen DESC")
+        rows = await self._db.fetchall("SELECT * FROM chats ORDER BY last_seen DESC")
         return [_chat(row) for row in rows]
 
     async def get(self, chat_id: str) -> Chat | None:
@@ -46,4 +77,4 @@ class ChatRepo:
 
 
 def _chat(row: sqlite3.Row) -> Chat:
-    return from_row(Chat, row, is_admin=bool(row["is_admin"]))
+    return from_row(Chat, row, is_admin=bool(row["is_admin"]), allowed=bool(row["allowed"]))

@@ -23,6 +23,7 @@ class StoredMessage:
     ts: str
     from_me: bool
     action_id: int | None
+    answer: bool = True
 
 
 class MessageRepo:
@@ -38,14 +39,25 @@ class MessageRepo:
         platform_id: str | None = None,
         from_me: bool = False,
         action_id: int | None = None,
+        answer: bool = True,
     ) -> int | None:
         """Store one message; returns its seq, or None if this platform id was stored before."""
         async with self._db.atomic() as conn:
             cursor = await conn.execute(
-                "INSERT INTO messages (chat_id, platform_id, sender, text, ts, from_me, action_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO messages"
+                " (chat_id, platform_id, sender, text, ts, from_me, action_id, answer)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (chat_id, platform_id) WHERE platform_id IS NOT NULL DO NOTHING",
-                (chat_id, platform_id, sender, text, to_iso(utc_now()), int(from_me), action_id),
+                (
+                    chat_id,
+                    platform_id,
+                    sender,
+                    text,
+                    to_iso(utc_now()),
+                    int(from_me),
+                    action_id,
+                    int(answer),
+                ),
             )
             return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
 
@@ -53,7 +65,7 @@ class MessageRepo:
         """Messages after the chat's cursor, oldest first."""
         rows = await self._db.fetchall(
             "SELECT m.* FROM messages m JOIN chats c ON c.id = m.chat_id"
-            " WHERE m.chat_id = ? AND m.seq > c.cursor_seq AND m.from_me = 0"
+            " WHERE m.chat_id = ? AND m.seq > c.cursor_seq AND m.from_me = 0 AND m.answer = 1"
             " ORDER BY m.seq LIMIT ?",
             (chat_id, limit),
         )
@@ -67,9 +79,9 @@ class MessageRepo:
 
     async def chats_with_pending(self) -> list[str]:
         rows = await self._db.fetchall(
-            "SELECT c.id FROM chats c WHERE c.is_admin = 1 AND EXISTS"
+            "SELECT c.id FROM chats c WHERE EXISTS"
             " (SELECT 1 FROM messages m WHERE m.chat_id = c.id AND m.seq > c.cursor_seq"
-            " AND m.from_me = 0)"
+            " AND m.from_me = 0 AND m.answer = 1)"
         )
         return [row["id"] for row in rows]
 
@@ -84,4 +96,4 @@ class MessageRepo:
 
 
 def _message(row: sqlite3.Row) -> StoredMessage:
-    return from_row(StoredMessage, row, from_me=bool(row["from_me"]))
+    return from_row(StoredMessage, row, from_me=bool(row["from_me"]), answer=bool(row["answer"]))

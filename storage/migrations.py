@@ -254,6 +254,23 @@ def m005_kv_and_usage(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m006_chat_access(conn: sqlite3.Connection) -> None:
+    # Grants made from an admin chat (/chat allow|admin), kept apart from the settings'
+    # ASSISTANT_ADMIN_CHATS: removing a chat there must take its rights away.
+    execute_script(
+        conn,
+        """
+        ALTER TABLE chats ADD COLUMN allowed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE chats ADD COLUMN reply_mode TEXT NOT NULL DEFAULT 'addressed'
+            CHECK (reply_mode IN ('addressed', 'all'));
+        UPDATE chats SET is_admin = 0 WHERE id NOT LIKE 'local:%';
+        -- 0: kept as context only (a group message not addressed to the assistant)
+        ALTER TABLE messages ADD COLUMN answer INTEGER NOT NULL DEFAULT 1;
+        """,
+    )
+
+
 def apply_migrations(
     conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
 ) -> int:

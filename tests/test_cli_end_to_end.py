@@ -35,7 +35,7 @@ def env_for(home: Path) -> dict[str, str]:
         ASSISTANT_HOME=str(home),
         ASSISTANT_LOCAL_PORT="0",
         ASSISTANT_TIMEZONE="Europe/Berlin",
-        TELEGRAM_BOT_TOKEN="123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw9",
+        ASSISTANT_SECRETS="sesame-1234-open",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -87,7 +87,7 @@ def test_send_gets_answers_from_a_running_service(
     bad = cli(home, "send", "/task add every soon /status")
     assert bad.returncode == 0 and "Usage:" in bad.stdout
 
-    text = cli(home, "send", "what is the loss?")
+    text = cli(home, "send", "what is the loss? my password is sesame-1234-open")
     assert "No model is configured" in text.stdout
 
     why = cli(home, "send", "/debug why")
@@ -101,7 +101,7 @@ def test_send_gets_answers_from_a_running_service(
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
-    assert "123456789:AAHdq" not in err  # secrets never reach the log
+    assert "sesame-1234-open" not in err  # secrets never reach the log
     assert not endpoint.exists()
     conn = sqlite3.connect(home / "assistant.db")
     try:
@@ -111,10 +111,14 @@ def test_send_gets_answers_from_a_running_service(
         commands_stored = conn.execute(
             "SELECT count(*) FROM messages WHERE text LIKE '/%'"
         ).fetchone()[0]
+        logged = " ".join(
+            r[0] or "" for r in conn.execute("SELECT raw_content FROM event_log")
+        ) + " ".join(r[0] for r in conn.execute("SELECT summary FROM event_log"))
     finally:
         conn.close()
     assert last == "assistant stopped"
     assert tasks == 1 and commands_stored == 0
+    assert "my password is [REDACTED]" in logged and "sesame-1234-open" not in logged
 
 
 def test_chat_is_an_interactive_prompt(service: tuple[Path, subprocess.Popen[str]]) -> None:

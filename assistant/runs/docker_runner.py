@@ -36,6 +36,9 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DEFAULT_IMAGE = "assistant-run:latest"
 RUN_MOUNT = "/workspace/run"
 MANAGED_LABEL = "assistant.managed"
+# Which assistant owns a container: two assistants on one engine must never reconcile
+# (and stop) each other's runs.
+INSTANCE_LABEL = "assistant.instance"
 RUN_ID_LABEL = "assistant.run_id"
 RECIPE_LABEL = "assistant.recipe"
 # The uid:gid runs get when the orchestrator runs as root: the image's `runner` user.
@@ -186,9 +189,11 @@ class DockerRunner(Runner):
         shm_size: str = "1g",
         tmp_size: str = "512m",
         timeout_s: float = 60,
+        instance: str = "default",
     ) -> None:
         self.host = parse_docker_host(base_url or DEFAULT_DOCKER_HOST)
         self.image = image
+        self.instance = instance
         self.run_mount = run_mount
         self.gpu_count = gpu_count
         self._tls_cert_dir = tls_cert_dir
@@ -303,6 +308,7 @@ class DockerRunner(Runner):
                 RUN_ID_LABEL: request.run_id,
                 RECIPE_LABEL: request.recipe,
                 MANAGED_LABEL: "true",
+                INSTANCE_LABEL: self.instance,
             },
             "environment": env,
             "user": user,
@@ -360,7 +366,9 @@ class DockerRunner(Runner):
     async def find_active(self) -> list[RunHandle]:
         client = await self.connect()
         containers: list[Container] = await self._call(
-            lambda: client.containers.list(filters={"label": f"{MANAGED_LABEL}=true"})
+            lambda: client.containers.list(
+                filters={"label": [f"{MANAGED_LABEL}=true", f"{INSTANCE_LABEL}={self.instance}"]}
+            )
         )
         return [
             RunHandle(runner="docker", ref=str(c.id), run_id=c.labels.get(RUN_ID_LABEL, ""))

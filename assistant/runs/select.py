@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from assistant.config import Settings
@@ -22,7 +23,11 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
         return ProcessRunner(settings.runs_dir)
     from assistant.runs.docker_runner import DockerRunner
 
-    runner = DockerRunner(settings.docker_host, image=settings.run_image, gpu_count=gpu_count)
+    # One assistant per ASSISTANT_HOME: its containers carry that home's fingerprint.
+    instance = hashlib.sha256(str(settings.assistant_home.resolve()).encode()).hexdigest()[:12]
+    runner = DockerRunner(
+        settings.docker_host, image=settings.run_image, gpu_count=gpu_count, instance=instance
+    )
     try:
         await runner.connect()
         return runner

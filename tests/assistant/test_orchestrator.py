@@ -102,7 +102,7 @@ async def test_conversation_left_unprocessed_by_a_crash_is_answered_at_start(
     # A message stored just before the process died: in the table, beyond the cursor.
     channel = RecordingChannel()
     async with Orchestrator(settings, channels=[channel]) as orch:
-        await orch.services.chats.seen(ADMIN, "tg", "", True)
+        await orch.services.chats.seen(ADMIN, "")
         await orch.messages.store(ADMIN, "ann", "are you there?")
     assert channel.sent == []  # the queue was never told: as if the process had died
     channel = RecordingChannel()

@@ -8,7 +8,7 @@ from storage.messages import MessageRepo
 
 
 async def test_same_timestamp_messages_are_all_seen(db: Database) -> None:
-    await ChatRepo(db).seen("tg:1", "tg", "group", True)
+    await ChatRepo(db).seen("tg:1", "group")
     repo = MessageRepo(db)
     seqs = [await repo.store("tg:1", "ann", f"m{i}") for i in range(5)]
     # Force every message onto one timestamp: a timestamp cursor would lose some.
@@ -21,7 +21,7 @@ async def test_same_timestamp_messages_are_all_seen(db: Database) -> None:
 
 
 async def test_redelivery_of_a_platform_message_is_ignored(db: Database) -> None:
-    await ChatRepo(db).seen("tg:1", "tg", "", True)
+    await ChatRepo(db).seen("tg:1", "")
     repo = MessageRepo(db)
     assert await repo.store("tg:1", "ann", "hi", platform_id="42") is not None
     assert await repo.store("tg:1", "ann", "hi", platform_id="42") is None
@@ -29,7 +29,7 @@ async def test_redelivery_of_a_platform_message_is_ignored(db: Database) -> None
 
 
 async def test_cursor_never_moves_back(db: Database) -> None:
-    await ChatRepo(db).seen("tg:1", "tg", "", True)
+    await ChatRepo(db).seen("tg:1", "")
     repo = MessageRepo(db)
     for i in range(3):
         await repo.store("tg:1", "ann", f"m{i}")

@@ -1,0 +1,419 @@
+"""The Telegram channel: long polling with python-telegram-bot's `Bot`, sends through one
+`SendQueue`.
+
+Polling needs no public URL, which suits a single assistant on a GPU host. The update offset
+is stored after each update is handled, so a restart neither replays what was answered nor
+skips what arrived while the service was down. The token never appears in a message or a
+log line: the library's error texts are scrubbed of it, the one that quotes it (a rejected
+token) is replaced, and httpx, which logs every request URL, is kept at WARNING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import html
+import logging
+import os
+import re
+import warnings
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from telegram import Bot, InputFile, Message, Update
+from telegram import error as tg
+from telegram.constants import ChatType, ParseMode
+from telegram.warnings import PTBDeprecationWarning
+
+from assistant.background import cancel
+from assistant.channels.base import Channel, Inbox, IncomingMessage
+from assistant.channels.delivery import RetryAfter, SendQueue, TransientError, split_text
+from assistant.errors import ChannelError
+from storage.kv import KeyValue
+
+log = logging.getLogger(__name__)
+# PTB v22's own RetryAfter reads its int-valued period, which warns (a UserWarning, so it
+# is printed) on every 429; this opts in to the timedelta form that v23 makes the default.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
+T = TypeVar("T")
+OFFSET_KEY = "telegram.offset"
+TEXT_LIMIT = 4096  # characters of a message, after markup is parsed
+CAPTION_LIMIT = 1024
+TOKEN_REJECTED = "telegram: the bot token was rejected (Unauthorized); check TELEGRAM_BOT_TOKEN"
+_COMMAND_TARGET = re.compile(r"^/[A-Za-z0-9_]+@([A-Za-z0-9_]+)")
+_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
+
+
+class _Unparsable(ChannelError):
+    """Telegram could not parse our HTML: the text goes again, plain."""
+
+
+class _NotModified(ChannelError):
+    """An edit to the text the message already has."""
+
+
+class _CannotEdit(ChannelError):
+    """The message is gone or too old to edit: the text is sent anew."""
+
+
+class TelegramChannel(Channel):
+    name = "telegram"
+    prefix = "tg"
+    backoff_s = 1.0  # first wait after a failed poll; doubles up to max_backoff_s
+    max_backoff_s = 30.0
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        api_url: str,
+        kv: KeyValue,
+        poll_timeout: float = 30.0,
+        bot_name: str = "assistant",
+    ) -> None:
+        self._token = token
+        self._api_url = api_url
+        httpx_log = logging.getLogger("httpx")
+        if httpx_log.level == logging.NOTSET:  # it logs each URL at INFO, and ours hold the token
+            httpx_log.setLevel(logging.WARNING)
+        # PTB refuses an empty token in the constructor; `start` says so in our terms instead.
+        placeholder = token.strip() or "0:empty"
+        self._bot = Bot(placeholder, base_url=api_url, base_file_url=file_url(api_url))
+        self._kv = kv
+        self._poll_timeout = poll_timeout
+        self._bot_name = bot_name
+        self._queue = SendQueue("telegram")
+        self._poller: asyncio.Task[None] | None = None
+        self._offset: int | None = None
+        # Ids handled by this process: a duplicate delivery is skipped. Across restarts the
+        # stored offset does that, since the server forgets what lies below it.
+        self._recent: deque[int] = deque(maxlen=1000)
+        self._connected = False
+        self._closed = False
+        self._mention: re.Pattern[str] | None = None
+        self._called = re.compile(rf"^\s*@?{re.escape(bot_name)}\b", re.IGNORECASE)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    @property
+    def username(self) -> str:
+        """The bot's @username, known once `start` has run getMe."""
+        return self._bot.username
+
+    async def start(self, inbox: Inbox) -> None:
+        """Check the token (getMe), then poll in the background.
+
+        :raises ChannelError: if the token is rejected or the Bot API cannot be reached.
+        """
+        if not self._token.strip():
+            raise ChannelError(
+                "telegram: TELEGRAM_BOT_TOKEN is empty; set the token @BotFather gave"
+            )
+        try:
+            await self._bot.initialize()  # getMe
+            await self._bot.delete_webhook()  # getUpdates is refused while a webhook is set
+        except tg.InvalidToken:
+            await self._bot.shutdown()
+            raise ChannelError(TOKEN_REJECTED) from None
+        except tg.TelegramError as exc:
+            await self._bot.shutdown()
+            raise ChannelError(
+                f"telegram: cannot reach the Bot API at {self._where()}: {self._scrub(exc)}"
+            ) from None
+        self._mention = re.compile(rf"@{re.escape(self._bot.username)}\b", re.IGNORECASE)
+        stored = await self._kv.get(OFFSET_KEY)
+        self._offset = int(stored) if stored else None
+        self._connected = True
+        log.info("telegram: connected as @%s", self._bot.username)
+        self._poller = asyncio.create_task(self._poll(inbox), name="telegram-poll")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._connected = False
+        await cancel(self._poller)
+        self._poller = None
+        await self._queue.aclose()
+        await self._bot.shutdown()
+
+    # ---- incoming ----------------------------------------------------------------------
+
+    async def _poll(self, inbox: Inbox) -> None:
+        delay = self.backoff_s
+        timeout = dt.timedelta(seconds=self._poll_timeout)
+        while True:
+            try:
+                updates = await self._bot.get_updates(
+                    offset=self._offset, timeout=timeout, allowed_updates=[Update.MESSAGE]
+                )
+                if not self._connected:
+                    log.info("telegram: connected again")
+                self._connected = True
+                delay = self.backoff_s
+                for update in updates:
+                    await self._handle(inbox, update)
+                continue
+            except tg.RetryAfter as exc:
+                await asyncio.sleep(_retry_seconds(exc))
+                continue
+            except tg.InvalidToken:
+                log.error("%s (while polling)", TOKEN_REJECTED)
+            except tg.Conflict:
+                log.error(
+                    "telegram: another process is polling with this bot token (409 Conflict);"
+                    " stop the other instance"
+                )
+            except tg.TelegramError as exc:  # NetworkError, TimedOut, 5xx
+                if self._connected:
+                    log.warning("telegram: connection lost (%s); retrying", self._scrub(exc))
+            except Exception:
+                log.exception("telegram: polling failed; retrying")
+            self._connected = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    async def _handle(self, inbox: Inbox, update: Update) -> None:
+        """Deliver one update, then store the offset past it (never before: no skips)."""
+        if update.update_id in self._recent:
+            log.debug("telegram: update %d was handled before; skipped", update.update_id)
+            return
+        try:
+            message = self._incoming(update)
+            if message is not None:
+                await inbox.deliver(message)
+        except Exception:
+            # One update that cannot be handled must not block every later one.
+            log.exception("telegram: update %d could not be handled; skipped", update.update_id)
+        self._recent.append(update.update_id)
+        # Not max(): after a week without updates Telegram restarts ids at a random value.
+        self._offset = update.update_id + 1
+        await self._kv.set(OFFSET_KEY, str(self._offset))
+
+    def _incoming(self, update: Update) -> IncomingMessage | None:
+        message = update.message
+        if message is None:
+            return None
+        chat = message.chat
+        if message.migrate_to_chat_id is not None:
+            log.warning(
+                "telegram: group tg:%s became supergroup tg:%s; update chat ids that name it",
+                chat.id,
+                message.migrate_to_chat_id,
+            )
+            return None
+        text = message.text or message.caption
+        user = message.from_user
+        if not text or (user is not None and user.is_bot):
+            return None  # no text, or another bot: answering bots invites loops
+        target = _COMMAND_TARGET.match(text)
+        if target and target.group(1).lower() != self._bot.username.lower():
+            return None  # /command@otherbot in a group
+        sender: str | None
+        if user is not None:
+            sender = user.username or user.full_name
+        else:
+            sender = message.sender_chat.effective_name if message.sender_chat else None
+        reply = message.reply_to_message
+        return IncomingMessage(
+            chat_id=f"tg:{chat.id}",
+            sender=sender or "unknown",
+            text=text,
+            platform_id=str(message.message_id),
+            chat_title=chat.effective_name or "",
+            reply_to=str(reply.message_id) if reply else None,
+            addressed=self._addressed(message, text),
+        )
+
+    def _addressed(self, message: Message, text: str) -> bool:
+        """A direct message, an @mention, a reply to the bot, or text that starts with its name."""
+        if message.chat.type == ChatType.PRIVATE:
+            return True
+        reply = message.reply_to_message
+        if reply is not None and reply.from_user is not None and reply.from_user.id == self._bot.id:
+            return True
+        if self._mention is not None and self._mention.search(text):
+            return True
+        return bool(self._called.match(text))
+
+    # ---- outgoing ----------------------------------------------------------------------
+
+    async def send_text(self, chat_id: str, text: str) -> str | None:
+        """Send as HTML, split at Telegram's limit; returns the last message's id."""
+        target = self._target(chat_id)
+        last: str | None = None
+        for piece in split_text(text, TEXT_LIMIT):
+            if piece.strip():
+                last = await self._send_piece(target, piece)
+        return last
+
+    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+        """sendPhoto; a caption over Telegram's 1024 follows as its own message."""
+        target = self._target(chat_id)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            raise ChannelError(f"telegram: cannot read image {path}: {exc.strerror}") from None
+        short = caption if len(caption) <= CAPTION_LIMIT else ""
+        photo = InputFile(data, filename=path.name)
+
+        async def send(markup: bool) -> Message:
+            return await self._bot.send_photo(
+                target,
+                photo,
+                caption=to_html(short) if markup else short,
+                parse_mode=ParseMode.HTML if markup else None,
+            )
+
+        try:
+            sent = await self._submit(lambda: send(True))
+        except _Unparsable:
+            sent = await self._submit(lambda: send(False))
+        if caption and not short:
+            await self.send_text(chat_id, caption)
+        return str(sent.message_id)
+
+    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
+        """editMessageText; a text over the limit continues in new messages."""
+        target = self._target(chat_id)
+        if not message_id.isdigit():
+            raise ChannelError(f"telegram: {message_id!r} is not a message id")
+        first, *rest = split_text(text, TEXT_LIMIT)
+
+        async def edit(markup: bool) -> object:
+            return await self._bot.edit_message_text(
+                to_html(first) if markup else first,
+                chat_id=target,
+                message_id=int(message_id),
+                parse_mode=ParseMode.HTML if markup else None,
+            )
+
+        try:
+            try:
+                await self._submit(lambda: edit(True))
+            except _Unparsable:
+                await self._submit(lambda: edit(False))
+        except _NotModified:
+            pass
+        except _CannotEdit:
+            return await self.send_text(chat_id, text)
+        last = message_id
+        for piece in rest:
+            last = await self._send_piece(target, piece)
+        return last
+
+    async def _send_piece(self, target: int | str, piece: str) -> str:
+        async def send(markup: bool) -> Message:
+            return await self._bot.send_message(
+                target,
+                to_html(piece) if markup else piece,
+                parse_mode=ParseMode.HTML if markup else None,
+            )
+
+        try:
+            sent = await self._submit(lambda: send(True))
+        except _Unparsable:
+            log.warning("telegram: the HTML of a message was refused; sent as plain text")
+            sent = await self._submit(lambda: send(False))
+        return str(sent.message_id)
+
+    async def _submit(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Through the send queue, with the library's errors in the queue's terms."""
+        if self._closed:
+            raise ChannelError("telegram: the channel is closed")
+        return await self._queue.submit(lambda: self._call(call))
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except tg.RetryAfter as exc:
+            raise RetryAfter(_retry_seconds(exc), "telegram: rate limited") from None
+        except tg.BadRequest as exc:  # before NetworkError: BadRequest is a subclass
+            raise _bad_request(exc.message) from None
+        except tg.NetworkError as exc:  # TimedOut, a dropped connection, a 5xx
+            raise TransientError(f"telegram: {self._scrub(exc)}") from None
+        except tg.InvalidToken:
+            raise ChannelError(TOKEN_REJECTED) from None
+        except tg.ChatMigrated as exc:
+            raise ChannelError(
+                f"telegram: the group moved to tg:{exc.new_chat_id}; use that chat id"
+            ) from None
+        except tg.TelegramError as exc:  # Forbidden (blocked, kicked), Conflict, ...
+            raise ChannelError(f"telegram: {self._scrub(exc)}") from None
+
+    def _target(self, chat_id: str) -> int | str:
+        if not self.owns(chat_id):
+            raise ChannelError(f"telegram: {chat_id} is not a Telegram chat")
+        raw = chat_id.split(":", 1)[1]
+        return int(raw) if raw.lstrip("-").isdigit() else raw  # or @channelusername
+
+    def _scrub(self, exc: tg.TelegramError) -> str:
+        return exc.message.replace(self._token, "<token>")
+
+    def _where(self) -> str:
+        return self._api_url.replace(self._token, "<token>").split("/bot", 1)[0]
+
+
+def file_url(api_url: str) -> str:
+    """The file endpoint beside a Bot API endpoint: .../bot -> .../file/bot."""
+    head, _, tail = api_url.rstrip("/").rpartition("/")
+    return f"{head}/file/{tail}"
+
+
+def to_html(text: str) -> str:
+    """Telegram HTML: ``` blocks become <pre>, `code` and **bold** inline; the rest escaped.
+
+    Only markup that cannot change the visible length upward is used, so a piece cut at
+    the limit before formatting stays within it after.
+    """
+    out: list[str] = []
+    code: list[str] | None = None
+    language = ""
+    for line in text.split("\n"):
+        if line.strip().startswith("```"):
+            if code is None:
+                code, language = [], re.sub(r"[^\w+#-]", "", line.strip()[3:])
+            else:
+                out.append(_pre(code, language))
+                code = None
+            continue
+        if code is not None:
+            code.append(line)
+        else:
+            out.append(_INLINE.sub(_inline, html.escape(line, quote=False)))
+    if code is not None:  # an unclosed block still renders as one
+        out.append(_pre(code, language))
+    return "\n".join(out)
+
+
+def _pre(lines: list[str], language: str) -> str:
+    body = html.escape("\n".join(lines), quote=False)
+    if language:
+        return f'<pre><code class="language-{language}">{body}</code></pre>'
+    return f"<pre>{body}</pre>"
+
+
+def _inline(match: re.Match[str]) -> str:
+    code, bold = match.groups()
+    return f"<code>{code}</code>" if code is not None else f"<b>{bold}</b>"
+
+
+def _bad_request(message: str) -> ChannelError:
+    lowered = message.lower()
+    if "can't parse entities" in lowered:
+        return _Unparsable(f"telegram: {message}")
+    if "message is not modified" in lowered:
+        return _NotModified(f"telegram: {message}")
+    if "message to edit not found" in lowered or "message can't be edited" in lowered:
+        return _CannotEdit(f"telegram: {message}")
+    return ChannelError(f"telegram: {message}")
+
+
+def _retry_seconds(exc: tg.RetryAfter) -> float:
+    with warnings.catch_warnings():  # int-valued retry_after is deprecated in v22
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
