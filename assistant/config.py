@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     monitor_interval_s: float = Field(
         default=0.5, gt=0, le=30, validation_alias="ASSISTANT_MONITOR_INTERVAL"
     )
+    # seconds between edits of a run's live progress message (0 = no progress message)
+    progress_interval_s: float = Field(
+        default=30, ge=0, validation_alias="ASSISTANT_PROGRESS_INTERVAL"
+    )
     # seconds a paused or stopped run gets to checkpoint before it is killed
     stop_grace_s: float = Field(default=60, ge=1, validation_alias="ASSISTANT_STOP_GRACE")
     # log level of the service's own diagnostics

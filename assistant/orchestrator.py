@@ -113,7 +113,14 @@ class Orchestrator:
         scheduler = TaskScheduler(TaskRepo(db), event_log, settings, self.clock, self)
         agent = self._agent or self._model_agent(db, event_log)
         run_manager = RunManager(
-            RunRepo(db), runner, event_log, settings, self.clock, self.send, inventory
+            RunRepo(db),
+            runner,
+            event_log,
+            settings,
+            self.clock,
+            self.send,
+            inventory,
+            show_progress=self.show_progress,
         )
         self.services = Services(
             settings=settings,
@@ -385,6 +392,24 @@ class Orchestrator:
             await self.messages.store(chat_id, self.settings.assistant_name, text, from_me=True)
 
     # ---- outgoing ----------------------------------------------------------------------
+
+    async def show_progress(self, chat_id: str, text: str, message_id: str | None) -> str | None:
+        """Post a live progress message, or edit the one posted before, where the chat's
+        platform edits in place; elsewhere nothing (progress is in /status there).
+
+        Returns the message id to edit next time. Edits are not chain actions: they change
+        a view, not the state of anything.
+        """
+        channel = self._channel_for(chat_id)
+        if channel is None or not channel.supports_edit:
+            return None
+        try:
+            if message_id is None:
+                return await channel.send_text(chat_id, text)
+            return await channel.edit_text(chat_id, message_id, text) or message_id
+        except Exception as exc:
+            log.debug("progress message for %s: %s", chat_id, exc)
+            return message_id
 
     async def send(
         self, chat_id: str, reply: str | Reply, caused_by: int | None, *, traced: bool = True

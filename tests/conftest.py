@@ -23,6 +23,7 @@ def settings(tmp_path: Path) -> Settings:
         secrets=("hunter2-secret-value",),
         runner="process",
         gpus="none",
+        progress_interval_s=0,  # the live progress message has its own test
         _env_file=None,  # type: ignore[call-arg]
     )
 

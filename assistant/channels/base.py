@@ -43,6 +43,8 @@ class Channel(ABC):
 
     name: str = "channel"
     prefix: str = ""  # chat id namespace, e.g. "tg"
+    # True where edit_text changes a message in place (live run progress uses it)
+    supports_edit: bool = False
 
     @property
     def is_connected(self) -> bool:

@@ -63,6 +63,7 @@ ANSWERABLE = (discord.MessageType.default, discord.MessageType.reply)
 class DiscordChannel(Channel):
     name = "discord"
     prefix = "dc"
+    supports_edit = True
 
     def __init__(
         self,

@@ -65,6 +65,7 @@ class SlackRefused(ChannelError):
 class SlackChannel(Channel):
     name = "slack"
     prefix = "sl"
+    supports_edit = True
     reconnect_delay_s = 0.5  # first wait after a dropped socket; doubles per failed attempt
     max_reconnect_delay_s = 60.0
 

@@ -62,6 +62,7 @@ class _CannotEdit(ChannelError):
 class TelegramChannel(Channel):
     name = "telegram"
     prefix = "tg"
+    supports_edit = True
     backoff_s = 1.0  # first wait after a failed poll; doubles up to max_backoff_s
     max_backoff_s = 30.0
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Notify = Callable[[str, "str | Reply", "int | None"], Awaitable[object]]
+# (chat, text, message id to edit or None) -> the message id to edit next time
+ShowProgress = Callable[[str, str, "str | None"], Awaitable["str | None"]]
 
 
 class RunManager:
@@ -49,6 +51,7 @@ class RunManager:
         clock: Clock,
         notify: Notify,
         gpu_inventory: list[int],
+        show_progress: ShowProgress | None = None,
     ) -> None:
         self.repo = repo
         self.runner = runner
@@ -57,6 +60,7 @@ class RunManager:
         self.clock = clock
         self.notify = notify
         self.gpu_inventory = gpu_inventory
+        self.show_progress = show_progress
         self._dispatch_lock = asyncio.Lock()
         self._building: asyncio.Task[None] | None = None
         self.build_note: str | None = None  # shown by /status while an image builds

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from assistant.background import cancel
+from assistant.durations import format_duration
 from assistant.jobs import protocol
 from assistant.runs.manager import RunManager
-from assistant.runs.report import plot, read_events, summary_text
+from assistant.runs.report import eta, plot, read_events, summary_text
 from assistant.runs.runner import ExitInfo, RunHandle
 from commands.registry import Reply
 from storage.runs import LIVE, Progress, RunRecord
@@ -40,6 +41,8 @@ class Live:
     last: tuple[float, int] | None = None
     tokens_per_s: float | None = None
     mfu: float | None = None
+    progress_message: str | None = None  # the chat message edited with progress
+    progress_shown_at: float = 0.0
 
     def note(self, step: int, event: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -173,7 +176,22 @@ class RunMonitor:
         if events or progress.offset != run.events_offset:
             await m.repo.apply(run, progress, now)
             run = await m.repo.get(run.id) or run
+            await self._show_progress(run, live)
         await self._check_end(run, result, error)
+
+    async def _show_progress(self, run: RunRecord, live: Live) -> None:
+        """One message per run, edited in place as it goes (never a stream of new ones)."""
+        m = self.manager
+        every = m.settings.progress_interval_s
+        if m.show_progress is None or every <= 0 or run.state != "running":
+            return
+        clock = time.monotonic()
+        if live.progress_message is not None and clock - live.progress_shown_at < every:
+            return
+        live.progress_shown_at = clock
+        live.progress_message = await m.show_progress(
+            run.chat_id, progress_text(run, live), live.progress_message
+        )
 
     async def _check_end(
         self, run: RunRecord, result: dict[str, Any] | None, error: dict[str, Any] | None
@@ -369,3 +387,21 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "result":
         return f"result {event.get('status')} at step {event.get('step')}"
     return str(kind)
+
+
+def progress_text(run: RunRecord, live: Live) -> str:
+    """The live line: step/total with a bar, loss, throughput, ETA."""
+    total = run.total or 0
+    parts = [f"Run {run.id} ({run.recipe}) · step {run.step}" + (f"/{total}" if total else "")]
+    if total:
+        filled = min(10, int(10 * run.step / total))
+        parts[0] += f" [{'#' * filled}{'.' * (10 - filled)}]"
+    loss = run.metrics.get("loss")
+    if isinstance(loss, int | float):
+        parts.append(f"loss {loss:.4g}")
+    if live.tokens_per_s:
+        parts.append(f"{live.tokens_per_s:,.0f} tok/s")
+    left = eta(run.step, run.total, live.steps_per_s)
+    if left is not None:
+        parts.append(f"ETA {format_duration(left)}")
+    return " · ".join(parts)

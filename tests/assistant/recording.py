@@ -20,6 +20,7 @@ class RecordingChannel(Channel):
     def __init__(self, fail_with: Exception | None = None) -> None:
         self.sent: list[tuple[str, str]] = []
         self.images: list[tuple[str, Path]] = []
+        self.edits: list[tuple[str, str, str]] = []
         self.fail_with = fail_with
         self._inbox: Inbox | None = None
         self._ids = 0
@@ -36,6 +37,12 @@ class RecordingChannel(Channel):
             raise self.fail_with
         self.sent.append((chat_id, text))
         return str(len(self.sent))
+
+    supports_edit = True
+
+    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
+        self.edits.append((chat_id, message_id, text))
+        return message_id
 
     async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
         self.images.append((chat_id, path))

@@ -224,3 +224,19 @@ async def test_a_scheduled_task_launches_a_run(run_settings: Settings) -> None:
         await orch.services.log.flush()
         (chain,) = await channel.say(ADMIN, f"/debug run {run_id}")
     assert "event scheduled_task" in chain and "action run_queued" in chain
+
+
+async def test_progress_is_one_message_edited_in_place(run_settings: Settings) -> None:
+    settings = run_settings.model_copy(update={"progress_interval_s": 0.3})
+    channel = RecordingChannel()
+    async with Orchestrator(settings, channels=[channel], runner=ProcessRunner(settings.runs_dir)):
+        run_id = await launch(
+            channel, "/run train gpt steps=30 gpus=0 sleep_per_step=0.1 log_every=1"
+        )
+        await channel.wait_for(f"Run {run_id} (gpt) succeeded", timeout=90)
+    posted = [t for _, t in channel.sent if t.startswith(f"Run {run_id} (gpt) · step")]
+    assert len(posted) == 1  # one message ...
+    edits = [t for _, mid, t in channel.edits]
+    assert len(edits) >= 2 and all(t.startswith(f"Run {run_id} (gpt) · step") for t in edits)
+    steps = [int(t.split("step ")[1].split("/")[0]) for t in edits]
+    assert steps == sorted(steps) and "/30 [" in edits[-1]  # ... edited as the run goes
