@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from assistant.durations import format_duration
 from assistant.hoststats import GpuInfo
-from assistant.runs.report import eta
+from assistant.runs.monitor import run_numbers
 from commands.formatting import format_local, time_until
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 from commands.tasks import format_task_list
@@ -111,18 +111,7 @@ async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[st
         if run.state == "queued":
             wanted = f"{run.gpus_wanted} GPU(s)" if run.gpus_wanted else "a CPU slot"
             parts.append(f"waiting for {wanted}")
-        loss = run.metrics.get("loss")
-        if isinstance(loss, int | float):
-            parts.append(f"loss {loss:.4g}")
-        live = s.monitor.live.get(run.id)
-        if live is not None:
-            if live.tokens_per_s:
-                parts.append(f"{live.tokens_per_s:,.0f} tok/s")
-            elif live.steps_per_s:
-                parts.append(f"{live.steps_per_s:.2f} steps/s")
-            left = eta(run.step, run.total, live.steps_per_s)
-            if left is not None:
-                parts.append(f"ETA {format_duration(left)}")
+        parts.extend(run_numbers(run, s.monitor.live.get(run.id)))
         mem = [gpus[g] for g in run.gpus if g in gpus]
         if mem:
             parts.append("GPU mem " + ", ".join(f"{g.mem_used_mb:,} MB" for g in mem))

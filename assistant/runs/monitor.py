@@ -396,12 +396,22 @@ def progress_text(run: RunRecord, live: Live) -> str:
     if total:
         filled = min(10, int(10 * run.step / total))
         parts[0] += f" [{'#' * filled}{'.' * (10 - filled)}]"
+    parts.extend(run_numbers(run, live))
+    return " · ".join(parts)
+
+
+def run_numbers(run: RunRecord, live: Live | None) -> list[str]:
+    """Latest loss, throughput and ETA: what both /status and the progress line show."""
+    parts = []
     loss = run.metrics.get("loss")
     if isinstance(loss, int | float):
         parts.append(f"loss {loss:.4g}")
-    if live.tokens_per_s:
-        parts.append(f"{live.tokens_per_s:,.0f} tok/s")
-    left = eta(run.step, run.total, live.steps_per_s)
-    if left is not None:
-        parts.append(f"ETA {format_duration(left)}")
-    return " · ".join(parts)
+    if live is not None:
+        if live.tokens_per_s:
+            parts.append(f"{live.tokens_per_s:,.0f} tok/s")
+        elif live.steps_per_s:
+            parts.append(f"{live.steps_per_s:.2f} steps/s")
+        left = eta(run.step, run.total, live.steps_per_s)
+        if left is not None:
+            parts.append(f"ETA {format_duration(left)}")
+    return parts
