@@ -45,7 +45,7 @@ build_base() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
   fi
   local start=$SECONDS rootfs
-  rootfs=$(mktemp -d "${TMPDIR:-/tmp}/assistant-rootfs.XXXXXX")
+  rootfs=$(mktemp -d)  # debootstrap target, removed below
   # shellcheck disable=SC2064 # expand now: the path is fixed
   trap "rm -rf '$rootfs'" EXIT
   say "base: debootstrap bookworm (minbase + python3) from $mirror into $rootfs"
