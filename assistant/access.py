@@ -34,6 +34,14 @@ class Access:
     def is_admin(self, chat_id: str) -> bool:
         return chat_id in self.configured or self._grants.get(chat_id, _Grant()).admin
 
+    def rights(self, chat: Chat) -> str:
+        """How /chat list and `assistant chats` name what a chat may do."""
+        if chat.id in self.configured:
+            return "admin (config)"
+        if chat.is_admin:
+            return "admin"
+        return "allowed" if chat.allowed else "no rights"
+
     def answers(self, message: IncomingMessage) -> bool:
         """Whether free text from this message goes to the agent."""
         grant = self._grants.get(message.chat_id, _Grant())

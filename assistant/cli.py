@@ -12,6 +12,7 @@ from typing import NoReturn
 
 import click
 
+from assistant.access import Access
 from assistant.channels.local import LocalChannel
 from assistant.config import Settings, load_settings
 from assistant.errors import ChannelError, ConfigError, OpsError
@@ -118,18 +119,18 @@ def chats() -> None:
 
     async def run() -> None:
         db = await Database.open(settings.db_path)
+        chats = ChatRepo(db)
         try:
-            rows = await ChatRepo(db).all()
+            rows = await chats.all()
         finally:
             await db.aclose()
         if not rows:
             click.echo("No chats seen yet: write to the assistant from a chat first.")
-        configured = {"local:console", *settings.admin_chats}
+        access = Access(chats, settings.admin_chats)  # rights() reads only the rows
         for chat in rows:
-            admin = chat.id in configured or chat.is_admin
-            rights = "admin" if admin else "allowed" if chat.allowed else "no rights"
+            rights = access.rights(chat)
             title = f"  {chat.title}" if chat.title else ""
-            click.echo(f"{chat.id:24s} {rights:10s} last seen {chat.last_seen[:16]}{title}")
+            click.echo(f"{chat.id:24s} {rights:14s} last seen {chat.last_seen[:16]}{title}")
         click.echo(
             "Make one admin: ASSISTANT_ADMIN_CHATS=<id> (restart), or /chat admin <id>"
             " from an admin chat."

@@ -36,6 +36,7 @@ from commands import build_router
 from commands.registry import (
     CommandContext,
     CommandRouter,
+    ParsedCommand,
     Reply,
     looks_like_command,
     parse_command,
@@ -287,6 +288,11 @@ class Orchestrator:
             parsed = parse_command(text)
         except CommandError as exc:
             return Reply(str(exc)), str(exc)
+        return await self._execute(chat_id, sender, parsed, event_id)
+
+    async def _execute(
+        self, chat_id: str, sender: str, parsed: ParsedCommand, event_id: int | None
+    ) -> tuple[Reply, str | None]:
         spec = self.router.find(parsed.name)
         if spec is None:
             problem = f"Unknown command /{parsed.name}. /help lists the commands."
@@ -313,7 +319,7 @@ class Orchestrator:
         name = parsed.name if parsed else text.split(maxsplit=1)[0].lstrip("/").lower()
         spec = self.router.find(name)
         if spec is not None and parsed is not None and not spec.is_traced(parsed):
-            reply, _ = await self._run_guarded(chat_id, sender, text, None)
+            reply, _ = await self._run_guarded(chat_id, sender, parsed, None)
             await self.send(chat_id, reply, None, traced=False)
             return reply
         event_id = services.log.log_event(
@@ -323,7 +329,7 @@ class Orchestrator:
             content={"chat": chat_id, "sender": sender, "text": text},
         )
         async with services.log.action(event_id, "command", target=f"/{name}") as act:
-            reply, error = await self._run_guarded(chat_id, sender, text, event_id)
+            reply, error = await self._run_guarded(chat_id, sender, parsed or text, event_id)
             act.content = reply.text[:500]
             if error is not None:
                 act.fail(error)
@@ -331,14 +337,17 @@ class Orchestrator:
         return reply
 
     async def _run_guarded(
-        self, chat_id: str, sender: str, text: str, event_id: int | None
+        self, chat_id: str, sender: str, command: str | ParsedCommand, event_id: int | None
     ) -> tuple[Reply, str | None]:
+        """Run an already-parsed command (or text that did not parse); never raises."""
         try:
-            return await self.execute_command(chat_id, sender, text, event_id)
+            if isinstance(command, ParsedCommand):
+                return await self._execute(chat_id, sender, command, event_id)
+            return await self.execute_command(chat_id, sender, command, event_id)
         except CommandError as exc:
             return Reply(str(exc)), str(exc)
         except Exception as exc:
-            log.exception("command %r failed", text[:80])
+            log.exception("command %r failed", str(command)[:80])
             error = f"{type(exc).__name__}: {exc}"
             return Reply(
                 f"Sorry, that failed inside the assistant: {error}. /debug why shows the chain."

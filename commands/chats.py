@@ -70,10 +70,7 @@ async def chat_list(ctx: CommandContext) -> str:
     access = ctx.services.access
     lines = []
     for chat in chats:
-        if access.is_admin(chat.id):
-            rights = "admin" + (" (config)" if chat.id in access.configured else "")
-        else:
-            rights = "allowed" if chat.allowed else "no rights"
+        rights = access.rights(chat)
         title = f" “{chat.title}”" if chat.title else ""
         lines.append(
             f"{chat.id}{title} · {rights} · replies {chat.reply_mode} · last {chat.last_seen[:16]}"

@@ -308,23 +308,13 @@ async def _run(ctx: CommandContext, text: str) -> str:
     """The chain that asked for the run, then every recorded event of the run in order."""
     s = ctx.services
     run = await s.runs.repo.resolve(text)
-    db = s.db
     zone, now = s.settings.zone, s.clock.now()
+    start, later = await s.db.read_sync(eventlog.run_story, run.id)
     lines = [f"Run {run.id} ({run.recipe}, {run.state})"]
-    first = await db.scalar(
-        "SELECT id FROM event_log WHERE source = 'run' AND source_id = ? ORDER BY id LIMIT 1",
-        (run.id,),
-    )
-    if first is not None:
+    if start:
         lines.append("How it started:")
-        lines.extend(_chain_lines(await db.read_sync(eventlog.chain_to_event, first), zone, now))
-    rows = await db.fetchall(
-        "SELECT id FROM event_log WHERE source = 'run' AND source_id = ? ORDER BY id LIMIT 200",
-        (run.id,),
-    )
-    lines.append(f"Run events ({len(rows)}):")
-    for row in rows[1:]:
-        tree = await db.read_sync(eventlog.event_tree, row["id"], 1)
-        if tree is not None:
-            lines.extend(_tree_lines(tree, zone, now, "  "))
+        lines.extend(_chain_lines(start, zone, now))
+    lines.append(f"Run events ({len(later) + (1 if start else 0)}):")
+    for tree in later:
+        lines.extend(_tree_lines(tree, zone, now, "  "))
     return "\n".join(lines)

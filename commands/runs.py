@@ -9,7 +9,7 @@ from assistant.errors import CommandError
 from assistant.jobs import protocol
 from assistant.jobs.recipes import RECIPES
 from assistant.runs.monitor import Live
-from assistant.runs.report import eta, log_tail
+from assistant.runs.report import eta, log_tail, number
 from assistant.runs.spec import build_spec, recipe_help
 from commands.formatting import time_ago
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
@@ -74,7 +74,7 @@ def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
     key = info.key_metric if info else "loss"
     for name in (key, "loss"):
         if name in run.metrics:
-            parts.append(f"{name} {_num(run.metrics[name])}")
+            parts.append(f"{name} {number(run.metrics[name])}")
             break
     if live is not None and live.steps_per_s:
         left = eta(run.step, run.total, live.steps_per_s)
@@ -84,10 +84,6 @@ def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
     if run.stalled:
         parts.append("STALLED")
     return "  " + " · ".join(parts)
-
-
-def _num(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str:
@@ -185,7 +181,7 @@ async def _show(ctx: CommandContext, run: RunRecord) -> str:
     ]
     for label, values in (("Latest", run.metrics), ("Best", run.best)):
         if values:
-            shown = ", ".join(f"{k} {_num(v)}" for k, v in sorted(values.items()))
+            shown = ", ".join(f"{k} {number(v)}" for k, v in sorted(values.items()))
             lines.append(f"{label}: {shown}")
     run_dir = manager.run_dir(run.id)
     if run.checkpoint:

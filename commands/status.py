@@ -87,10 +87,7 @@ async def dashboard(ctx: CommandContext) -> str:
 
 async def tasks_view(ctx: CommandContext) -> str:
     s = ctx.services
-    tasks = await s.scheduler.list_tasks()
-    if not tasks:
-        return "No tasks. Add one: /task add every 1h /status"
-    return format_task_list(tasks, s.clock.now(), s.settings.zone)
+    return format_task_list(await s.scheduler.list_tasks(), s.clock.now(), s.settings.zone)
 
 
 async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[str]:

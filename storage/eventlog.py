@@ -257,3 +257,21 @@ def report(conn: sqlite3.Connection, since_hour: str | None) -> Report:
         failed_tools=failed_tools,
         failed_actions=failed_actions,
     )
+
+
+def run_story(
+    conn: sqlite3.Connection, run_id: str, limit: int = 200
+) -> tuple[list[Step], list[EventTree]]:
+    """A run's events in one hop: the chain that led to its first event, then each later
+    event with what it triggered."""
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM event_log WHERE source = 'run' AND source_id = ? ORDER BY id LIMIT ?",
+            (run_id, limit),
+        )
+    ]
+    if not ids:
+        return [], []
+    trees = [event_tree(conn, event_id, 1) for event_id in ids[1:]]
+    return chain_to_event(conn, ids[0]), [t for t in trees if t is not None]

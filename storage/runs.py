@@ -12,10 +12,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from assistant.errors import AmbiguousIdError, NotFoundError
 from storage.db import Database
 from storage.ids import short_random_id
-from storage.rows import from_row
+from storage.rows import from_row, resolve_prefix
 
 ACTIVE = ("queued", "starting", "running", "pausing", "stopping")
 LIVE = ("starting", "running", "pausing", "stopping")  # something may be executing
@@ -68,6 +67,18 @@ class Progress:
     beat_at: str | None = None
     state: str | None = None
     note: str | None = None
+
+
+def _assignments(columns: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`a = ?, b = ?` and its values; lists and dicts stored as JSON.
+
+    :raises ValueError: for a name that is not a run column (never from user input).
+    """
+    for name in columns:
+        if name not in RunRecord.__dataclass_fields__:
+            raise ValueError(f"no run column {name}")
+    values = [json.dumps(v) if isinstance(v, list | dict) else v for v in columns.values()]
+    return ", ".join(f"{name} = ?" for name in columns), values
 
 
 def _run(row: sqlite3.Row) -> RunRecord:
@@ -147,19 +158,7 @@ class RunRepo:
 
         :raises NotFoundError, AmbiguousIdError: with the candidates.
         """
-        text = prefix.strip().lower()
-        exact = await self.get(text)
-        if exact is not None:
-            return exact
-        rows = await self._db.fetchall(
-            "SELECT * FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT 11",
-            (text, text + "\U0010ffff"),
-        )
-        if not rows:
-            raise NotFoundError(f"no run with id starting {text!r}; /runs shows ids")
-        if len(rows) > 1:
-            raise AmbiguousIdError(text, [r["id"] for r in rows])
-        return _run(rows[0])
+        return _run(await resolve_prefix(self._db, "runs", prefix, "run", "/runs"))
 
     async def in_states(self, states: tuple[str, ...]) -> list[RunRecord]:
         marks = ",".join("?" * len(states))
@@ -184,15 +183,9 @@ class RunRepo:
         self, run_id: str, state: str, now: str, note: str | None = None, **columns: Any
     ) -> None:
         """Change state (recorded in the history) and any other columns, atomically."""
-        sets = ["state = ?"]
-        values: list[Any] = [state]
-        for name, value in columns.items():
-            if name not in RunRecord.__dataclass_fields__:
-                raise ValueError(f"no run column {name}")
-            sets.append(f"{name} = ?")
-            values.append(json.dumps(value) if isinstance(value, list | dict) else value)
+        sets, values = _assignments({"state": state, **columns})
         async with self._db.atomic() as conn:
-            await conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*values, run_id))
+            await conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*values, run_id))
             await conn.execute(
                 "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
                 (run_id, now, state, note),
@@ -202,13 +195,8 @@ class RunRepo:
         """Change columns other than the state."""
         if "state" in columns:
             raise ValueError("use set_state to change a run's state")
-        sets, values = [], []
-        for name, value in columns.items():
-            if name not in RunRecord.__dataclass_fields__:
-                raise ValueError(f"no run column {name}")
-            sets.append(f"{name} = ?")
-            values.append(json.dumps(value) if isinstance(value, list | dict) else value)
-        await self._db.write(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*values, run_id))
+        sets, values = _assignments(columns)
+        await self._db.write(f"UPDATE runs SET {sets} WHERE id = ?", (*values, run_id))
 
     async def apply(self, run: RunRecord, progress: Progress, now: str) -> None:
         """Store a monitor pass: new offset, progress, metrics, maybe a state, atomically."""

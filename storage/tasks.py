@@ -12,9 +12,8 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from assistant.errors import AmbiguousIdError, NotFoundError
 from storage.db import Database
-from storage.rows import from_row
+from storage.rows import from_row, resolve_prefix
 from storage.timestamps import from_iso
 
 _COLUMNS = (
@@ -114,21 +113,7 @@ class TaskRepo:
         :raises NotFoundError: if no id starts with it.
         :raises AmbiguousIdError: if several do; it carries the candidate ids.
         """
-        wanted = prefix.strip().lower()
-        if wanted:
-            exact = await self.get(wanted)
-            if exact is not None:
-                return exact
-            escaped = wanted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            rows = await self._db.fetchall(
-                f"SELECT {_COLUMNS} FROM tasks WHERE id LIKE ? ESCAPE '\\' ORDER BY id LIMIT 51",
-                (escaped + "%",),
-            )
-            if len(rows) == 1:
-                return _task(rows[0])
-            if rows:
-                raise AmbiguousIdError(prefix.strip(), [row["id"] for row in rows])
-        raise NotFoundError(f"no task with id starting {prefix.strip()!r}; /task list shows ids")
+        return _task(await resolve_prefix(self._db, "tasks", prefix, "task", "/task list"))
 
     async def list_all(self) -> list[Task]:
         """Active first (soonest due first), then paused, then done; newest first within."""

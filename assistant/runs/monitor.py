@@ -177,6 +177,8 @@ class RunMonitor:
             await m.repo.apply(run, progress, now)
             run = await m.repo.get(run.id) or run
             await self._show_progress(run, live)
+        if events and result is None and error is None:
+            return  # it just wrote: alive, and not stalled; the engine need not be asked
         await self._check_end(run, result, error)
 
     async def _show_progress(self, run: RunRecord, live: Live) -> None:

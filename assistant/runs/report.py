@@ -91,7 +91,8 @@ def plot(run: RunRecord, events: list[dict[str, Any]], out: Path) -> Path | None
     return out
 
 
-def _fmt(value: object) -> str:
+def number(value: object) -> str:
+    """A metric as reports and /run show print it."""
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -106,7 +107,7 @@ def summary_text(run: RunRecord, cause: str | None, run_dir: Path) -> str:
     lines = [f"Run {run.id} ({run.recipe}) {run.state} after {took} · step {run.step}{total}"]
     for label, values in (("Final", run.metrics), ("Best", run.best)):
         if values:
-            shown = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(values.items()))
+            shown = ", ".join(f"{k} {number(v)}" for k, v in sorted(values.items()))
             lines.append(f"{label}: {shown}")
     if run.checkpoint:
         lines.append(f"Checkpoint: {run_dir / run.checkpoint}")
