@@ -27,6 +27,7 @@ RunCommand = Callable[[str, str, str, int | None], Awaitable[tuple[Reply, str | 
 
 RESULT_LIMIT = 8 * 1024
 ID_RE = re.compile(r"^[0-9a-z]{1,13}$")
+RECIPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 KEY_RE = re.compile(r"^[a-z_]{1,40}$")
 MAX_TEXT = 2000
 # parse_command turns typographic quotes into plain ones before splitting; doing it to a
@@ -117,6 +118,15 @@ class Args:
         assert isinstance(value, str)
         return value
 
+    def recipe(self, name: str, *, required: bool = True) -> str | None:
+        """A recipe name; whether it exists is for the command to say, with the list."""
+        value = self._get(name, required)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not RECIPE_RE.match(value):
+            raise ToolError(f"{name} must be a recipe name like gpt, got {value!r}")
+        return value
+
     def flag(self, name: str) -> bool:
         value = self._get(name, False)
         if value is None:
@@ -189,7 +199,12 @@ _CONFIRMED: dict[str, object] = {
     "type": "boolean",
     "description": "true only if the user explicitly asked for this or confirmed it",
 }
-_RECIPE: dict[str, object] = {"type": "string", "enum": sorted(RECIPES)}
+_RECIPE: dict[str, object] = {
+    "type": "string",
+    "pattern": RECIPE_RE.pattern,
+    "description": f"a recipe: built-in {', '.join(sorted(RECIPES))}, or one the admin"
+    " declared (list_recipes shows them all)",
+}
 
 
 def _run_sub(sub: str) -> Build:
@@ -207,7 +222,7 @@ def _logs(a: Args) -> str:
 
 
 def _train(a: Args) -> str:
-    recipe = a.choice("recipe", tuple(sorted(RECIPES)))
+    recipe = a.recipe("recipe")
     assert recipe is not None
     words = [quote(recipe), *a.assignments("params")]
     gpus = a.integer("gpus", 0, 64)
@@ -219,7 +234,7 @@ def _train(a: Args) -> str:
 
 
 def _recipes(a: Args) -> str:
-    recipe = a.choice("recipe", tuple(sorted(RECIPES)), required=False)
+    recipe = a.recipe("recipe", required=False)
     return "/run recipes" + (f" {quote(recipe)}" if recipe else "")
 
 

@@ -8,6 +8,7 @@ import logging
 import secrets
 import signal
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -157,6 +158,28 @@ def images_build() -> None:
     except OpsError as exc:
         _fail(str(exc), code=1)
     click.echo(f"built {settings.run_image}")
+
+
+@main.group()
+def recipes() -> None:
+    """Recipes declared in ASSISTANT_HOME/recipes.toml (your own training code)."""
+
+
+@recipes.command("check")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def recipes_check(path: Path | None) -> None:
+    """Validate the recipes file; every problem is printed with its line number."""
+    from assistant.recipes_check import check_file
+
+    settings = _settings()
+    status, text = check_file(
+        path or settings.recipes_path,
+        settings.recipe_roots,
+        settings.secrets_dir,
+        protected=(settings.assistant_home,),
+    )
+    click.echo(text)
+    sys.exit(status)
 
 
 @main.command()

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     docker_host: str | None = Field(default=None, validation_alias="DOCKER_HOST")
     # image a run's container starts from
     run_image: str = Field(default="assistant-run:latest", validation_alias="ASSISTANT_RUN_IMAGE")
+    # the admin's own recipes (declared jobs); default: ASSISTANT_HOME/recipes.toml
+    recipes_file: Path | None = Field(default=None, validation_alias="ASSISTANT_RECIPES_FILE")
+    # folders a declared recipe's working directory may lie in (comma-separated); none set:
+    # no recipe may mount a working directory
+    recipe_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(), validation_alias="ASSISTANT_RECIPE_ROOTS"
+    )
     # GPU indices runs may use: "auto" (all NVML sees), "none", or a list like "0,1,2,3"
     gpus: str = Field(default="auto", validation_alias="ASSISTANT_GPUS")
     # runs that need no GPU and may run at once
@@ -161,6 +168,18 @@ class Settings(BaseSettings):
             return tuple(part for part in value.split(",") if part)
         return value
 
+    @field_validator("recipe_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            for root in value:
+                if not Path(root).is_absolute():
+                    raise ValueError(f"{root!r} is not an absolute path")
+            return tuple(Path(root) for root in value)
+        return value
+
     @field_validator("gpus")
     @classmethod
     def _gpu_list(cls, value: str) -> str:
@@ -175,6 +194,15 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.assistant_home / "runs"
+
+    @property
+    def recipes_path(self) -> Path:
+        return self.recipes_file or self.assistant_home / "recipes.toml"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Secret files a declared recipe may name (one value a file, mode 0600)."""
+        return self.assistant_home / "secrets"
 
     @property
     def zone(self) -> ZoneInfo:

@@ -7,8 +7,7 @@ from datetime import datetime
 from assistant.durations import format_duration
 from assistant.errors import CommandError
 from assistant.jobs import protocol
-from assistant.jobs.recipes import RECIPES
-from assistant.runs.monitor import Live
+from assistant.runs.monitor import Live, key_metric
 from assistant.runs.report import eta, log_tail, number
 from assistant.runs.spec import build_spec, recipe_help
 from commands.formatting import time_ago
@@ -46,6 +45,19 @@ async def run_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
 
 
 @router.command(
+    "recipes",
+    usage="/recipes [name] — the recipes runs can use (built-in and declared), or one in full",
+    summary="list recipes and their parameters",
+    traced=False,
+)
+async def recipes_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
+    try:
+        return recipes_text(ctx, list(cmd.args))
+    except CommandError as exc:
+        raise usage_error(router.commands["recipes"], str(exc)) from None
+
+
+@router.command(
     "runs", usage="/runs — active runs, then recent ones", summary="list runs", traced=False
 )
 async def runs_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
@@ -70,8 +82,7 @@ async def runs_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
 def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
     total = f"/{run.total}" if run.total else ""
     parts = [f"{run.id} {run.recipe} {run.state}", f"step {run.step}{total}"]
-    info = RECIPES.get(run.recipe)
-    key = info.key_metric if info else "loss"
+    key, _ = key_metric(run)
     for name in (key, "loss"):
         if name in run.metrics:
             parts.append(f"{name} {number(run.metrics[name])}")
@@ -93,14 +104,7 @@ async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str:
     if sub == "train":
         return await _train(ctx, rest)
     if sub == "recipes":
-        if len(rest) > 1:
-            raise CommandError("/run recipes takes at most one recipe name")
-        if rest:
-            info = RECIPES.get(rest[0].lower())
-            if info is None:
-                raise CommandError(f"unknown recipe {rest[0]!r}; recipes: {', '.join(RECIPES)}")
-            return recipe_help(info)
-        return "\n".join(f"{i.name} — {i.summary}" for i in RECIPES.values())
+        return recipes_text(ctx, rest)
     if sub not in ("show", "logs", "stop", "pause", "resume", "retry"):
         raise CommandError(f"unknown subcommand {cmd.args[0]!r}")
     if not rest:
@@ -130,13 +134,32 @@ async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str:
     return f"Run {fresh.id} retries {run.id}: {fresh.recipe}, {fresh.state}."
 
 
+def recipes_text(ctx: CommandContext, words: list[str]) -> str:
+    """`/recipes`: every recipe a run can name; `/recipes <name>`: one in full."""
+    catalog = ctx.services.runs.catalog
+    if len(words) > 1:
+        raise CommandError("/recipes takes at most one recipe name")
+    if words:
+        return recipe_help(catalog.require(words[0]))
+    entries = catalog.entries()
+    lines = [f"{e.info.name} — {e.info.summary}" for e in entries if e.declared is None]
+    declared = [e for e in entries if e.declared is not None]
+    if declared:
+        lines.append(f"Declared in {catalog.path}:")
+        lines.extend(f"{e.info.name} — {e.info.summary}" for e in declared)
+    if catalog.note:
+        lines.append(f"Note: {catalog.note}")
+    lines.append("/recipes <name> shows its parameters.")
+    return "\n".join(lines)
+
+
 async def _train(ctx: CommandContext, words: list[str]) -> str:
-    if not words:
-        raise CommandError(f"name a recipe: {', '.join(RECIPES)}")
     s = ctx.services
     manager = s.runs
+    if not words:
+        raise CommandError(f"name a recipe: {', '.join(manager.catalog.names())}")
     spec = build_spec(
-        words[0],
+        manager.catalog.require(words[0]),
         words[1:],
         chat_id=ctx.chat_id,
         image=s.settings.run_image,

@@ -98,6 +98,9 @@ async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[st
     lines = [f"Runner: {manager.runner.description}"]
     if manager.build_note:
         lines.append(f"Image: {manager.build_note}")
+    manager.catalog.refresh()
+    if manager.catalog.note:
+        lines.append(f"Recipes: {manager.catalog.note}")
     if not active:
         lines.append("Runs: none active")
         return lines

@@ -271,6 +271,20 @@ def m006_chat_access(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m007_run_definition_and_server(conn: sqlite3.Connection) -> None:
+    # definition: the declared recipe (recipes.toml) a run was started from, as JSON; a
+    # paused run resumes with the definition it started with, whatever the file says now.
+    # server: the serving container a benchmark run started, to stop and reconcile it.
+    execute_script(
+        conn,
+        """
+        ALTER TABLE runs ADD COLUMN definition TEXT;
+        ALTER TABLE runs ADD COLUMN server TEXT;
+        """,
+    )
+
+
 def apply_migrations(
     conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
 ) -> int:

@@ -52,6 +52,8 @@ class RunRecord:
     stalled: bool
     retry_of: str | None
     launch_action: int | None
+    definition: dict[str, Any] | None  # a declared recipe's snapshot (recipes.toml)
+    server: dict[str, Any] | None  # a benchmark's serving container
 
 
 @dataclass
@@ -90,7 +92,13 @@ def _run(row: sqlite3.Row) -> RunRecord:
         metrics=json.loads(row["metrics"]),
         best=json.loads(row["best"]),
         stalled=bool(row["stalled"]),
+        definition=_json_or_none(row["definition"]),
+        server=_json_or_none(row["server"]),
     )
+
+
+def _json_or_none(text: str | None) -> dict[str, Any] | None:
+    return None if text is None else dict(json.loads(text))
 
 
 class RunRepo:
@@ -112,6 +120,7 @@ class RunRepo:
         total: int | None,
         now: str,
         retry_of: str | None = None,
+        definition: dict[str, Any] | None = None,
     ) -> RunRecord:
         for _ in range(5):
             run_id = short_random_id(6)
@@ -119,8 +128,8 @@ class RunRepo:
                 async with self._db.atomic() as conn:
                     await conn.execute(
                         "INSERT INTO runs (id, kind, recipe, params, image, gpus_wanted, nproc,"
-                        " memory_mb, cpus, chat_id, state, created_at, total, retry_of)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                        " memory_mb, cpus, chat_id, state, created_at, total, retry_of,"
+                        " definition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
                         (
                             run_id,
                             kind,
@@ -135,6 +144,7 @@ class RunRepo:
                             now,
                             total,
                             retry_of,
+                            None if definition is None else json.dumps(definition),
                         ),
                     )
                     await conn.execute(

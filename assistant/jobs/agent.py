@@ -28,6 +28,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from assistant.jobs.declared_run import (
+    CheckpointWatcher,
+    DeclaredJob,
+    DeclaredSpecError,
+    OutputFollower,
+    build_job,
+)
 from assistant.jobs.protocol import (
     CHECKPOINTS,
     EVENTS,
@@ -39,6 +46,7 @@ from assistant.jobs.protocol import (
     SPEC,
     STDOUT,
     EventWriter,
+    read_control,
     utc_now_iso,
 )
 from assistant.jobs.recipes import ParamError, RecipeInfo, get_recipe, to_cli_args
@@ -65,14 +73,17 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Spec:
-    """The parts of spec.json the agent acts on."""
+    """The parts of spec.json the agent acts on; `declared` is set for an admin's recipe."""
 
     run_id: str
-    recipe: RecipeInfo
+    name: str
+    recipe: RecipeInfo | None
     params: dict[str, Any]
     nproc: int
     resume_from: str | None
     heartbeat_s: float
+    declared: DeclaredJob | None = None
+    time_limit_s: float | None = None
 
 
 def load_spec(run_dir: Path) -> Spec:
@@ -88,6 +99,23 @@ def load_spec(run_dir: Path) -> Spec:
         raise SpecError(f"{SPEC} is unreadable: {exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{SPEC} must hold a JSON object")
+    nproc, heartbeat = _numbers(raw)
+    if "declared" in raw:
+        try:
+            job = build_job(raw, run_dir)
+        except DeclaredSpecError as exc:
+            raise SpecError(str(exc)) from None
+        return Spec(
+            str(raw.get("run_id", run_dir.name)),
+            job.recipe.name,
+            None,
+            job.params,
+            nproc,
+            job.resumed_from,
+            heartbeat,
+            declared=job,
+            time_limit_s=job.recipe.time_limit_s,
+        )
     try:
         recipe = get_recipe(str(raw.get("recipe")))
         params = raw.get("params") or {}
@@ -96,12 +124,6 @@ def load_spec(run_dir: Path) -> Spec:
         to_cli_args(recipe, params)  # validates
     except ParamError as exc:
         raise SpecError(str(exc)) from None
-    nproc = raw.get("nproc", 1)
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= 64:
-        raise SpecError(f"nproc must be an integer from 1 to 64, got {nproc!r}")
-    heartbeat = raw.get("heartbeat_s", DEFAULT_HEARTBEAT_S)
-    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or heartbeat <= 0:
-        raise SpecError(f"heartbeat_s must be a positive number, got {heartbeat!r}")
     resume = raw.get("resume_from")
     if resume is not None:
         if not isinstance(resume, str) or not resume:
@@ -113,12 +135,29 @@ def load_spec(run_dir: Path) -> Spec:
         if not (run_dir / resume).is_file():
             raise SpecError(f"resume_from {resume!r} does not exist in the run dir")
     return Spec(
-        str(raw.get("run_id", run_dir.name)), recipe, params, nproc, resume, float(heartbeat)
+        str(raw.get("run_id", run_dir.name)), recipe.name, recipe, params, nproc, resume, heartbeat
     )
 
 
+def _numbers(raw: dict[str, Any]) -> tuple[int, float]:
+    nproc = raw.get("nproc", 1)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= 64:
+        raise SpecError(f"nproc must be an integer from 1 to 64, got {nproc!r}")
+    heartbeat = raw.get("heartbeat_s", DEFAULT_HEARTBEAT_S)
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or heartbeat <= 0:
+        raise SpecError(f"heartbeat_s must be a positive number, got {heartbeat!r}")
+    return nproc, float(heartbeat)
+
+
 def build_command(spec: Spec, run_dir: Path) -> list[str]:
-    """The recipe's command line; torchrun (as `python -m torch.distributed.run`) for nproc > 1."""
+    """The recipe's command line; torchrun (as `python -m torch.distributed.run`) for nproc > 1.
+
+    A declared recipe's command is the admin's own, already rendered: it calls torchrun
+    itself if it wants to.
+    """
+    if spec.declared is not None:
+        return spec.declared.argv
+    assert spec.recipe is not None
     launcher = [sys.executable, "-m"]
     if spec.nproc > 1:
         launcher += [
@@ -295,9 +334,10 @@ def supervise(run_dir: Path) -> int:
             base,
             {"kind": "exception", "message": f"invalid spec: {exc}", "traceback": []},
         )
-    base.update(run_id=spec.run_id, recipe=spec.recipe.name)
+    base.update(run_id=spec.run_id, recipe=spec.name)
     command = build_command(spec, run_dir)
-    writer.emit("log", level="info", message=f"recipe {spec.recipe.name}: {' '.join(command)}")
+    # arguments only: a declared recipe's secrets travel in the environment, never logged
+    writer.emit("log", level="info", message=f"recipe {spec.name}: {' '.join(command)}")
     if forwarder.received is not None:  # told to stop before anything started
         return _stopped_before_start(writer, run_dir, base)
 
@@ -309,6 +349,16 @@ def supervise(run_dir: Path) -> int:
     stdout_path = run_dir / STDOUT
     stdout_offset = stdout_path.stat().st_size if stdout_path.exists() else 0
     tail = EventTail(events, start_offset)
+    follow = _Follow.start(spec.declared, writer, stdout_path, stdout_offset)
+    if spec.declared is not None:
+        env.update(spec.declared.env)
+        writer.emit(
+            "started",
+            total=spec.declared.total,
+            world_size=spec.nproc,
+            params=spec.params,
+            **({} if spec.resume_from else {"step": 0}),
+        )
     started = time.monotonic()
     with stdout_path.open("ab", buffering=0) as out:
         try:
@@ -318,6 +368,7 @@ def supervise(run_dir: Path) -> int:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                cwd=spec.declared.cwd if spec.declared is not None else None,
                 start_new_session=True,  # its own process group, so a signal reaches all of it
                 preexec_fn=_die_with_parent,
             )
@@ -330,10 +381,14 @@ def supervise(run_dir: Path) -> int:
             )
         forwarder.proc = proc
         forwarder.forward()  # a signal that came while Popen ran
-        returncode = _wait(proc, writer, tail, spec.heartbeat_s)
+        returncode = _wait(proc, writer, tail, spec, follow)
+    if follow is not None:
+        follow.finish()
     tail.poll()
     base.update(exit_code=returncode, duration_s=round(time.monotonic() - started, 3))
 
+    if follow is not None and tail.result is None:
+        return _declared_end(writer, run_dir, base, follow, forwarder, returncode, stdout_offset)
     if tail.result is not None:
         res = {k: v for k, v in tail.result.items() if k not in ("ts", "type")}
         status = res.get("status", "failed")
@@ -369,15 +424,134 @@ def supervise(run_dir: Path) -> int:
     return fail(writer, run_dir, base, error, step=tail.step, checkpoint=tail.checkpoint)
 
 
-def _wait(proc: subprocess.Popen[bytes], writer: EventWriter, tail: EventTail, every: float) -> int:
-    """Wait for the recipe, with a heartbeat (and the last step seen) every `every` seconds."""
+@dataclass
+class _Follow:
+    """What the agent watches for a declared recipe: its output, checkpoints, time limit."""
+
+    job: DeclaredJob
+    output: OutputFollower
+    checkpoints: CheckpointWatcher | None
+    writer: EventWriter
+    timed_out: bool = False
+
+    @classmethod
+    def start(
+        cls, job: DeclaredJob | None, writer: EventWriter, stdout: Path, offset: int
+    ) -> _Follow | None:
+        if job is None:
+            return None
+        watcher = None
+        if job.recipe.resume is not None:
+            watcher = CheckpointWatcher(job.checkpoint_root, job.recipe.resume.checkpoints)
+            watcher.prime()
+        return cls(job, OutputFollower(job, writer, stdout, offset), watcher, writer)
+
+    def tick(self) -> None:
+        self.output.poll()
+        if self.checkpoints is not None:
+            self.checkpoints.poll(self.output.step, self.writer)
+
+    def finish(self) -> None:
+        self.output.poll(final=True)
+        if self.checkpoints is not None:
+            self.checkpoints.poll(self.output.step, self.writer, final=True)
+
+    @property
+    def checkpoint(self) -> str | None:
+        if self.checkpoints is None:
+            return None
+        return self.checkpoints.latest or self.job.resumed_from
+
+
+DECLARED_TICK_S = 0.5  # how often a declared recipe's output is read
+KILL_AFTER_S = 30.0  # from the time limit's SIGTERM to SIGKILL
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    writer: EventWriter,
+    tail: EventTail,
+    spec: Spec,
+    follow: _Follow | None,
+) -> int:
+    """Wait for the recipe, with a heartbeat (and the last step seen) every heartbeat_s.
+
+    For a declared recipe also read its output every DECLARED_TICK_S and enforce its time
+    limit: SIGTERM to its process group, SIGKILL KILL_AFTER_S later.
+    """
+    every = spec.heartbeat_s
+    tick = min(every, DECLARED_TICK_S) if follow is not None else every
+    started = time.monotonic()
+    deadline = started + spec.time_limit_s if spec.time_limit_s else None
+    next_beat = started
     while True:
-        tail.poll()
-        writer.emit("heartbeat", **({"step": tail.step} if tail.step is not None else {}))
+        now = time.monotonic()
+        if follow is not None:
+            follow.tick()
+            if deadline is not None and now >= deadline:
+                _signal_group(proc, signal.SIGTERM if not follow.timed_out else signal.SIGKILL)
+                deadline = now + KILL_AFTER_S
+                follow.timed_out = True
+        if now >= next_beat:
+            tail.poll()
+            writer.emit("heartbeat", **({"step": tail.step} if tail.step is not None else {}))
+            next_beat = now + every
         try:
-            return proc.wait(timeout=every)
+            return proc.wait(timeout=tick)
         except subprocess.TimeoutExpired:
             continue
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
+
+
+def _declared_end(
+    writer: EventWriter,
+    run_dir: Path,
+    base: dict[str, Any],
+    follow: _Follow,
+    forwarder: SignalForwarder,
+    returncode: int,
+    stdout_offset: int,
+) -> int:
+    """The result of a declared recipe, which writes no result event of its own."""
+    step, checkpoint = follow.output.step, follow.checkpoint
+    if follow.timed_out:
+        limit = follow.job.recipe.time_limit_s or 0
+        lines = read_tail(run_dir / STDOUT, stdout_offset).splitlines()[-TAIL_LINES:]
+        error = {
+            "kind": "timeout",
+            "message": f"time limit reached ({limit:g}s); the command was stopped",
+            "traceback": lines,
+        }
+        return fail(writer, run_dir, base, error, step=step, checkpoint=checkpoint)
+    if forwarder.received is not None:
+        if read_control(run_dir) == "pause" and checkpoint is not None:
+            return _ended(writer, run_dir, base, follow, "paused")
+        if checkpoint is None:
+            return _stopped_before_start(writer, run_dir, base, step=step)
+        return _ended(writer, run_dir, base, follow, "stopped")
+    if returncode == 0:
+        return _ended(writer, run_dir, base, follow, "succeeded")
+    error = classify_failure(returncode, read_tail(run_dir / STDOUT, stdout_offset))
+    return fail(writer, run_dir, base, error, step=step, checkpoint=checkpoint)
+
+
+def _ended(
+    writer: EventWriter, run_dir: Path, base: dict[str, Any], follow: _Follow, status: str
+) -> int:
+    fields = {
+        "status": status,
+        "step": follow.output.step,
+        "final": follow.output.final,
+        "best": follow.output.best,
+        "checkpoint": follow.checkpoint,
+    }
+    writer.emit("result", **fields)
+    write_result(run_dir, {**base, **fields, "error": None, "ended_at": utc_now_iso()})
+    return EXIT_CODES[status]
 
 
 def _error_fields(event: dict[str, Any]) -> dict[str, Any]:

@@ -29,12 +29,22 @@ from docker.models.containers import Container
 from docker.tls import TLSConfig
 from docker.types import DeviceRequest, LogConfig
 
+import assistant
 from assistant.errors import ConfigError, RunStartError, StateError
-from assistant.runs.runner import ExitInfo, LaunchRequest, RunHandle, Runner, RunnerState
+from assistant.runs.runner import (
+    ExitInfo,
+    LaunchRequest,
+    Mount,
+    RunHandle,
+    Runner,
+    RunnerState,
+)
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DEFAULT_IMAGE = "assistant-run:latest"
 RUN_MOUNT = "/workspace/run"
+AGENT_ROOT = "/opt/assistant"  # where the run image keeps the agent, and where we mount it
+AGENT_SOURCE = Path(assistant.__file__).resolve().parent  # the host's copy of the package
 MANAGED_LABEL = "assistant.managed"
 # Which assistant owns a container: two assistants on one engine must never reconcile
 # (and stop) each other's runs.
@@ -256,6 +266,12 @@ class DockerRunner(Runner):
         self._gpu_runtime = "nvidia" in (info.get("Runtimes") or {})
         return client
 
+    def view(self, mount: Mount) -> str:
+        return mount.target
+
+    def run_dir_view(self, run_dir: Path) -> str:
+        return self.run_mount
+
     async def image_ready(self, image: str) -> bool:
         return await image_present(await self.connect(), image)
 
@@ -326,6 +342,19 @@ class DockerRunner(Runner):
                 type=LogConfig.types.JSON, config={"max-size": "20m", "max-file": "2"}
             ),
         }
+        volumes = kwargs["volumes"]
+        for mount in request.mounts:
+            volumes[str(mount.source)] = {
+                "bind": mount.target,
+                "mode": "ro" if mount.read_only else "rw",
+            }
+        if request.bring_agent:
+            # An image we did not build: our agent (standard library only) comes in
+            # read-only and runs on the image's own python3.
+            volumes[str(AGENT_SOURCE)] = {"bind": f"{AGENT_ROOT}/assistant", "mode": "ro"}
+            env.update(PYTHONPATH=AGENT_ROOT, HOME="/tmp", PYTHONDONTWRITEBYTECODE="1")
+            kwargs["command"] = ["python3", "-m", "assistant.jobs.agent", self.run_mount]
+            kwargs["working_dir"] = self.run_mount
         if request.memory_mb is not None:
             # Equal limits: past it the kernel OOM-kills instead of swapping.
             kwargs["mem_limit"] = kwargs["memswap_limit"] = f"{request.memory_mb}m"

@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from assistant.clock import Clock
 from assistant.config import Settings
 from assistant.errors import CommandError, RunStartError, StateError
 from assistant.jobs import protocol
+from assistant.jobs.declared import DeclaredRecipe, from_json, to_json
 from assistant.jobs.recipes import RECIPES
 from assistant.observability import EventLog, traced
-from assistant.runs.runner import LaunchRequest, RunHandle, Runner
+from assistant.recipes_file import check_workdir
+from assistant.runs.catalog import RecipeCatalog
+from assistant.runs.runner import LaunchRequest, Mount, RunHandle, Runner
 from assistant.runs.spec import RunSpec
 from storage.runs import ACTIVE, LIVE, RunRecord, RunRepo
 from storage.timestamps import to_iso
@@ -33,6 +37,9 @@ if TYPE_CHECKING:
     from commands.registry import Reply
 
 log = logging.getLogger(__name__)
+
+WORKDIR_MOUNT = "/workspace/code"  # where a container sees a declared recipe's working dir
+SECRETS_DIR = ".secrets"  # in the run dir, for the moment between launch and the command
 
 Notify = Callable[[str, "str | Reply", "int | None"], Awaitable[object]]
 # (chat, text, message id to edit or None) -> the message id to edit next time
@@ -65,6 +72,12 @@ class RunManager:
         self._building: asyncio.Task[None] | None = None
         self.build_note: str | None = None  # shown by /status while an image builds
         self.on_dispatch: Callable[[RunRecord, RunHandle], None] | None = None
+        self.catalog = RecipeCatalog(
+            settings.recipes_path,
+            allowed_roots=settings.recipe_roots,
+            secrets_dir=settings.secrets_dir,
+            protected=(settings.assistant_home,),
+        )
 
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id
@@ -101,6 +114,7 @@ class RunManager:
             total=spec.total,
             now=self._now(),
             retry_of=retry_of,
+            definition=spec.definition,
         )
         action = self.event_log.log_action(
             triggered_by,
@@ -128,9 +142,17 @@ class RunManager:
 
         :raises StateError: if the run is not live or its recipe cannot resume.
         """
-        if not RECIPES[run.recipe].supports_resume:
-            raise StateError(f"run {run.id} ({run.recipe}) cannot be paused: no resume support")
+        if not self.supports_resume(run):
+            raise StateError(
+                f"run {run.id} ({run.recipe}) cannot be paused: its recipe declares no way to"
+                f" resume from a checkpoint; /run stop {run.id} ends it"
+            )
         return await self._halt(run, "pause", triggered_by)
+
+    def supports_resume(self, run: RunRecord) -> bool:
+        if run.definition is not None:
+            return from_json(run.definition).resume is not None
+        return run.recipe in RECIPES and RECIPES[run.recipe].supports_resume
 
     async def _halt(self, run: RunRecord, action: str, triggered_by: int | None) -> RunRecord:
         if run.state == "queued":
@@ -205,6 +227,8 @@ class RunManager:
             cpus=run.cpus or self.settings.run_cpus,
             image=run.image,
             chat_id=run.chat_id,
+            total=run.total,
+            definition=run.definition,
         )
         return await self.submit(spec, triggered_by, retry_of=run.id)
 
@@ -230,7 +254,10 @@ class RunManager:
             gpu_blocked = False
             for run in (r for r in runs if r.state == "queued"):
                 if not await self.runner.image_ready(run.image):
-                    self._build_in_background(run)
+                    if run.image != self.settings.run_image:
+                        await self._image_missing(run)
+                    else:
+                        self._build_in_background(run)
                     continue
                 if run.gpus_wanted == 0:
                     if cpu_live >= self.settings.max_cpu_runs:
@@ -299,6 +326,20 @@ class RunManager:
         await self.notify(run.chat_id, f"Image {run.image} built in {took:.0f}s.", event)
         await self.dispatch()
 
+    async def _image_missing(self, run: RunRecord) -> None:
+        """A declared recipe's own image is the admin's to build: say so, start nothing."""
+        why = (
+            f"image {run.image} is not on the engine ({self.runner.description}); build or load"
+            f" it there (docker build -t {run.image} ...) and /run retry {run.id}"
+        )
+        await self.repo.set_state(
+            run.id, "failed", self._now(), "image missing", error=why, ended_at=self._now()
+        )
+        event = self.event_log.log_event(
+            "run", run.id, summary=f"run {run.id} could not start", caused_by=run.launch_action
+        )
+        await self.notify(run.chat_id, f"Run {run.id} could not start: {why}", event)
+
     async def queue_position(self, run: RunRecord) -> int:
         queued = [r for r in await self.repo.in_states(("queued",)) if r.gpus_wanted > 0]
         return next((i + 1 for i, r in enumerate(queued) if r.id == run.id), 0)
@@ -318,19 +359,7 @@ class RunManager:
         await self.repo.set_state(run.id, "starting", self._now(), None, gpus=gpus)
         try:
             async with self.event_log.action(event_id, "run_launched", target=run.id) as act:
-                prepare_run_dir(run_dir, run, resume_from)
-                request = LaunchRequest(
-                    run_id=run.id,
-                    recipe=run.recipe,
-                    run_dir=run_dir,
-                    image=run.image,
-                    gpus=tuple(gpus),
-                    nproc=run.nproc,
-                    memory_mb=run.memory_mb,
-                    cpus=run.cpus,
-                    pids_limit=self.settings.run_pids_limit,
-                    labels={"assistant.recipe": run.recipe},
-                )
+                request = self._launch_request(run, run_dir, gpus, resume_from)
                 async with self.event_log.tool_call(
                     f"{self.runner.kind}.launch",
                     {"image": run.image, "gpus": gpus, "memory_mb": run.memory_mb},
@@ -369,8 +398,87 @@ class RunManager:
         if self.on_dispatch is not None:
             self.on_dispatch(run, handle)
 
+    def _launch_request(
+        self, run: RunRecord, run_dir: Path, gpus: list[int], resume_from: str | None
+    ) -> LaunchRequest:
+        """Write the run dir and say how to launch it.
 
-def prepare_run_dir(run_dir: Path, run: RunRecord, resume_from: str | None) -> None:
+        :raises RunStartError: a declared recipe's working dir or secret is gone.
+        """
+        declared = from_json(run.definition) if run.definition is not None else None
+        mounts: tuple[Mount, ...] = ()
+        extra: dict[str, Any] = {}
+        secrets: dict[str, bytes] = {}
+        if declared is not None:
+            mounts, extra, secrets = self._declared_parts(declared, run_dir, len(gpus))
+        prepare_run_dir(run_dir, run, resume_from, extra)
+        if secrets:
+            folder = run_dir / SECRETS_DIR
+            folder.mkdir(mode=0o700, exist_ok=True)
+            for name, value in secrets.items():
+                fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(value)
+        return LaunchRequest(
+            run_id=run.id,
+            recipe=run.recipe,
+            run_dir=run_dir,
+            image=run.image,
+            gpus=tuple(gpus),
+            nproc=run.nproc,
+            memory_mb=run.memory_mb,
+            cpus=run.cpus,
+            pids_limit=self.settings.run_pids_limit,
+            network=declared.network if declared is not None else False,
+            labels={"assistant.recipe": run.recipe},
+            mounts=mounts,
+            bring_agent=declared is not None and run.image != self.settings.run_image,
+        )
+
+    def _declared_parts(
+        self, declared: DeclaredRecipe, run_dir: Path, gpus: int
+    ) -> tuple[tuple[Mount, ...], dict[str, Any], dict[str, bytes]]:
+        """The working-dir mount, what spec.json says of paths, and the secrets' values.
+
+        Secrets go to files under the run dir, readable by the run's user only, which the
+        agent reads into the command's environment and deletes before the command starts:
+        never in spec.json, a container's environment or a command line.
+        """
+        mounts: list[Mount] = []
+        paths = {"run_dir": self.runner.run_dir_view(run_dir)}
+        if declared.workdir is not None:
+            # checked again: the folder (or a symlink on its path) may have changed since
+            _, problems = check_workdir(
+                Path(declared.workdir),
+                allowed_roots=self.settings.recipe_roots,
+                protected=(self.settings.assistant_home,),
+            )
+            if problems:
+                raise RunStartError(
+                    f"recipe {declared.name}: workdir {declared.workdir} {problems[0]}"
+                )
+            mount = Mount(Path(declared.workdir), WORKDIR_MOUNT, not declared.workdir_writable)
+            mounts.append(mount)
+            paths["workdir"] = self.runner.view(mount)
+        secret_files, values = {}, {}
+        for env_name, secret in declared.secrets:
+            try:
+                values[secret] = (self.settings.secrets_dir / secret).read_bytes()
+            except OSError:
+                raise RunStartError(
+                    f"recipe {declared.name}: secret {secret!r} is missing; put it in"
+                    f" {self.settings.secrets_dir / secret} (mode 0600)"
+                ) from None
+            secret_files[env_name] = f"{paths['run_dir']}/{SECRETS_DIR}/{secret}"
+        extra = {"declared": to_json(declared), "gpus": gpus, "paths": paths}
+        if secret_files:
+            extra["secret_files"] = secret_files
+        return tuple(mounts), extra, values
+
+
+def prepare_run_dir(
+    run_dir: Path, run: RunRecord, resume_from: str | None, extra: dict[str, Any] | None = None
+) -> None:
     """spec.json and the folders; a fresh start clears what a failed start may have left."""
     if resume_from is None and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -385,5 +493,6 @@ def prepare_run_dir(run_dir: Path, run: RunRecord, resume_from: str | None) -> N
         "nproc": run.nproc,
         "resume_from": resume_from,
         "heartbeat_s": 5,
+        **(extra or {}),
     }
     (run_dir / protocol.SPEC).write_text(json.dumps(spec, indent=2))

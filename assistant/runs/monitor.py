@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,9 @@ from typing import Any
 from assistant.background import cancel
 from assistant.durations import format_duration
 from assistant.jobs import protocol
-from assistant.runs.manager import RunManager
+from assistant.jobs.declared import from_json
+from assistant.jobs.recipes import RECIPES
+from assistant.runs.manager import SECRETS_DIR, RunManager
 from assistant.runs.report import eta, plot, read_events, summary_text
 from assistant.runs.runner import ExitInfo, RunHandle
 from commands.registry import Reply
@@ -254,6 +257,8 @@ class RunMonitor:
             gpus=[],
         )
         self.live.pop(run.id, None)
+        # a declared recipe's secrets, if its agent died before it could delete them
+        shutil.rmtree(m.run_dir(run.id) / SECRETS_DIR, ignore_errors=True)
         ended = await m.repo.get(run.id) or run
         event = m.event_log.log_event(
             "run",
@@ -363,18 +368,23 @@ def _cause(error: object, code: int | None) -> str:
 
 
 def _better(run: RunRecord, name: str, value: object, best: dict[str, Any]) -> bool:
-    from assistant.jobs.recipes import RECIPES
-
     if not isinstance(value, int | float):
         return False
     current = best.get(name)
     if current is None:
         return True
-    info = RECIPES.get(run.recipe)
-    lower = ("loss" in name) or (
-        info is not None and info.key_metric == name and info.key_metric_mode == "min"
-    )
+    key, mode = key_metric(run)
+    lower = mode == "min" if name == key else "loss" in name
     return bool(value < current) if lower else bool(value > current)
+
+
+def key_metric(run: RunRecord) -> tuple[str, str]:
+    """The metric that decides a run's best, and whether lower or higher is better."""
+    if run.definition is not None:
+        declared = from_json(run.definition)
+        return declared.key_metric, declared.key_metric_mode
+    info = RECIPES.get(run.recipe)
+    return (info.key_metric, info.key_metric_mode) if info else ("loss", "min")
 
 
 def _describe(event: dict[str, Any]) -> str:

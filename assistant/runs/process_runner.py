@@ -45,7 +45,8 @@ class ProcessRunner(Runner):
 
     async def launch(self, request: LaunchRequest) -> RunHandle:
         env = {
-            "PATH": os.defpath,
+            # the interpreter's own bin first: a declared recipe's `python`/`torchrun`
+            "PATH": os.pathsep.join((str(Path(self._python).parent), os.defpath)),
             "PYTHONPATH": str(CODE_ROOT),
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": str(max(1, int(request.cpus or 1))),

@@ -17,6 +17,15 @@ RunnerKind = Literal["docker", "process"]
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host folder the run sees besides its run dir (a declared recipe's working dir)."""
+
+    source: Path  # absolute, on the host
+    target: str  # where a container sees it
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
 class LaunchRequest:
     """Everything a runner needs; built by the host from a validated `RunSpec`."""
 
@@ -31,6 +40,9 @@ class LaunchRequest:
     pids_limit: int = 512
     network: bool = False  # training: no network; a benchmark reaching an endpoint: yes
     labels: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[Mount, ...] = ()
+    # the image is not ours (a declared recipe's): bring the agent in, run by its python3
+    bring_agent: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,14 @@ class Runner(ABC):
     @abstractmethod
     async def find_active(self) -> list[RunHandle]:
         """Runs of ours still running (by label or pid), for reconciling at start."""
+
+    def view(self, mount: Mount) -> str:
+        """Where the run sees a mounted host folder: the folder itself, without a container."""
+        return str(mount.source)
+
+    def run_dir_view(self, run_dir: Path) -> str:
+        """Where the run sees its own run dir."""
+        return str(run_dir)
 
     async def image_ready(self, image: str) -> bool:
         """Whether runs of `image` can start now; runners without images always can."""

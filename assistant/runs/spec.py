@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from assistant.durations import format_duration
 from assistant.errors import CommandError
-from assistant.jobs.recipes import RECIPES, ParamError, RecipeInfo, validate_params
+from assistant.jobs.declared import to_json
+from assistant.jobs.recipes import ParamError, validate_params
+from assistant.runs.catalog import Entry
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ RUN_PARAMS = {
 
 @dataclass(frozen=True)
 class RunSpec:
-    kind: str  # "train" (benchmarks come later)
+    kind: str  # "train" or "bench"
     recipe: str
     params: dict[str, Any]  # every recipe parameter, defaults filled in
     gpus: int
@@ -48,21 +52,46 @@ class RunSpec:
     cpus: float
     image: str
     chat_id: str
+    total: int | None = None  # steps in the whole run, for progress and ETA
     overrides: dict[str, Any] = field(default_factory=dict)  # what the user set explicitly
-
-    @property
-    def total(self) -> int | None:
-        info = RECIPES[self.recipe]
-        value = self.params.get(info.total_param)
-        return int(value) if isinstance(value, int | float) else None
+    definition: dict[str, Any] | None = None  # a declared recipe, as it was when asked
 
 
-def recipe_help(info: RecipeInfo) -> str:
-    """One line per parameter: name, type, default, bounds."""
+def recipe_help(entry: Entry) -> str:
+    """One line per parameter (name, type, default, bounds); for a declared recipe also
+    what it runs and with what, so a chat user can tell what a launch will do."""
+    info, d = entry.info, entry.declared
     lines = [f"{info.name}: {info.summary}"]
     lines.extend(f"  {p.describe()}" for p in info.params)
     run_params = ", ".join(f"{r.name}= ({r.help})" for r in RUN_PARAMS.values())
     lines.append(f"Run parameters: {run_params}")
+    if d is None:
+        return "\n".join(lines)
+    mode = "read-write" if d.workdir_writable else "read-only"
+    limits = [f"{d.gpus} GPU(s) by default"]
+    if d.memory_mb:
+        limits.append(f"memory {d.memory_mb} MB")
+    if d.cpus:
+        limits.append(f"cpus {d.cpus:g}")
+    if d.time_limit_s:
+        limits.append(f"time limit {format_duration(timedelta(seconds=d.time_limit_s))}")
+    limits.append("network" if d.network else "no network")
+    lines += [
+        f"Command: {' '.join(d.command)}",
+        f"Image: {d.image or 'the run image'} · workdir: "
+        + (f"{d.workdir} ({mode})" if d.workdir else "none"),
+        "Limits: " + ", ".join(limits),
+    ]
+    if d.secrets:
+        lines.append("Secrets (as env): " + ", ".join(name for name, _ in d.secrets))
+    if d.resume is not None:
+        where = d.resume.location.replace("_", " ")
+        lines.append(
+            f"Resume: checkpoints {d.resume.checkpoints} in the {where},"
+            f" passed back as {' '.join(d.resume.args)}"
+        )
+    else:
+        lines.append("Resume: not declared, so /run pause is refused (stop and retry instead)")
     return "\n".join(lines)
 
 
@@ -78,7 +107,7 @@ def _run_value(p: RunParam, raw: str) -> float:
 
 
 def build_spec(
-    recipe: str,
+    entry: Entry,
     assignments: list[str],
     *,
     chat_id: str,
@@ -87,15 +116,14 @@ def build_spec(
     memory_mb: int,
     cpus: float,
 ) -> RunSpec:
-    """Validate a recipe name and `key=value` words into a resolved spec.
+    """Validate `key=value` words against a recipe into a resolved spec.
 
-    :raises CommandError: for an unknown recipe or parameter, a malformed assignment, a
-        value of the wrong type or out of range; the message lists what is accepted.
+    A declared recipe's own image, GPUs and limits replace the host's defaults.
+
+    :raises CommandError: for an unknown parameter, a malformed assignment, a value of the
+        wrong type or out of range; the message lists what is accepted.
     """
-    info = RECIPES.get(recipe.lower())
-    if info is None:
-        names = ", ".join(sorted(RECIPES))
-        raise CommandError(f"unknown recipe {recipe!r}; recipes: {names}")
+    info, declared = entry.info, entry.declared
     given: dict[str, str] = {}
     run_values: dict[str, float] = {}
     for word in assignments:
@@ -113,8 +141,13 @@ def build_spec(
         overrides: dict[str, Any] = validate_params(info, given)
     except ParamError as exc:
         names = ", ".join([*(p.name for p in info.params), *RUN_PARAMS])
-        raise CommandError(f"{exc}. Accepted: {names} (/run recipes {info.name})") from None
+        raise CommandError(f"{exc}. Accepted: {names} (/recipes {info.name})") from None
     params = {**info.defaults(), **overrides}
+    if declared is not None:
+        image = declared.image or image
+        default_gpus = declared.gpus
+        memory_mb = declared.memory_mb or memory_mb
+        cpus = declared.cpus or cpus
     gpus = int(run_values.get("gpus", default_gpus))
     nproc = int(run_values.get("procs", max(gpus, 1)))
     return RunSpec(
@@ -127,5 +160,15 @@ def build_spec(
         cpus=float(run_values.get("cpus", cpus)),
         image=image,
         chat_id=chat_id,
+        total=run_total(entry, params),
         overrides=overrides,
+        definition=None if declared is None else to_json(declared),
     )
+
+
+def run_total(entry: Entry, params: dict[str, Any]) -> int | None:
+    """Steps in the whole run: a parameter's value, or a declared recipe's fixed total."""
+    if entry.declared is not None and isinstance(entry.declared.progress.total, int):
+        return entry.declared.progress.total
+    value = params.get(entry.info.total_param) if entry.info.total_param else None
+    return int(value) if isinstance(value, int | float) else None

@@ -101,7 +101,7 @@ def test_add_task_keeps_schedule_and_what_intact(kind: str, schedule: str, what:
         ("show_run", {"run_id": "ab", "extra": 1}, "does not take extra"),
         ("run_logs", {"run_id": "ab", "lines": 500}, "from 1 to 200"),
         ("run_logs", {"run_id": "ab", "lines": True}, "from 1 to 200"),
-        ("launch_training", {"recipe": "rm -rf"}, "must be one of"),
+        ("launch_training", {"recipe": "rm -rf"}, "must be a recipe name"),
         ("launch_training", {"recipe": "gpt", "params": {"Steps": 1}}, "not a parameter name"),
         ("launch_training", {"recipe": "gpt", "params": {"x-y": 1}}, "not a parameter name"),
         ("launch_training", {"recipe": "gpt", "params": {"steps": [1]}}, "a value is a number"),

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from assistant.errors import CommandError
+from assistant.runs.catalog import RecipeCatalog
 from assistant.runs.spec import build_spec
+
+BUILT_IN = RecipeCatalog(Path("/nonexistent/recipes.toml"), allowed_roots=(), secrets_dir=Path())
 
 
 def spec(recipe: str, *words: str, gpus: int = 0):  # type: ignore[no-untyped-def]
     return build_spec(
-        recipe,
+        BUILT_IN.require(recipe),
         list(words),
         chat_id="tg:1",
         image="img",

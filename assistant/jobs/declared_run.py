@@ -1,0 +1,332 @@
+"""The in-run half of a declared recipe: its command line, and what its output says.
+
+A declared recipe (ASSISTANT_HOME/recipes.toml) runs the admin's own command, which knows
+nothing of our event protocol. The agent turns what it prints into protocol events:
+
+- lines starting with the recipe's JSON prefix carry an event as JSON (`progress`,
+  `metric`, `checkpoint`, `log`; see assistant/jobs/reporting.py for a helper that writes
+  them);
+- lines matching a `progress` regex become `progress` events (group `step`, the others as
+  numbers: loss, lr, time_ms, ...);
+- lines matching a `metrics` regex become one `metric` event per named group;
+- files matching the checkpoint glob become `checkpoint` events once they stop changing.
+
+Standard library only: it runs inside images we did not build.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assistant.jobs.declared import DeclaredRecipe, from_json, render_args
+from assistant.jobs.protocol import EventWriter
+from assistant.jobs.recipes import Param, ParamError
+
+PASSED_THROUGH = ("progress", "metric", "checkpoint", "log")
+PREFIX_ENV = "ASSISTANT_REPORT_PREFIX"
+_NUMBER = re.compile(r"\d+")
+
+
+class DeclaredSpecError(ValueError):
+    """The declared part of spec.json does not make a command line."""
+
+
+@dataclass(frozen=True)
+class DeclaredJob:
+    """Everything the agent needs to start and follow a declared recipe's command."""
+
+    recipe: DeclaredRecipe
+    params: dict[str, Any]
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]  # added to the agent's environment (secrets included: never log it)
+    checkpoint_root: Path  # where the checkpoint glob is anchored
+    total: int | None
+    resumed_from: str | None
+
+
+def _format(param: Param, value: object) -> str:
+    return param.format(param.coerce(value))
+
+
+def build_job(raw: dict[str, Any], run_dir: Path) -> DeclaredJob:
+    """Check the declared part of spec.json and render the command.
+
+    :raises DeclaredSpecError: in words fit for a chat message.
+    """
+    try:
+        recipe = from_json(raw["declared"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DeclaredSpecError(f"declared recipe unreadable: {exc}") from None
+    given = raw.get("params") or {}
+    if not isinstance(given, dict):
+        raise DeclaredSpecError("params must be an object")
+    by_name = {p.name: p for p in recipe.params}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise DeclaredSpecError(f"unknown parameter(s) for {recipe.name}: {', '.join(unknown)}")
+    try:
+        params = {p.name: p.coerce(given.get(p.name, p.default)) for p in recipe.params}
+        values = {name: _format(by_name[name], v) for name, v in params.items()}
+    except ParamError as exc:
+        raise DeclaredSpecError(str(exc)) from None
+    paths = raw.get("paths") or {}
+    run_view = str(paths.get("run_dir") or run_dir)
+    workdir_view = str(paths.get("workdir") or "")
+    values.update(
+        gpus=str(int(raw.get("gpus", 0))),
+        nproc=str(int(raw.get("nproc", 1))),
+        run_dir=run_view,
+        workdir=workdir_view,
+    )
+    resume_from = raw.get("resume_from")
+    root = Path(run_view)
+    if recipe.resume is not None and recipe.resume.location == "workdir" and workdir_view:
+        root = Path(workdir_view)
+    try:
+        argv = render_args(recipe.command, values)
+        if resume_from is not None:
+            if recipe.resume is None:
+                raise DeclaredSpecError(f"recipe {recipe.name!r} declares no way to resume")
+            checkpoint = str(_inside(root, str(resume_from)))
+            argv += render_args(recipe.resume.args, {**values, "checkpoint": checkpoint})
+    except (KeyError, ValueError) as exc:
+        if isinstance(exc, DeclaredSpecError):
+            raise
+        raise DeclaredSpecError(f"command template of {recipe.name!r}: {exc}") from None
+    env = dict(recipe.env)
+    env.update(_read_secrets(raw.get("secret_files") or {}))
+    if recipe.progress.json_prefix:
+        env[PREFIX_ENV] = recipe.progress.json_prefix
+    total = recipe.progress.total
+    if isinstance(total, str):
+        total = int(params[total]) if total in params else None
+    return DeclaredJob(
+        recipe=recipe,
+        params=params,
+        argv=argv,
+        cwd=Path(workdir_view) if workdir_view else run_dir,
+        env=env,
+        checkpoint_root=root,
+        total=total,
+        resumed_from=None if resume_from is None else str(resume_from),
+    )
+
+
+def _inside(root: Path, rel: str) -> Path:
+    path = Path(rel)
+    if path.is_absolute() or ".." in path.parts:
+        raise DeclaredSpecError(f"checkpoint {rel!r} must be a path inside {root}")
+    return root / path
+
+
+def _read_secrets(files: dict[str, str]) -> dict[str, str]:
+    """Secret values from the files the host wrote for this launch, which go at once.
+
+    A missing one fails the start; a value is never shown, only the variable's name.
+    """
+    out = {}
+    for env_name, path in files.items():
+        try:
+            out[str(env_name)] = Path(path).read_text().rstrip("\n")
+        except OSError as exc:
+            raise DeclaredSpecError(f"secret for {env_name} unreadable: {exc.strerror}") from None
+        finally:
+            Path(path).unlink(missing_ok=True)
+    return out
+
+
+@dataclass
+class OutputFollower:
+    """Reads the command's new output lines and writes the events they stand for."""
+
+    job: DeclaredJob
+    writer: EventWriter
+    path: Path
+    offset: int
+    step: int | None = None
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    _partial: bytes = b""
+    _progress: list[re.Pattern[str]] = field(default_factory=list)
+    _metrics: list[re.Pattern[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        rules = self.job.recipe.progress
+        self._progress = [re.compile(p) for p in rules.progress]
+        self._metrics = [re.compile(p) for p in rules.metrics]
+
+    def poll(self, *, final: bool = False) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return
+        self.offset += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        if final and self._partial:
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            self.line(line.decode(errors="replace").rstrip("\r"))
+
+    def line(self, text: str) -> None:
+        prefix = self.job.recipe.progress.json_prefix
+        if prefix and text.startswith(prefix):
+            self._structured(text[len(prefix) :])
+            return
+        for pattern in self._progress:
+            match = pattern.search(text)
+            if match:
+                fields = _numbers(match)
+                step = fields.pop("step", None)
+                if step is not None:
+                    self._emit("progress", {"step": int(step), **fields})
+                return
+        for pattern in self._metrics:
+            match = pattern.search(text)
+            if match:
+                fields = _numbers(match)
+                step = int(fields.pop("step", self.step or 0))
+                for name, value in fields.items():
+                    self._emit("metric", {"step": step, "name": name, "value": value})
+                return
+
+    def _structured(self, text: str) -> None:
+        try:
+            event = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(event, dict) or event.get("type") not in PASSED_THROUGH:
+            return
+        kind = str(event.pop("type"))
+        event.pop("ts", None)
+        if kind == "checkpoint" and isinstance(event.get("path"), str):
+            event["path"] = self._relative(event["path"])
+        self._emit(kind, event)
+
+    def _relative(self, path: str) -> str:
+        """A checkpoint path as the host stores it: relative to the checkpoint root."""
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                return str(p.relative_to(self.job.checkpoint_root))
+            except ValueError:
+                return path
+        return path
+
+    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
+        step = fields.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            self.step = step
+        if kind == "progress":
+            if self.job.total is not None:
+                fields.setdefault("total", self.job.total)
+            for name, value in fields.items():
+                if name not in ("step", "total") and _is_number(value):
+                    self.final[name] = float(value)
+        elif kind == "metric" and _is_number(fields.get("value")):
+            name, value = str(fields.get("name")), float(fields["value"])
+            self.final[name] = value
+            self._keep_best(name, value)
+        self.writer.emit(kind, **fields)
+
+    def _keep_best(self, name: str, value: float) -> None:
+        recipe = self.job.recipe
+        lower = recipe.key_metric_mode == "min" if name == recipe.key_metric else "loss" in name
+        current = self.best.get(name)
+        if current is None or (value < current if lower else value > current):
+            self.best[name] = value
+
+
+def _numbers(match: re.Match[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, text in match.groupdict().items():
+        if text is None:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            continue
+        out[name] = int(value) if name == "step" else value
+    return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class CheckpointWatcher:
+    """Turns files matching the recipe's checkpoint glob into `checkpoint` events.
+
+    A file is announced once it looks the same on two looks in a row (a half-written
+    checkpoint is never offered for resume); `final=True` announces what is left.
+    """
+
+    root: Path
+    pattern: str
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    pending: dict[str, tuple[int, int]] = field(default_factory=dict)
+    latest: str | None = None
+
+    def prime(self) -> None:
+        """What exists before the command starts (an earlier attempt's) is not news."""
+        self.seen = self._look()
+
+    def _look(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for path in self.root.glob(self.pattern):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if path.is_file():
+                out[str(path.relative_to(self.root))] = (st.st_mtime_ns, st.st_size)
+        return out
+
+    def poll(self, step: int | None, emit: EventWriter, *, final: bool = False) -> None:
+        now = self._look()
+        ready = []
+        for rel, sig in now.items():
+            if self.seen.get(rel) == sig:
+                continue
+            if final or self.pending.get(rel) == sig:
+                ready.append((sig[0], rel))
+        self.pending = {rel: sig for rel, sig in now.items() if self.seen.get(rel) != sig}
+        for _, rel in sorted(ready):
+            self.seen[rel] = now[rel]
+            self.pending.pop(rel, None)
+            self.latest = rel
+            emit.emit("checkpoint", step=_step_of(rel, step), path=rel, best=False)
+
+
+def _step_of(rel: str, last_step: int | None) -> int | None:
+    """The step a checkpoint holds: the last number in its name if it is plausible."""
+    numbers = [int(n) for n in _NUMBER.findall(Path(rel).name)]
+    if numbers and (last_step is None or numbers[-1] <= last_step):
+        return numbers[-1]
+    return last_step
+
+
+def load_declared(raw: dict[str, Any], run_dir: Path) -> DeclaredJob | None:
+    """The declared job of a spec.json, or None for a built-in recipe."""
+    if "declared" not in raw:
+        return None
+    return build_job(raw, run_dir)
+
+
+def child_env(base: dict[str, str], job: DeclaredJob) -> dict[str, str]:
+    env = dict(base)
+    env.update(job.env)
+    return env
+
+
+def describe_command(job: DeclaredJob) -> str:
+    """The command as logged: arguments only, never the environment (secrets live there)."""
+    return " ".join(job.argv)
