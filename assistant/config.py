@@ -6,6 +6,8 @@ No other module reads `os.environ`; tests build a `Settings` directly.
 from __future__ import annotations
 
 import re
+import shlex
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -110,6 +112,24 @@ class Settings(BaseSettings):
     recipe_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=(), validation_alias="ASSISTANT_RECIPE_ROOTS"
     )
+    # serving benchmarks: the server image started when /run bench serve gives no url=
+    bench_image: str = Field(
+        default="vllm/vllm-openai:latest", validation_alias="ASSISTANT_BENCH_IMAGE"
+    )
+    # options every serving container gets after the ones chat may set (shell-style words)
+    bench_server_args: str = Field(default="", validation_alias="ASSISTANT_BENCH_SERVER_ARGS")
+    # shared memory for serving containers (tensor-parallel workers talk through it)
+    bench_shm_size: str = Field(default="16g", validation_alias="ASSISTANT_BENCH_SHM_SIZE")
+    # a host folder of model weights (Hugging Face cache) serving containers mount
+    hf_cache: Path | None = Field(default=None, validation_alias="ASSISTANT_HF_CACHE")
+    # label written into every benchmark result (default: the host name)
+    cluster_label: str = Field(
+        default_factory=socket.gethostname, validation_alias="ASSISTANT_CLUSTER_LABEL"
+    )
+    # a benchmark worse than the last comparable one by more than this (%) is a regression
+    bench_regression_pct: float = Field(
+        default=5.0, gt=0, le=100, validation_alias="ASSISTANT_BENCH_REGRESSION_PCT"
+    )
     # GPU indices runs may use: "auto" (all NVML sees), "none", or a list like "0,1,2,3"
     gpus: str = Field(default="auto", validation_alias="ASSISTANT_GPUS")
     # runs that need no GPU and may run at once
@@ -178,6 +198,15 @@ class Settings(BaseSettings):
                 if not Path(root).is_absolute():
                     raise ValueError(f"{root!r} is not an absolute path")
             return tuple(Path(root) for root in value)
+        return value
+
+    @field_validator("bench_server_args")
+    @classmethod
+    def _shell_words(cls, value: str) -> str:
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split into words: {exc}") from None
         return value
 
     @field_validator("gpus")

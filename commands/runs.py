@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import shlex
 from datetime import datetime
 
 from assistant.durations import format_duration
 from assistant.errors import CommandError
 from assistant.jobs import protocol
-from assistant.runs.monitor import Live, key_metric
+from assistant.jobs.bench.profiles import profiles_from_params
+from assistant.runs.bench_report import compare_chart, compare_text, load_results
+from assistant.runs.bench_spec import build_bench_spec, hardware_label
+from assistant.runs.monitor import Live, key_metric, run_numbers
 from assistant.runs.report import eta, log_tail, number
 from assistant.runs.spec import build_spec, recipe_help
 from commands.formatting import time_ago
-from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
+from commands.registry import CommandContext, CommandRouter, ParsedCommand, Reply, usage_error
 from storage.runs import ACTIVE, RunRecord
 from storage.timestamps import from_iso
 
@@ -27,6 +32,10 @@ USAGE = "\n".join(
         "/run resume <id> — relaunch a paused run from its checkpoint",
         "/run retry <id> — the same spec as a fresh run",
         "/run recipes [name] — recipes and their parameters",
+        "/run bench serve model=<id> [gpus=N] [tp=N] [image=...] [profiles=...] [in= out= c= n="
+        " rate=] — serving benchmark: starts the server, runs the profiles, reports",
+        "/run bench serve url=http://host:port/v1 model=<name> — benchmark a running server",
+        "/run compare <id> <id> ... — benchmark runs side by side",
     ]
 )
 
@@ -35,9 +44,9 @@ USAGE = "\n".join(
     "run",
     usage=USAGE,
     summary="launch and control training runs",
-    quiet=frozenset({"show", "logs", "recipes"}),
+    quiet=frozenset({"show", "logs", "recipes", "compare"}),
 )
-async def run_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
+async def run_command(ctx: CommandContext, cmd: ParsedCommand) -> str | Reply:
     try:
         return await _dispatch(ctx, cmd)
     except CommandError as exc:
@@ -97,7 +106,7 @@ def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
     return "  " + " · ".join(parts)
 
 
-async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str:
+async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str | Reply:
     if not cmd.args:
         raise CommandError("say what to do: train, show, logs, stop, pause, resume, retry")
     sub, rest = cmd.args[0].lower(), list(cmd.args[1:])
@@ -105,6 +114,10 @@ async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str:
         return await _train(ctx, rest)
     if sub == "recipes":
         return recipes_text(ctx, rest)
+    if sub == "bench":
+        return await _bench(ctx, rest)
+    if sub == "compare":
+        return await _compare(ctx, rest)
     if sub not in ("show", "logs", "stop", "pause", "resume", "retry"):
         raise CommandError(f"unknown subcommand {cmd.args[0]!r}")
     if not rest:
@@ -191,6 +204,66 @@ async def _train(ctx: CommandContext, words: list[str]) -> str:
     )
 
 
+async def _bench(ctx: CommandContext, words: list[str]) -> str:
+    if not words or words[0].lower() != "serve":
+        raise CommandError("the benchmark is /run bench serve model=<id> (or url=... model=...)")
+    s = ctx.services
+    manager = s.runs
+    spec = build_bench_spec(
+        words[1:],
+        chat_id=ctx.chat_id,
+        run_image=s.settings.run_image,
+        server_image=s.settings.bench_image,
+        server_admin_args=shlex.split(s.settings.bench_server_args),
+        default_gpus=min(1, len(manager.gpu_inventory)),
+        memory_mb=s.settings.run_memory_mb,
+        cpus=s.settings.run_cpus,
+        hardware=hardware_label(s.host, manager.gpu_inventory),
+        cluster_label=s.settings.cluster_label,
+        engine_known=manager.servers is not None,
+    )
+    run = await manager.submit(spec, ctx.event_id)
+    p = run.params
+    names = ", ".join(pr.name for pr in profiles_from_params(p))
+    target = p["url"] or f"a server from {spec.server['image'] if spec.server else '?'}"
+    head = (
+        f"Run {run.id}: bench serve {p['model']} on {target} · profiles {names}"
+        f" · {run.gpus_wanted} GPU(s) · {manager.runner.description}."
+    )
+    if run.state == "failed":
+        return f"{head}\nIt could not start: {run.error}"
+    if run.state == "queued":
+        return f"{head}\nQueued: waiting for {run.gpus_wanted} free GPU(s)."
+    return (
+        f"{head}\nState: {run.state}. /run show {run.id} follows it; the report comes at the end."
+    )
+
+
+async def _compare(ctx: CommandContext, words: list[str]) -> str | Reply:
+    if not 2 <= len(words) <= 12:
+        raise CommandError("name 2 to 12 benchmark runs: /run compare <id> <id> ...")
+    manager = ctx.services.runs
+    runs = [await manager.repo.resolve(w) for w in words]
+    not_bench = [r.id for r in runs if r.kind != "bench"]
+    if not_bench:
+        raise CommandError(f"not benchmark runs: {', '.join(not_bench)}")
+    rows = [
+        (
+            r.id,
+            f"{r.params.get('model')} · {r.params.get('hardware')}",
+            load_results(manager.run_dir(r.id)),
+        )
+        for r in runs
+    ]
+    empty = [run_id for run_id, _, results in rows if not results]
+    if empty:
+        raise CommandError(f"no results yet for: {', '.join(empty)}")
+    text = compare_text(rows)
+    out = manager.run_dir(runs[0].id) / protocol.ARTIFACTS / f"compare-{'-'.join(words)}.png"
+    chart = await asyncio.to_thread(compare_chart, rows, out)
+    return Reply(text, (chart,) if chart else ())
+
+
 async def _show(ctx: CommandContext, run: RunRecord) -> str:
     manager = ctx.services.runs
     zone = ctx.services.settings.zone
@@ -202,6 +275,10 @@ async def _show(ctx: CommandContext, run: RunRecord) -> str:
         f" memory {run.memory_mb} MB, cpus {run.cpus} · image {run.image}",
         f"Progress: step {run.step}" + (f"/{run.total}" if run.total else ""),
     ]
+    if run.state in ("running", "starting"):
+        now = run_numbers(run, ctx.services.monitor.live.get(run.id))
+        if now:
+            lines.append("Now: " + " · ".join(now))
     for label, values in (("Latest", run.metrics), ("Best", run.best)):
         if values:
             shown = ", ".join(f"{k} {number(v)}" for k, v in sorted(values.items()))

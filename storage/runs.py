@@ -121,6 +121,7 @@ class RunRepo:
         now: str,
         retry_of: str | None = None,
         definition: dict[str, Any] | None = None,
+        server: dict[str, Any] | None = None,
     ) -> RunRecord:
         for _ in range(5):
             run_id = short_random_id(6)
@@ -129,7 +130,8 @@ class RunRepo:
                     await conn.execute(
                         "INSERT INTO runs (id, kind, recipe, params, image, gpus_wanted, nproc,"
                         " memory_mb, cpus, chat_id, state, created_at, total, retry_of,"
-                        " definition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                        " definition, server)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                         (
                             run_id,
                             kind,
@@ -145,6 +147,7 @@ class RunRepo:
                             total,
                             retry_of,
                             None if definition is None else json.dumps(definition),
+                            None if server is None else json.dumps(server),
                         ),
                     )
                     await conn.execute(
@@ -180,6 +183,16 @@ class RunRepo:
     async def recent(self, limit: int) -> list[RunRecord]:
         rows = await self._db.fetchall(
             "SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)
+        )
+        return [_run(r) for r in rows]
+
+    async def bench_history(self, model: str, before: str, limit: int = 20) -> list[RunRecord]:
+        """Ended benchmark runs of `model` created before `before`, newest first."""
+        rows = await self._db.fetchall(
+            "SELECT * FROM runs WHERE kind = 'bench' AND state = 'succeeded'"
+            " AND json_extract(params, '$.model') = ? AND created_at < ?"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (model, before, limit),
         )
         return [_run(r) for r in rows]
 

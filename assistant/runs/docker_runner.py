@@ -418,6 +418,13 @@ class DockerRunner(Runner):
             client, self._client = self._client, None
             await asyncio.to_thread(client.close)
 
+    async def engine_call(self, fn: Callable[[], Any], image: str | None = None) -> Any:
+        """A blocking docker-py call for a neighbour (the serving containers), mapped alike.
+
+        :raises RunStartError: as for a run's own calls.
+        """
+        return await self._call(fn, image)
+
     async def _call(self, fn: Callable[[], Any], image: str | None = None) -> Any:
         """Run a blocking docker-py call in a thread; map its failures to RunStartError.
 

@@ -28,7 +28,9 @@ from assistant.jobs.recipes import RECIPES
 from assistant.observability import EventLog, traced
 from assistant.recipes_file import check_workdir
 from assistant.runs.catalog import RecipeCatalog
+from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.runner import LaunchRequest, Mount, RunHandle, Runner
+from assistant.runs.serving import Servers
 from assistant.runs.spec import RunSpec
 from storage.runs import ACTIVE, LIVE, RunRecord, RunRepo
 from storage.timestamps import to_iso
@@ -72,6 +74,11 @@ class RunManager:
         self._building: asyncio.Task[None] | None = None
         self.build_note: str | None = None  # shown by /status while an image builds
         self.on_dispatch: Callable[[RunRecord, RunHandle], None] | None = None
+        self.servers = (
+            Servers(runner, shm_size=settings.bench_shm_size, hf_cache=settings.hf_cache)
+            if isinstance(runner, DockerRunner)
+            else None
+        )
         self.catalog = RecipeCatalog(
             settings.recipes_path,
             allowed_roots=settings.recipe_roots,
@@ -115,6 +122,7 @@ class RunManager:
             now=self._now(),
             retry_of=retry_of,
             definition=spec.definition,
+            server=spec.server,
         )
         action = self.event_log.log_action(
             triggered_by,
@@ -229,6 +237,7 @@ class RunManager:
             chat_id=run.chat_id,
             total=run.total,
             definition=run.definition,
+            server=None if run.server is None else fresh_server(run.server),
         )
         return await self.submit(spec, triggered_by, retry_of=run.id)
 
@@ -359,7 +368,8 @@ class RunManager:
         await self.repo.set_state(run.id, "starting", self._now(), None, gpus=gpus)
         try:
             async with self.event_log.action(event_id, "run_launched", target=run.id) as act:
-                request = self._launch_request(run, run_dir, gpus, resume_from)
+                url = await self._start_server(run, gpus)
+                request = self._launch_request(run, run_dir, gpus, resume_from, url)
                 async with self.event_log.tool_call(
                     f"{self.runner.kind}.launch",
                     {"image": run.image, "gpus": gpus, "memory_mb": run.memory_mb},
@@ -398,8 +408,33 @@ class RunManager:
         if self.on_dispatch is not None:
             self.on_dispatch(run, handle)
 
+    async def _start_server(self, run: RunRecord, gpus: list[int]) -> str | None:
+        """A benchmark's serving container, started on the run's GPUs; its URL.
+
+        :raises RunStartError: no engine to start it on, or the engine refused.
+        """
+        if run.server is None:
+            return None
+        if self.servers is None:
+            raise RunStartError("a serving container needs a Docker engine; give url= instead")
+        args = tuple(str(a) for a in run.server["args"])
+        async with self.event_log.tool_call(
+            "docker.start_server", {"image": run.server["image"], "args": list(args)}
+        ) as call:
+            started = await self.servers.start(run.id, str(run.server["image"]), args, tuple(gpus))
+            call.output = {"container": started.ref, "url": started.url}
+        await self.repo.update(
+            run.id, server={**run.server, "ref": started.ref, "port": started.port}
+        )
+        return started.url
+
     def _launch_request(
-        self, run: RunRecord, run_dir: Path, gpus: list[int], resume_from: str | None
+        self,
+        run: RunRecord,
+        run_dir: Path,
+        gpus: list[int],
+        resume_from: str | None,
+        url: str | None = None,
     ) -> LaunchRequest:
         """Write the run dir and say how to launch it.
 
@@ -411,6 +446,8 @@ class RunManager:
         secrets: dict[str, bytes] = {}
         if declared is not None:
             mounts, extra, secrets = self._declared_parts(declared, run_dir, len(gpus))
+        if url is not None:  # the job benchmarks the server we just started
+            extra["params"] = {**run.params, "url": url}
         prepare_run_dir(run_dir, run, resume_from, extra)
         if secrets:
             folder = run_dir / SECRETS_DIR
@@ -429,7 +466,8 @@ class RunManager:
             memory_mb=run.memory_mb,
             cpus=run.cpus,
             pids_limit=self.settings.run_pids_limit,
-            network=declared.network if declared is not None else False,
+            # a benchmark reaches its endpoint; a declared recipe may ask for the network
+            network=run.kind == "bench" or (declared is not None and declared.network),
             labels={"assistant.recipe": run.recipe},
             mounts=mounts,
             bring_agent=declared is not None and run.image != self.settings.run_image,
@@ -474,6 +512,11 @@ class RunManager:
         if secret_files:
             extra["secret_files"] = secret_files
         return tuple(mounts), extra, values
+
+
+def fresh_server(server: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark's server config without the container and port of an earlier attempt."""
+    return {**server, "ref": None, "port": None}
 
 
 def prepare_run_dir(

@@ -20,9 +20,11 @@ from typing import Any
 
 from assistant.background import cancel
 from assistant.durations import format_duration
+from assistant.errors import RunStartError
 from assistant.jobs import protocol
 from assistant.jobs.declared import from_json
 from assistant.jobs.recipes import RECIPES
+from assistant.runs.bench_outcome import bench_report, engine_metrics
 from assistant.runs.manager import SECRETS_DIR, RunManager
 from assistant.runs.report import eta, plot, read_events, summary_text
 from assistant.runs.runner import ExitInfo, RunHandle
@@ -33,6 +35,7 @@ from storage.timestamps import from_iso, to_iso
 log = logging.getLogger(__name__)
 
 MAX_READ = 4 * 1024 * 1024  # bytes per run per pass: a flood cannot starve other runs
+ENGINE_READ_S = 5.0  # how often a benchmark server's statistics are read from its log
 NOTABLE = ("started", "checkpoint", "error", "result")
 
 
@@ -46,6 +49,10 @@ class Live:
     mfu: float | None = None
     progress_message: str | None = None  # the chat message edited with progress
     progress_shown_at: float = 0.0
+    engine_read_at: float | None = None  # a benchmark server's log, read up to (unix s)
+    profile: str | None = None  # the benchmark profile running now
+    profile_done: int = 0
+    profile_total: int = 0
 
     def note(self, step: int, event: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -56,6 +63,10 @@ class Live:
             self.tokens_per_s = float(event["tokens_per_s"])
         if event.get("mfu") is not None:
             self.mfu = float(event["mfu"])
+        if event.get("profile") is not None:
+            self.profile = str(event["profile"])
+            self.profile_done = int(event.get("profile_done") or 0)
+            self.profile_total = int(event.get("profile_total") or 0)
 
     @property
     def steps_per_s(self) -> float | None:
@@ -102,6 +113,11 @@ class RunMonitor:
                 log.warning("stopping run %s: it runs but no live run claims it", run_id)
                 await m.runner.kill(handle)
                 await m.runner.remove(handle)
+        if m.servers is not None:
+            for ref, run_id in (await m.servers.running()).items():
+                if run_id not in claimed:
+                    log.warning("removing the server of run %s: the run is over", run_id)
+                    await m.servers.remove(ref)
         await m.dispatch()
 
     async def _loop(self) -> None:
@@ -159,7 +175,10 @@ class RunMonitor:
             elif kind == "metric":
                 name, value = str(event.get("name")), event.get("value")
                 progress.metrics[name] = value
-                better = _better(run, name, value, {**run.best, **progress.best})
+                # a benchmark's numbers belong to their profile: no "best" across them
+                better = run.kind != "bench" and _better(
+                    run, name, value, {**run.best, **progress.best}
+                )
                 if better:
                     progress.best[name] = value
             elif kind == "checkpoint":
@@ -176,13 +195,31 @@ class RunMonitor:
                     content=event,
                     caused_by=run.launch_action,
                 )
-        if events or progress.offset != run.events_offset:
+        engine = await self._engine_stats(run, live)
+        if engine:
+            progress.metrics.update(engine)
+        if events or engine or progress.offset != run.events_offset:
             await m.repo.apply(run, progress, now)
             run = await m.repo.get(run.id) or run
             await self._show_progress(run, live)
         if events and result is None and error is None:
             return  # it just wrote: alive, and not stalled; the engine need not be asked
         await self._check_end(run, result, error)
+
+    async def _engine_stats(self, run: RunRecord, live: Live) -> dict[str, float]:
+        """A benchmark server's own statistics from its log, every ENGINE_READ_S."""
+        servers, ref = self.manager.servers, (run.server or {}).get("ref")
+        now = time.time()
+        if servers is None or not ref or run.state != "running":
+            return {}
+        if live.engine_read_at is not None and now - live.engine_read_at < ENGINE_READ_S:
+            return {}
+        since, live.engine_read_at = live.engine_read_at, now
+        try:
+            text = await servers.logs(str(ref), since=since, tail=None if since else 200)
+        except RunStartError:
+            return {}
+        return engine_metrics(text.splitlines())
 
     async def _show_progress(self, run: RunRecord, live: Live) -> None:
         """One message per run, edited in place as it goes (never a stream of new ones)."""
@@ -259,6 +296,7 @@ class RunMonitor:
         self.live.pop(run.id, None)
         # a declared recipe's secrets, if its agent died before it could delete them
         shutil.rmtree(m.run_dir(run.id) / SECRETS_DIR, ignore_errors=True)
+        server_tail = await self._stop_server(run)
         ended = await m.repo.get(run.id) or run
         event = m.event_log.log_event(
             "run",
@@ -267,14 +305,32 @@ class RunMonitor:
             content={"state": final, "cause": cause, "exit_code": ended.exit_code},
             caused_by=run.launch_action,
         )
-        await self._report(ended, cause, event)
+        await self._report(ended, cause, event, server_tail)
         await m.dispatch()
 
-    async def _report(self, run: RunRecord, cause: str | None, event: int) -> None:
+    async def _stop_server(self, run: RunRecord) -> list[str]:
+        """Stop a benchmark's server, keeping its log; its last lines for the report."""
+        servers, ref = self.manager.servers, (run.server or {}).get("ref")
+        if servers is None or not ref:
+            return []
+        log_path = self.manager.run_dir(run.id) / protocol.ARTIFACTS / "server.log"
+        try:
+            return await servers.stop(str(ref), log_path)
+        except (RunStartError, OSError) as exc:
+            log.warning("could not stop the server of run %s: %s", run.id, exc)
+            return []
+
+    async def _report(
+        self, run: RunRecord, cause: str | None, event: int, server_tail: list[str]
+    ) -> None:
         m = self.manager
         run_dir = m.run_dir(run.id)
         # A paused run has no end time; its report measures up to now.
         report_run = run if run.ended_at else replace(run, ended_at=to_iso(m.clock.now()))
+        if run.kind == "bench":
+            reply = await bench_report(m, report_run, cause, server_tail)
+            await m.notify(run.chat_id, reply, event)
+            return
         text = summary_text(report_run, cause, run_dir)
         images: tuple[Path, ...] = ()
         try:
@@ -415,6 +471,11 @@ def progress_text(run: RunRecord, live: Live) -> str:
 def run_numbers(run: RunRecord, live: Live | None) -> list[str]:
     """Latest loss, throughput and ETA: what both /status and the progress line show."""
     parts = []
+    if live is not None and live.profile:
+        parts.append(f"profile {live.profile} ({live.profile_done}/{live.profile_total} requests)")
+    for name, label in (("engine_gen_tok_s", "server gen tok/s"), ("kv_cache_pct", "KV cache %")):
+        if isinstance(run.metrics.get(name), int | float):
+            parts.append(f"{label} {run.metrics[name]:,.0f}")
     loss = run.metrics.get("loss")
     if isinstance(loss, int | float):
         parts.append(f"loss {loss:.4g}")

@@ -55,6 +55,7 @@ class RunSpec:
     total: int | None = None  # steps in the whole run, for progress and ETA
     overrides: dict[str, Any] = field(default_factory=dict)  # what the user set explicitly
     definition: dict[str, Any] | None = None  # a declared recipe, as it was when asked
+    server: dict[str, Any] | None = None  # a benchmark's serving container to start
 
 
 def recipe_help(entry: Entry) -> str:
@@ -106,6 +107,34 @@ def _run_value(p: RunParam, raw: str) -> float:
     return value
 
 
+def parse_assignments(
+    words: list[str], extra_keys: tuple[str, ...] = ()
+) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+    """`key=value` words -> (the recipe's values, run parameters, `extra_keys` values).
+
+    Run parameters are checked here; the recipe's values are left for its registry.
+
+    :raises CommandError: a word that is not key=value, or a key given twice.
+    """
+    given: dict[str, str] = {}
+    run_values: dict[str, float] = {}
+    extra: dict[str, str] = {}
+    for word in words:
+        key, sep, raw = word.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise CommandError(f"{word!r} is not key=value, e.g. steps=2000")
+        if key in given or key in run_values or key in extra:
+            raise CommandError(f"{key} is given twice")
+        if key in RUN_PARAMS:
+            run_values[key] = _run_value(RUN_PARAMS[key], raw)
+        elif key in extra_keys:
+            extra[key] = raw
+        else:
+            given[key] = raw
+    return given, run_values, extra
+
+
 def build_spec(
     entry: Entry,
     assignments: list[str],
@@ -124,19 +153,7 @@ def build_spec(
         wrong type or out of range; the message lists what is accepted.
     """
     info, declared = entry.info, entry.declared
-    given: dict[str, str] = {}
-    run_values: dict[str, float] = {}
-    for word in assignments:
-        key, sep, raw = word.partition("=")
-        key = key.strip().lower()
-        if not sep or not key:
-            raise CommandError(f"{word!r} is not key=value, e.g. steps=2000")
-        if key in given or key in run_values:
-            raise CommandError(f"{key} is given twice")
-        if key in RUN_PARAMS:
-            run_values[key] = _run_value(RUN_PARAMS[key], raw)
-        else:
-            given[key] = raw
+    given, run_values, _ = parse_assignments(assignments)
     try:
         overrides: dict[str, Any] = validate_params(info, given)
     except ParamError as exc:

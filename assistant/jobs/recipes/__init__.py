@@ -310,6 +310,12 @@ def get_recipe(name: str) -> RecipeInfo:
 
     :raises ParamError: no such recipe.
     """
+    if name == "serve":
+        # The serving benchmark, a job beside the recipes (/run bench serve, never
+        # /run train); imported on demand, as it needs aiohttp and training runs do not.
+        from assistant.jobs.bench.serve import BENCH_SERVE
+
+        return BENCH_SERVE
     try:
         return RECIPES[name]
     except KeyError:

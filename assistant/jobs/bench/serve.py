@@ -1,0 +1,423 @@
+"""The serving benchmark as a run: the reference's matrix runner and enricher in one job.
+
+    python -m assistant.jobs.bench.serve --run-dir DIR --url=URL --model=ID [--key=value ...]
+
+It waits until the server answers 200 on `/health` (or `/v1/models`), runs the selected
+standard profiles and then the custom one (an extra run beside the matrix, never a
+replacement), and writes `artifacts/bench/<profile>.json` (vLLM's field names plus
+`run_metadata`) and `<profile>.requests.jsonl` as each profile ends. Events follow
+`assistant.jobs.protocol`: progress counts requests over all profiles, one `metric`
+event per headline figure as `<profile>/<name>`, one `log` line per profile, and a
+`result` whose `bench` block says where the files are and whether the set is comparable.
+SIGTERM stops it between or during profiles: what finished is kept, marked not
+comparable, and the result is `stopped`.
+
+The parameters are `BENCH_SERVE`'s, checked with the registry's own `resolve_params`, so
+what the host accepted is what runs; the model name and URL are checked again here
+because they go into HTTP requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from assistant.jobs.bench.client import (
+    BenchClient,
+    ClientConfig,
+    ProgressFn,
+    served_models,
+    wait_healthy,
+)
+from assistant.jobs.bench.profiles import (
+    MAX_RATE,
+    Profile,
+    check_model_name,
+    check_url,
+    profiles_from_params,
+)
+from assistant.jobs.bench.results import (
+    RunMetadata,
+    build_result,
+    comparable,
+    headline,
+    summary_line,
+    write_requests,
+    write_result,
+)
+from assistant.jobs.protocol import (
+    ARTIFACTS,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EventWriter,
+    read_control,
+)
+from assistant.jobs.recipes import Param, ParamError, RecipeInfo, Value, resolve_params
+
+BENCH_DIR = f"{ARTIFACTS}/bench"  # relative to the run dir, as the result event says
+EXIT_USAGE = 2  # bad arguments, as argparse and the training recipes use
+TRACEBACK_LINES = 20
+MAX_LABEL = 100
+ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+# `total_param` is empty: a run's length is the prompts of every selected profile (the
+# standard ones fixed, plus a custom `n`), which no single parameter holds. The job
+# states it as `total` in its `started` event instead.
+BENCH_SERVE = RecipeInfo(
+    name="serve",
+    summary="serving benchmark (vLLM bench serve's metrics) against an OpenAI-compatible URL",
+    module="assistant.jobs.bench.serve",
+    params=(
+        Param("model", str, "", "model id, e.g. Qwen/Qwen3-0.6B (recorded; sent unless renamed)"),
+        Param("url", str, "", "the server's base URL, e.g. http://10.0.0.5:8000/v1"),
+        Param("served_model_name", str, "", "the name the server serves it under; '' = model"),
+        Param(
+            "profiles",
+            str,
+            "standard",
+            "standard, none, or a comma list of latency-1024x256-c1, serve-1024x256-c16,"
+            " longctx-8192x256-c4",
+        ),
+        Param("in", int, 0, "custom profile: input tokens per prompt; 0 = no custom", 0, 131_072),
+        Param("out", int, 0, "custom profile: output tokens per request", 0, 32_768),
+        Param("c", int, 0, "custom profile: requests in flight", 0, 1024),
+        Param("n", int, 0, "custom profile: prompts", 0, 100_000),
+        Param(
+            "rate", float, 0.0, "custom profile: requests/s (Poisson); 0 = no limit", 0, MAX_RATE
+        ),
+        Param(
+            "endpoint",
+            str,
+            "completions",
+            "completions (exact token-id prompts) or chat (text, approximate lengths)",
+            choices=("completions", "chat"),
+        ),
+        Param("hardware", str, "", "hardware label for run_metadata, e.g. 8x H200"),
+        Param("engine", str, "vLLM", "engine label for run_metadata"),
+        Param("engine_version", str, "", "engine version for run_metadata, e.g. v0.19.1"),
+        Param("cluster_label", str, "", "cluster label for run_metadata"),
+        Param("warmup", int, 1, "untimed requests before each profile", 0, 100),
+        Param(
+            "health_timeout_s", float, 600.0, "how long to wait for the server to be up", 0, 86_400
+        ),
+        Param("seed", int, 0, "seeds prompts and arrival times", 0, 2**31 - 1),
+    ),
+    total_param="",
+    key_metric="output_throughput",
+    key_metric_mode="max",
+    supports_resume=False,
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked command line: everything the benchmark needs, nothing left to validate."""
+
+    run_dir: Path
+    config: dict[str, Value]  # every parameter, defaults filled in
+    profiles: list[Profile]
+    url: str
+    model: str
+    served_model_name: str  # what requests carry as "model"
+    endpoint: str  # completions | chat
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _dest(name: str) -> str:
+    return f"param_{name}"  # `in` is a Python keyword; every dest gets the same prefix
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {BENCH_SERVE.module}",
+        description=BENCH_SERVE.summary,
+        allow_abbrev=False,  # a prefix must never pass for a parameter the host never saw
+        exit_on_error=False,
+    )
+    parser.add_argument("--run-dir", "--run_dir", dest="run_dir")
+    for p in BENCH_SERVE.params:
+        parser.add_argument(f"--{p.name}", dest=_dest(p.name), metavar="VALUE", help=p.describe())
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Path | None, dict[str, str]]:
+    """`--run-dir DIR` and the given `--name=value` strings, unconverted.
+
+    :raises ParamError: an unknown argument (with a close name if there is one).
+    """
+    run_dir, given, extra = _read(argv)
+    _refuse_extra(extra)
+    return run_dir, given
+
+
+def _read(argv: Sequence[str]) -> tuple[Path | None, dict[str, str], list[str]]:
+    try:
+        ns, extra = _parser().parse_known_args(list(argv))
+    except argparse.ArgumentError as exc:
+        raise ParamError(str(exc)) from None
+    run_dir = Path(ns.run_dir).resolve() if ns.run_dir else None
+    given = {p.name: getattr(ns, _dest(p.name)) for p in BENCH_SERVE.params}
+    return run_dir, {k: v for k, v in given.items() if v is not None}, extra
+
+
+def _refuse_extra(extra: list[str]) -> None:
+    for arg in extra:
+        key = arg.removeprefix("--").partition("=")[0]
+        if not arg.startswith("--") or not key:
+            raise ParamError(f"unexpected argument {arg!r}; use --name=value")
+        BENCH_SERVE.param(key)  # raises, suggesting a close name
+        raise ParamError(f"--{key} needs a value: --{key}=VALUE")
+
+
+def build_job(run_dir: Path | None, given: dict[str, str]) -> Job:
+    """Check the parameters as the host does, then the strings that reach the server.
+
+    :raises ParamError: a missing or bad value, with the reason.
+    """
+    if run_dir is None:
+        raise ParamError("--run-dir is required")
+    config = resolve_params(BENCH_SERVE, given)
+    model, url = str(config["model"]), str(config["url"])
+    served = str(config["served_model_name"]) or model
+    try:
+        if not model:
+            raise ValueError("model is required, e.g. --model=Qwen/Qwen3-0.6B")
+        if not url:
+            raise ValueError("url is required, e.g. --url=http://10.0.0.5:8000/v1")
+        check_model_name(model)
+        check_model_name(served)
+        check_url(url)
+        for name in ("hardware", "engine", "engine_version", "cluster_label"):
+            _check_label(name, str(config[name]))
+        profiles = profiles_from_params(config)
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
+    return Job(run_dir, config, profiles, url, model, served, str(config["endpoint"]))
+
+
+def _check_label(name: str, value: str) -> None:
+    if len(value) > MAX_LABEL or not value.isprintable():
+        raise ValueError(f"{name} must be at most {MAX_LABEL} printable characters")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """One benchmark run's reporting: events, the tally for the final result."""
+
+    def __init__(self, job: Job, writer: EventWriter) -> None:
+        self.job = job
+        self.writer = writer
+        self.total = sum(p.num_prompts for p in job.profiles)
+        self.started = time.monotonic()
+        self.step = 0
+        self.final: dict[str, Any] = {}
+        self.ran: list[str] = []
+        self.reasons: list[str] = []
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        self.writer.emit(type_, **fields)
+
+    def progress(self, profile: Profile) -> ProgressFn:
+        base = self.step
+
+        def report(done: int, total: int, tokens_per_s: float) -> None:
+            self.emit(
+                "progress",
+                step=base + done,
+                total=self.total,
+                profile=profile.name,
+                profile_done=done,
+                profile_total=total,
+                tokens_per_s=round(tokens_per_s, 1),
+                elapsed_s=round(time.monotonic() - self.started, 3),
+            )
+
+        return report
+
+    def finish(self, status: str, error: str | None = None) -> int:
+        """The error event (when failed), the result event, and the exit code."""
+        if error is not None:
+            self.emit("error", kind="exception", message=error, traceback=[])
+        not_run = [p.name for p in self.job.profiles if p.name not in self.ran]
+        reasons = list(self.reasons)
+        if not_run:
+            reasons.append(f"not run: {', '.join(not_run)}")
+        bench = {
+            "dir": BENCH_DIR,
+            "profiles": self.ran,
+            "comparable": not reasons,
+            "reason": "; ".join(reasons) or None,
+        }
+        self.emit(
+            "result",
+            status=status,
+            step=self.step,
+            final=self.final,
+            best={},
+            checkpoint=None,
+            bench=bench,
+        )
+        return {"succeeded": EXIT_OK, "stopped": EXIT_STOPPED}.get(status, EXIT_FAILED)
+
+
+async def bench(job: Job, writer: EventWriter, stop: asyncio.Event) -> int:
+    """Health, then every profile in order; returns the exit code."""
+    run = _Run(job, writer)
+    run.emit(
+        "started",
+        step=0,
+        total=run.total,
+        device=job.url,
+        world_size=1,
+        params=job.config,
+        profiles=[p.name for p in job.profiles],
+    )
+    timeout = float(job.config["health_timeout_s"])
+    health = await wait_healthy(job.url, timeout, stop)
+    if stop.is_set():
+        return _stopped(run)
+    if not health.ok:
+        return run.finish(
+            "failed",
+            f"the server at {job.url} did not answer 200 on /health or /v1/models within"
+            f" {timeout:g} s (last: {health.detail})",
+        )
+    run.emit("log", level="info", message=f"server healthy after {health.waited_s:.1f} s")
+    models = await served_models(job.url)
+    if models is not None and job.served_model_name not in models:
+        run.emit(
+            "log",
+            level="warning",
+            message=f"{job.served_model_name!r} is not among the served models"
+            f" ({', '.join(models) or 'none'}); set served_model_name to one of them",
+        )
+    meta = RunMetadata(
+        model=job.model,
+        served_model_name=job.served_model_name,
+        endpoint=ENDPOINTS[job.endpoint],
+        hardware=str(job.config["hardware"]),
+        engine=str(job.config["engine"]),
+        engine_version=str(job.config["engine_version"]),
+        cluster_label=str(job.config["cluster_label"]),
+        server_healthy=True,
+        url=job.url,
+    )
+    config = ClientConfig(
+        url=job.url,
+        model=job.served_model_name,
+        endpoint="chat" if job.endpoint == "chat" else "completions",
+        warmup=int(job.config["warmup"]),
+        seed=int(job.config["seed"]),
+        connections=max(p.concurrency for p in job.profiles),
+    )
+    out_dir = job.run_dir / BENCH_DIR
+    dead: list[str] = []
+    async with BenchClient(config) as client:
+        for profile in job.profiles:
+            if stop.is_set():
+                break
+            run.emit(
+                "log",
+                level="info",
+                message=f"{profile.name}: {profile.num_prompts} prompts, {profile.input_len} in,"
+                f" {profile.output_len} out, concurrency {profile.concurrency},"
+                f" rate {profile.rate_label}",
+            )
+            measured = await client.run(profile, run.progress(profile), stop)
+            run.step += len(measured.records)
+            result = build_result(measured, meta)
+            ok, reason = comparable(result, profile)
+            result["comparable"] = ok  # the verdict travels with the file
+            result["comparable_reason"] = reason
+            write_result(out_dir, result)
+            write_requests(out_dir, profile.name, measured.records)
+            for key, value in headline(result).items():
+                name = f"{profile.name}/{key}"
+                run.final[name] = value
+                run.emit("metric", step=run.step, name=name, value=value)
+            run.emit(
+                "log",
+                level="info" if ok else "warning",
+                message=summary_line(profile.name, result, reason),
+            )
+            run.ran.append(profile.name)
+            if reason is not None:
+                run.reasons.append(f"{profile.name}: {reason}")
+            if result["completed"] == 0 and not measured.stopped:
+                first = next(iter(result["errors"]), "no error recorded")
+                dead.append(f"{profile.name}: all {result['failed']} requests failed ({first})")
+    if stop.is_set():
+        return _stopped(run)
+    if dead:
+        return run.finish("failed", "; ".join(dead))
+    return run.finish("succeeded")
+
+
+def _stopped(run: _Run) -> int:
+    if read_control(run.job.run_dir) == "pause":
+        run.emit("log", level="warning", message="a benchmark cannot pause: it stopped instead")
+    return run.finish("stopped")
+
+
+async def run_job(job: Job) -> int:
+    """Run with SIGTERM/SIGINT setting the stop flag; an unexpected error becomes events."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    writer = EventWriter(job.run_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await bench(job, writer, stop)
+    except Exception as exc:
+        lines = traceback.format_exc().rstrip().splitlines()[-TRACEBACK_LINES:]
+        writer.emit(
+            "error", kind="exception", message=f"{type(exc).__name__}: {exc}", traceback=lines
+        )
+        writer.emit("result", status="failed", step=None, final={}, best={}, checkpoint=None)
+        return EXIT_FAILED
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        writer.close()
+
+
+def _refuse(run_dir: Path | None, message: str) -> int:
+    """Bad arguments: say so on stderr and, when there is a run dir, in its events."""
+    print(f"{BENCH_SERVE.module}: error: {message}", file=sys.stderr)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        writer = EventWriter(run_dir)
+        writer.emit("error", kind="exception", message=f"invalid parameters: {message}")
+        writer.emit("result", status="failed", step=None, final={}, best={}, checkpoint=None)
+        writer.close()
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    run_dir: Path | None = None
+    try:
+        run_dir, given, extra = _read(args)
+        _refuse_extra(extra)
+        job = build_job(run_dir, given)
+    except ParamError as exc:
+        return _refuse(run_dir, str(exc))
+    return asyncio.run(run_job(job))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

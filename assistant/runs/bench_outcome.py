@@ -1,0 +1,118 @@
+"""What a benchmark run's chat gets at the end, and the server statistics shown meanwhile.
+
+The report: the table per profile, whether the run counts as comparable (and why not), a
+chart, where the result files are, and the change against the last comparable run of the
+same model. A change worse than ASSISTANT_BENCH_REGRESSION_PCT opens the report with a
+line in capitals: nightly benchmark tasks are read by someone skimming a phone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from assistant.jobs import protocol
+from assistant.jobs.bench.engine_stats import parse_engine_line
+from assistant.runs.bench_report import (
+    change_text,
+    changes,
+    comparable_text,
+    load_results,
+    profile_chart,
+    table_text,
+)
+from assistant.runs.report import summary_text
+from commands.registry import Reply
+from storage.runs import RunRecord
+
+if TYPE_CHECKING:
+    from assistant.runs.manager import RunManager
+
+log = logging.getLogger(__name__)
+
+BENCH_DIR = "bench"  # under the run's artifacts/
+SERVER_TAIL = 15
+
+
+def engine_metrics(lines: Iterable[str]) -> dict[str, float]:
+    """The latest engine statistics among a server's log lines, as run metrics."""
+    out: dict[str, float] = {}
+    for line in lines:
+        stats = parse_engine_line(line)
+        if stats is None:
+            continue
+        for name, value in (
+            ("engine_prompt_tok_s", stats.prompt_throughput),
+            ("engine_gen_tok_s", stats.generation_throughput),
+            ("kv_cache_pct", stats.kv_cache_usage),
+            ("prefix_hit_pct", stats.prefix_cache_hit_rate),
+            ("engine_running", stats.running),
+        ):
+            if value is not None:
+                out[name] = float(value)
+    return out
+
+
+def comparable_only(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in results.items() if r.get("comparable")}
+
+
+async def baseline(
+    manager: RunManager, run: RunRecord
+) -> tuple[RunRecord, dict[str, dict[str, Any]]] | None:
+    """The last earlier run of the same model with comparable results for a shared profile."""
+    mine = set(load_results(manager.run_dir(run.id)))
+    for earlier in await manager.repo.bench_history(str(run.params.get("model")), run.created_at):
+        results = comparable_only(load_results(manager.run_dir(earlier.id)))
+        if mine & set(results):
+            return earlier, results
+    return None
+
+
+async def bench_report(
+    manager: RunManager, run: RunRecord, cause: str | None, server_tail: list[str]
+) -> Reply:
+    run_dir = manager.run_dir(run.id)
+    results = load_results(run_dir)
+    parts = [summary_text(run, cause, run_dir) if run.state != "succeeded" else _head(run)]
+    if results:
+        parts += [table_text(results), comparable_text(results)]
+        parts.append(f"Result files: {run_dir / protocol.ARTIFACTS / BENCH_DIR}")
+        found = await baseline(manager, run)
+        threshold = manager.settings.bench_regression_pct
+        if found is not None:
+            earlier, before = found
+            diff = changes(comparable_only(results), before)
+            if diff:
+                text = change_text(diff, earlier.id, threshold)
+                parts.insert(0, text) if text.startswith("REGRESSION") else parts.append(text)
+        elif run.state == "succeeded":
+            parts.append(f"First comparable benchmark of {run.params.get('model')}: a baseline.")
+    if run.state != "succeeded" and server_tail:
+        parts.append(
+            "Server's last lines:\n" + "\n".join(f"  {x[:200]}" for x in server_tail[-SERVER_TAIL:])
+        )
+    images: tuple[Path, ...] = ()
+    if results:
+        try:
+            chart = await asyncio.to_thread(
+                profile_chart,
+                results,
+                run_dir / protocol.ARTIFACTS / "bench.png",
+                f"run {run.id} · {run.params.get('model')}",
+            )
+            images = (chart,) if chart is not None else ()
+        except Exception:
+            log.exception("could not chart benchmark run %s", run.id)
+    return Reply("\n".join(parts), images)
+
+
+def _head(run: RunRecord) -> str:
+    p = run.params
+    return (
+        f"Benchmark {run.id} ({p.get('model')}) succeeded · {p.get('hardware')}"
+        f" · {p.get('engine')} {p.get('engine_version') or ''}".rstrip()
+    )

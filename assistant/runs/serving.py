@@ -1,0 +1,143 @@
+"""Serving containers for benchmark runs: started before the run, stopped after it.
+
+The host owns the server's lifecycle; the benchmark job only talks to it over HTTP. A
+server gets the GPUs its run was given, the host network on 127.0.0.1 and a port chosen
+here, no capabilities and no new privileges. It is labelled with its run, so a restart
+finds it again and one whose run has ended is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest, LogConfig
+
+from assistant.errors import RunStartError
+from assistant.runs.docker_runner import INSTANCE_LABEL, DockerRunner
+
+SERVER_OF_LABEL = "assistant.server_of"
+HF_MOUNT = "/root/.cache/huggingface"
+LOG_TAIL = 40
+
+
+@dataclass(frozen=True)
+class Started:
+    ref: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Servers:
+    def __init__(
+        self, runner: DockerRunner, *, shm_size: str = "16g", hf_cache: Path | None = None
+    ) -> None:
+        self.runner = runner
+        self.shm_size = shm_size
+        self.hf_cache = hf_cache
+
+    async def start(
+        self, run_id: str, image: str, args: tuple[str, ...], gpus: tuple[int, ...]
+    ) -> Started:
+        """Create and start the server; it is still loading when this returns.
+
+        :raises RunStartError: the engine's reason (image missing, no GPU runtime, ...).
+        """
+        client = await self.runner.connect()
+        port = free_port()
+        command = [*args, "--host", "127.0.0.1", "--port", str(port)]
+        kwargs: dict[str, Any] = {
+            "command": command,
+            "name": f"assistant-server-{run_id}-{port}",
+            "labels": {SERVER_OF_LABEL: run_id, INSTANCE_LABEL: self.runner.instance},
+            "network_mode": "host",  # the benchmark reaches it on 127.0.0.1
+            "security_opt": ["no-new-privileges:true"],
+            "cap_drop": ["ALL"],
+            "shm_size": self.shm_size,
+            "environment": {"HF_HUB_DISABLE_TELEMETRY": "1", "VLLM_NO_USAGE_STATS": "1"},
+            "log_config": LogConfig(
+                type=LogConfig.types.JSON, config={"max-size": "50m", "max-file": "2"}
+            ),
+        }
+        if self.hf_cache is not None:
+            kwargs["volumes"] = {str(self.hf_cache): {"bind": HF_MOUNT, "mode": "rw"}}
+        if gpus:
+            kwargs["device_requests"] = [
+                DeviceRequest(device_ids=[str(i) for i in gpus], capabilities=[["gpu"]])
+            ]
+        try:
+            container = await self.runner.engine_call(
+                lambda: client.containers.create(image, **kwargs), image
+            )
+        except RunStartError as exc:
+            raise RunStartError(f"the serving container could not be created: {exc}") from None
+        try:
+            await self.runner.engine_call(container.start, image)
+        except RunStartError as exc:
+            await self.remove(str(container.id))
+            raise RunStartError(f"the serving container could not start: {exc}") from None
+        return Started(str(container.id), port)
+
+    async def logs(self, ref: str, since: float | None = None, tail: int | None = None) -> str:
+        """Its output since a time (unix seconds) or its last `tail` lines; "" if gone."""
+        client = await self.runner.connect()
+
+        def read() -> str:
+            try:
+                data = client.api.logs(
+                    ref, stdout=True, stderr=True, since=since, tail=tail or "all"
+                )
+            except docker.errors.NotFound:
+                return ""
+            return bytes(data).decode(errors="replace")
+
+        text: str = await self.runner.engine_call(read)
+        return text
+
+    async def stop(self, ref: str, log_path: Path) -> list[str]:
+        """Keep its output in `log_path`, remove it, and return its last lines."""
+        text = await self.logs(ref)
+        await asyncio.to_thread(_save, log_path, text)
+        await self.remove(ref)
+        return text.splitlines()[-LOG_TAIL:]
+
+    async def remove(self, ref: str) -> None:
+        client = await self.runner.connect()
+
+        def remove() -> None:
+            try:
+                client.api.remove_container(ref, force=True)
+            except docker.errors.NotFound:
+                return
+
+        await self.runner.engine_call(remove)
+
+    async def running(self) -> dict[str, str]:
+        """Servers of this assistant on the engine: container id -> run id."""
+        client = await self.runner.connect()
+        found = await self.runner.engine_call(
+            lambda: client.containers.list(
+                all=True,
+                filters={"label": [SERVER_OF_LABEL, f"{INSTANCE_LABEL}={self.runner.instance}"]},
+            )
+        )
+        return {str(c.id): str(c.labels.get(SERVER_OF_LABEL, "")) for c in found}
+
+
+def _save(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
