@@ -35,6 +35,7 @@ from assistant.jobs.declared_run import (
     OutputFollower,
     build_job,
 )
+from assistant.jobs.lines import LineTail
 from assistant.jobs.protocol import (
     CHECKPOINTS,
     EVENTS,
@@ -182,18 +183,13 @@ class EventTail:
     checkpoint: str | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    _partial: bytes = field(default=b"", repr=False)
+    _lines: LineTail = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._lines = LineTail(self.path, self.offset)
 
     def poll(self) -> None:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except OSError:
-            return
-        self.offset += len(chunk)
-        *lines, self._partial = (self._partial + chunk).split(b"\n")
-        for line in lines:
+        for line in self._lines.read():
             try:
                 event = json.loads(line)
             except ValueError:

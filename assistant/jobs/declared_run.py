@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.jobs.declared import DeclaredRecipe, from_json, render_args
+from assistant.jobs.lines import LineTail
 from assistant.jobs.protocol import EventWriter
 from assistant.jobs.recipes import Param, ParamError
 
@@ -151,28 +152,18 @@ class OutputFollower:
     step: int | None = None
     final: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
-    _partial: bytes = b""
+    _lines: LineTail = field(init=False, repr=False)
     _progress: list[re.Pattern[str]] = field(default_factory=list)
     _metrics: list[re.Pattern[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._lines = LineTail(self.path, self.offset)
         rules = self.job.recipe.progress
         self._progress = [re.compile(p) for p in rules.progress]
         self._metrics = [re.compile(p) for p in rules.metrics]
 
     def poll(self, *, final: bool = False) -> None:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except OSError:
-            return
-        self.offset += len(chunk)
-        *lines, self._partial = (self._partial + chunk).split(b"\n")
-        if final and self._partial:
-            lines.append(self._partial)
-            self._partial = b""
-        for line in lines:
+        for line in self._lines.read(final=final):
             self.line(line.decode(errors="replace").rstrip("\r"))
 
     def line(self, text: str) -> None:

@@ -101,23 +101,29 @@ def probe_image(docker_engine: docker.DockerClient) -> str:
         "COPY probe.py /opt/probe.py\n"
         'CMD ["python3", "/opt/probe.py", "/workspace/run"]\n'
     )
+    return build_test_image(docker_engine, PROBE_IMAGE, dockerfile, {"probe.py": PROBE.encode()})
+
+
+def build_test_image(
+    engine: docker.DockerClient, tag: str, dockerfile: str, files: dict[str, bytes]
+) -> str:
+    """An image from a Dockerfile and files in memory, offline, labelled as a test's."""
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, text in (("Dockerfile", dockerfile), ("probe.py", PROBE)):
-            data = text.encode()
+        for name, data in (("Dockerfile", dockerfile.encode()), *files.items()):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
-    docker_engine.images.build(
+    engine.images.build(
         fileobj=context,
         custom_context=True,
-        tag=PROBE_IMAGE,
+        tag=tag,
         rm=True,
         network_mode="none",
         labels={TEST_LABEL: "1"},
     )
-    return PROBE_IMAGE
+    return tag
 
 
 @pytest.fixture

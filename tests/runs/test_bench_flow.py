@@ -8,10 +8,8 @@ removed at the end.
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.serving import SERVER_OF_LABEL
 from tests.assistant.recording import RecordingChannel
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.runs.conftest import TEST_LABEL, _docker_host
+from tests.runs.conftest import _docker_host, build_test_image
 from tests.runs.test_run_flow import ADMIN, RUN_ID
 
 RUN_IMAGE = "assistant-run:latest"
@@ -124,25 +122,9 @@ def server_image(docker_engine: docker.DockerClient) -> str:
         "COPY openai_server.py /opt/fake_vllm.py\n"
         'ENTRYPOINT ["python3", "/opt/fake_vllm.py", "--ttft-ms", "15", "--itl-ms", "20"]\n'
     )
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in (
-            ("Dockerfile", dockerfile.encode()),
-            ("openai_server.py", FAKE.read_bytes()),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
-    docker_engine.images.build(
-        fileobj=context,
-        custom_context=True,
-        tag=SERVER_IMAGE,
-        rm=True,
-        network_mode="none",
-        labels={TEST_LABEL: "1"},
+    return build_test_image(
+        docker_engine, SERVER_IMAGE, dockerfile, {"openai_server.py": FAKE.read_bytes()}
     )
-    return SERVER_IMAGE
 
 
 @pytest.fixture
