@@ -52,8 +52,8 @@ class RunRecord:
     stalled: bool
     retry_of: str | None
     launch_action: int | None
-    definition: dict[str, Any] | None  # a declared recipe's snapshot (recipes.toml)
-    server: dict[str, Any] | None  # a benchmark's serving container
+    definition: dict[str, Any] | None = None  # a declared recipe's snapshot (recipes.toml)
+    server: dict[str, Any] | None = None  # a benchmark's serving container
 
 
 @dataclass
