@@ -38,6 +38,7 @@ class ProcessRunner(Runner):
         self._runs_dir = runs_dir
         self._python = python
         self._exits: dict[str, int] = {}  # reaped children: pid -> exit code
+        self._children: set[str] = set()  # pids we spawned (not yet removed)
 
     @property
     def description(self) -> str:
@@ -74,6 +75,7 @@ class ProcessRunner(Runner):
             raise RunStartError(f"could not start the run's process: {exc}") from None
         finally:
             os.close(log)
+        self._children.add(str(pid))
         (request.run_dir / PID_FILE).write_text(str(pid))
         return RunHandle("process", str(pid), request.run_id)
 
@@ -84,7 +86,8 @@ class ProcessRunner(Runner):
         try:
             pid, status = os.waitpid(int(ref), os.WNOHANG)
         except (ChildProcessError, ValueError):
-            return None  # not our child
+            self._children.discard(ref)  # not our child (any more): the pid file tells
+            return None
         if pid == 0:
             return None
         self._exits[ref] = os.waitstatus_to_exitcode(status)
@@ -107,7 +110,9 @@ class ProcessRunner(Runner):
         code = self._reap(handle.ref)
         if code is not None:
             return RunnerState(running=False, exit=ExitInfo(exit_code=code))
-        if self._matches(handle) is not None:
+        # Our own child that has not ended runs, even in the instant after the spawn
+        # when its command line is still ours and not yet the agent's.
+        if handle.ref in self._children or self._matches(handle) is not None:
             return RunnerState(running=True)
         code = self._reap(handle.ref)  # it may have ended between the two looks
         if code is not None:
@@ -144,3 +149,4 @@ class ProcessRunner(Runner):
     async def remove(self, handle: RunHandle) -> None:
         self._reap(handle.ref)
         self._exits.pop(handle.ref, None)
+        self._children.discard(handle.ref)

@@ -25,14 +25,17 @@ def figures(run: ProfileRun) -> dict[str, Any]:
 
 
 ATTEMPTS = 3
+LIMITS_MS = {"mean_ttft_ms": 4.0}  # every other figure: 2 ms
 
 
 @pytest.mark.parametrize(("concurrency", "n"), [(1, 12), (16, 96)])
 async def test_measured_timings_match_the_configured_ones(concurrency: int, n: int) -> None:
-    """Mean and median TTFT, TPOT and ITL within 2 ms of the fake's settings.
+    """Median TTFT, and mean and median TPOT and ITL, within 2 ms of the fake's settings.
 
-    A systematic error shows in every attempt; a burst of load from elsewhere on a small
-    shared machine (which delays the fake's own timers) rarely lasts through three.
+    Mean TTFT gets 4 ms: it takes in whole every stall of this process (the fake and the
+    client share it), and a few stalls on a busy 2-core box move it by more than the
+    median; on a quiet machine it is about 0.5 ms off at c1 and 1.3 ms at c16. A
+    systematic error shows in every attempt; load from elsewhere rarely lasts three.
     """
     profile = custom_profile(128, OUT, concurrency, n)
     misses: list[dict[str, float]] = []
@@ -57,12 +60,12 @@ async def test_measured_timings_match_the_configured_ones(concurrency: int, n: i
             for name, configured in (("ttft", TTFT_MS), ("tpot", ITL_MS), ("itl", ITL_MS))
             for stat in ("mean", "median")
         }
-        if all(abs(error) < 2.0 for error in off.values()):
+        if all(abs(error) < LIMITS_MS.get(key, 2.0) for key, error in off.items()):
             return
         # how late the fake itself wrote first tokens: large on an overloaded machine
         off["fake_late_ms"] = statistics.fmean(late)
         misses.append({k: round(v, 2) for k, v in off.items()})
-    pytest.fail(f"timings more than 2 ms off in {ATTEMPTS} attempts: {misses}")
+    pytest.fail(f"timings off by more than {LIMITS_MS} / 2 ms in {ATTEMPTS} attempts: {misses}")
 
 
 async def test_completions_requests_carry_exact_token_id_prompts() -> None:
@@ -244,7 +247,7 @@ async def test_sse_framing_variants_are_read_correctly() -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        chunks = [
+        chunks: list[dict[str, Any]] = [
             {"choices": [{"index": 0, "text": "a", "finish_reason": None}]},
             {"choices": [{"index": 0, "text": "", "finish_reason": None}]},  # a special token
             {"choices": [{"index": 0, "text": "c", "finish_reason": "length"}]},

@@ -207,25 +207,28 @@ class BenchClient:
         dispatcher: asyncio.Task[None] | None,
         stop: asyncio.Event | None,
     ) -> bool:
-        """Until every worker is done, or `stop` is set; True when stopped early."""
-        everything = asyncio.gather(*workers)
-        waiting: set[asyncio.Future[Any]] = {everything}
-        stopper = None
-        if stop is not None:
-            stopper = asyncio.ensure_future(stop.wait())
-            waiting.add(stopper)
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        stopped = not everything.done()
-        if stopped:
-            everything.cancel()
-        if dispatcher is not None:
-            dispatcher.cancel()
-        if stopper is not None:
-            stopper.cancel()
-        results = await asyncio.gather(
-            everything, *(t for t in (dispatcher, stopper) if t is not None), return_exceptions=True
-        )
-        for outcome in results:
+        """Until every worker is done, or `stop` is set; True when stopped early.
+
+        However it ends (stop, a worker's exception, this coroutine cancelled), no task
+        of the profile is left running behind it.
+        """
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        pending: set[asyncio.Future[Any]] = set(workers)
+        try:
+            while pending:
+                watch = pending if stopper is None else {*pending, stopper}
+                done, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+                pending -= done
+                failed = any(t.exception() for t in done - {stopper} if not t.cancelled())
+                if stopper in done or failed:
+                    break
+        finally:
+            stopped = bool(pending)
+            helpers = [t for t in (dispatcher, stopper) if t is not None]
+            for task in (*workers, *helpers):
+                task.cancel()  # a no-op for those already done
+            outcomes = await asyncio.gather(*workers, *helpers, return_exceptions=True)
+        for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(
                 outcome, asyncio.CancelledError
             ):

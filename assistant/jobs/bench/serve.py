@@ -14,7 +14,9 @@ comparable, and the result is `stopped`.
 
 The parameters are `BENCH_SERVE`'s, checked with the registry's own `resolve_params`, so
 what the host accepted is what runs; the model name and URL are checked again here
-because they go into HTTP requests.
+because they go into HTTP requests. Its `total_param` is empty on purpose: a run's length
+is the prompts of every selected profile (the standard ones fixed, plus a custom `n`),
+which no single parameter holds, so the job states it as `total` in its `started` event.
 """
 
 from __future__ import annotations
@@ -69,9 +71,7 @@ TRACEBACK_LINES = 20
 MAX_LABEL = 100
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
-# `total_param` is empty: a run's length is the prompts of every selected profile (the
-# standard ones fixed, plus a custom `n`), which no single parameter holds. The job
-# states it as `total` in its `started` event instead.
+# total_param "": see the module docstring; progress is requests over all profiles.
 BENCH_SERVE = RecipeInfo(
     name="serve",
     summary="serving benchmark (vLLM bench serve's metrics) against an OpenAI-compatible URL",
@@ -247,10 +247,10 @@ class _Run:
 
         return report
 
-    def finish(self, status: str, error: str | None = None) -> int:
+    def finish(self, status: str, error: str | None = None, trace: Sequence[str] = ()) -> int:
         """The error event (when failed), the result event, and the exit code."""
         if error is not None:
-            self.emit("error", kind="exception", message=error, traceback=[])
+            self.emit("error", kind="exception", message=error, traceback=list(trace))
         not_run = [p.name for p in self.job.profiles if p.name not in self.ran]
         reasons = list(self.reasons)
         if not_run:
@@ -273,9 +273,9 @@ class _Run:
         return {"succeeded": EXIT_OK, "stopped": EXIT_STOPPED}.get(status, EXIT_FAILED)
 
 
-async def bench(job: Job, writer: EventWriter, stop: asyncio.Event) -> int:
+async def _bench(run: _Run, stop: asyncio.Event) -> int:
     """Health, then every profile in order; returns the exit code."""
-    run = _Run(job, writer)
+    job = run.job
     run.emit(
         "started",
         step=0,
@@ -380,15 +380,12 @@ async def run_job(job: Job) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    run = _Run(job, writer)
     try:
-        return await bench(job, writer, stop)
+        return await _bench(run, stop)
     except Exception as exc:
         lines = traceback.format_exc().rstrip().splitlines()[-TRACEBACK_LINES:]
-        writer.emit(
-            "error", kind="exception", message=f"{type(exc).__name__}: {exc}", traceback=lines
-        )
-        writer.emit("result", status="failed", step=None, final={}, best={}, checkpoint=None)
-        return EXIT_FAILED
+        return run.finish("failed", f"{type(exc).__name__}: {exc}", lines)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -402,7 +399,10 @@ def _refuse(run_dir: Path | None, message: str) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         writer = EventWriter(run_dir)
         writer.emit("error", kind="exception", message=f"invalid parameters: {message}")
-        writer.emit("result", status="failed", step=None, final={}, best={}, checkpoint=None)
+        bench = {"dir": BENCH_DIR, "profiles": [], "comparable": False, "reason": message}
+        writer.emit(
+            "result", status="failed", step=None, final={}, best={}, checkpoint=None, bench=bench
+        )
         writer.close()
     return EXIT_USAGE
 
