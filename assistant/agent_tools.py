@@ -19,6 +19,7 @@ from anthropic.types import ToolParam
 
 from assistant.errors import CommandError
 from assistant.jobs.recipes import RECIPES
+from assistant.recipes_file import RECIPE_NAME
 from assistant.redaction import Redactor, truncate
 from commands.registry import Reply
 
@@ -27,7 +28,6 @@ RunCommand = Callable[[str, str, str, int | None], Awaitable[tuple[Reply, str | 
 
 RESULT_LIMIT = 8 * 1024
 ID_RE = re.compile(r"^[0-9a-z]{1,13}$")
-RECIPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 KEY_RE = re.compile(r"^[a-z_]{1,40}$")
 MAX_TEXT = 2000
 # parse_command turns typographic quotes into plain ones before splitting; doing it to a
@@ -123,7 +123,7 @@ class Args:
         value = self._get(name, required)
         if value is None:
             return None
-        if not isinstance(value, str) or not RECIPE_RE.match(value):
+        if not isinstance(value, str) or not RECIPE_NAME.fullmatch(value):
             raise ToolError(f"{name} must be a recipe name like gpt, got {value!r}")
         return value
 
@@ -201,7 +201,7 @@ _CONFIRMED: dict[str, object] = {
 }
 _RECIPE: dict[str, object] = {
     "type": "string",
-    "pattern": RECIPE_RE.pattern,
+    "pattern": f"^{RECIPE_NAME.pattern}$",
     "description": f"a recipe: built-in {', '.join(sorted(RECIPES))}, or one the admin"
     " declared (list_recipes shows them all)",
 }

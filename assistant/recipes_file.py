@@ -104,12 +104,12 @@ from assistant.jobs.declared import (
     ResumeRule,
     template_fields,
 )
-from assistant.jobs.recipes import Param, ParamError, ParamType
+from assistant.jobs.recipes import JOBS, Param, ParamError, ParamType
+from assistant.runs.runner import IMAGE_REF
+from assistant.runs.spec import RUN_PARAMS
 
-RESERVED_NAMES = ("gpt", "classifier", "serve")
-# The names of assistant.runs.spec.RUN_PARAMS (a test keeps them equal); not imported,
-# so that module may import this one.
-RUN_PARAM_NAMES = ("gpus", "procs", "mem_mb", "cpus")
+RESERVED_NAMES = tuple(JOBS)  # the built-in recipes and the benchmark job
+RUN_PARAM_NAMES = tuple(RUN_PARAMS)  # every run has these
 # Path components that hold credentials: a workdir under one is never mounted.
 BLOCKED_NAMES = (".ssh", ".aws", ".gnupg", ".kube", ".docker", ".env", ".netrc")
 BLOCKED_SEQUENCES = ((".config", "gcloud"),)
@@ -141,7 +141,7 @@ PARAM_KEYS = ("type", "default", "min", "max", "choices", "help")
 PROGRESS_KEYS = ("json_prefix", "progress", "metrics", "total")
 RESUME_KEYS = ("checkpoints", "location", "args")
 
-_RECIPE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+RECIPE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")  # also what the model may name
 _PARAM_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -149,7 +149,6 @@ _GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _TOKEN = re.compile(r"[A-Za-z0-9_.:/+=@,][A-Za-z0-9_.:/+=@,-]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _SYNTAX_END = re.compile(r"\s*\(at end of document\)\s*$")
 _PARAM_TYPES: dict[str, ParamType] = {"int": int, "float": float, "str": str, "bool": bool}
@@ -718,7 +717,7 @@ class _RecipeCheck:
                 )
 
     def check_name(self) -> None:
-        if not _RECIPE_NAME.fullmatch(self.name):
+        if not RECIPE_NAME.fullmatch(self.name):
             self.add(
                 (),
                 f"recipe name {self.name!r} must be 1 to 40 lowercase letters, digits, _ or -, "
@@ -746,7 +745,7 @@ class _RecipeCheck:
         if "image" not in t:
             return None
         value = t["image"]
-        if not isinstance(value, str) or not _IMAGE.fullmatch(value):
+        if not isinstance(value, str) or not IMAGE_REF.fullmatch(value):
             self.wrong(
                 ("image",), "image", self.where, 'an image name like "nanogpt:latest"', value
             )

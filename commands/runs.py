@@ -247,14 +247,7 @@ async def _compare(ctx: CommandContext, words: list[str]) -> str | Reply:
     not_bench = [r.id for r in runs if r.kind != "bench"]
     if not_bench:
         raise CommandError(f"not benchmark runs: {', '.join(not_bench)}")
-    rows = [
-        (
-            r.id,
-            f"{r.params.get('model')} · {r.params.get('hardware')}",
-            load_results(manager.run_dir(r.id)),
-        )
-        for r in runs
-    ]
+    rows = [(r.id, str(r.params.get("model")), load_results(manager.run_dir(r.id))) for r in runs]
     empty = [run_id for run_id, _, results in rows if not results]
     if empty:
         raise CommandError(f"no results yet for: {', '.join(empty)}")

@@ -100,7 +100,7 @@ def load_spec(run_dir: Path) -> Spec:
         raise SpecError(f"{SPEC} is unreadable: {exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{SPEC} must hold a JSON object")
-    nproc, heartbeat = _numbers(raw)
+    nproc, heartbeat = _nproc_and_heartbeat(raw)
     if "declared" in raw:
         try:
             job = build_job(raw, run_dir)
@@ -140,7 +140,7 @@ def load_spec(run_dir: Path) -> Spec:
     )
 
 
-def _numbers(raw: dict[str, Any]) -> tuple[int, float]:
+def _nproc_and_heartbeat(raw: dict[str, Any]) -> tuple[int, float]:
     nproc = raw.get("nproc", 1)
     if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= 64:
         raise SpecError(f"nproc must be an integer from 1 to 64, got {nproc!r}")

@@ -25,7 +25,7 @@ from typing import Any
 from assistant.jobs.declared import DeclaredRecipe, from_json, render_args
 from assistant.jobs.lines import LineTail
 from assistant.jobs.protocol import EventWriter
-from assistant.jobs.recipes import Param, ParamError
+from assistant.jobs.recipes import ParamError, lower_is_better
 
 PASSED_THROUGH = ("progress", "metric", "checkpoint", "log")
 PREFIX_ENV = "ASSISTANT_REPORT_PREFIX"
@@ -50,10 +50,6 @@ class DeclaredJob:
     resumed_from: str | None
 
 
-def _format(param: Param, value: object) -> str:
-    return param.format(param.coerce(value))
-
-
 def build_job(raw: dict[str, Any], run_dir: Path) -> DeclaredJob:
     """Check the declared part of spec.json and render the command.
 
@@ -72,7 +68,7 @@ def build_job(raw: dict[str, Any], run_dir: Path) -> DeclaredJob:
         raise DeclaredSpecError(f"unknown parameter(s) for {recipe.name}: {', '.join(unknown)}")
     try:
         params = {p.name: p.coerce(given.get(p.name, p.default)) for p in recipe.params}
-        values = {name: _format(by_name[name], v) for name, v in params.items()}
+        values = {name: by_name[name].format(v) for name, v in params.items()}
     except ParamError as exc:
         raise DeclaredSpecError(str(exc)) from None
     paths = raw.get("paths") or {}
@@ -229,7 +225,7 @@ class OutputFollower:
 
     def _keep_best(self, name: str, value: float) -> None:
         recipe = self.job.recipe
-        lower = recipe.key_metric_mode == "min" if name == recipe.key_metric else "loss" in name
+        lower = lower_is_better(name, recipe.key_metric, recipe.key_metric_mode)
         current = self.best.get(name)
         if current is None or (value < current if lower else value > current):
             self.best[name] = value
@@ -303,21 +299,3 @@ def _step_of(rel: str, last_step: int | None) -> int | None:
     if numbers and (last_step is None or numbers[-1] <= last_step):
         return numbers[-1]
     return last_step
-
-
-def load_declared(raw: dict[str, Any], run_dir: Path) -> DeclaredJob | None:
-    """The declared job of a spec.json, or None for a built-in recipe."""
-    if "declared" not in raw:
-        return None
-    return build_job(raw, run_dir)
-
-
-def child_env(base: dict[str, str], job: DeclaredJob) -> dict[str, str]:
-    env = dict(base)
-    env.update(job.env)
-    return env
-
-
-def describe_command(job: DeclaredJob) -> str:
-    """The command as logged: arguments only, never the environment (secrets live there)."""
-    return " ".join(job.argv)

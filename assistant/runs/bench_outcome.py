@@ -22,6 +22,7 @@ from assistant.runs.bench_report import (
     comparable_text,
     load_results,
     profile_chart,
+    regressions,
     table_text,
 )
 from assistant.runs.report import summary_text
@@ -88,7 +89,11 @@ async def bench_report(
             diff = changes(comparable_only(results), before)
             if diff:
                 text = change_text(diff, earlier.id, threshold)
-                parts.insert(0, text) if text.startswith("REGRESSION") else parts.append(text)
+                # a regression opens the report: it must not be missed on a phone
+                if regressions(diff, threshold):
+                    parts.insert(0, text)
+                else:
+                    parts.append(text)
         elif run.state == "succeeded":
             parts.append(f"First comparable benchmark of {run.params.get('model')}: a baseline.")
     if run.state != "succeeded" and server_tail:

@@ -9,22 +9,16 @@ never a shell line. Arguments beyond these are the admin's (ASSISTANT_BENCH_SERV
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from assistant.errors import CommandError
 from assistant.hoststats import HostStats
 from assistant.jobs.bench.profiles import check_model_name, check_url, profiles_from_params
-from assistant.jobs.bench.serve import BENCH_SERVE
-from assistant.jobs.recipes import ParamError, validate_params
+from assistant.jobs.recipes import BENCH_SERVE, ParamError, validate_params
+from assistant.runs.runner import IMAGE_REF
 from assistant.runs.spec import RUN_PARAMS, RunSpec, parse_assignments
 
-# registry[:port]/name[/name...][:tag][@sha256:digest]
-IMAGE_RE = re.compile(
-    r"^(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
 SERVER_KEYS = {
     "image": "the serving image (default ASSISTANT_BENCH_IMAGE)",
     "tp": "tensor parallel size (--tensor-parallel-size); default: the run's GPUs",
@@ -117,7 +111,7 @@ def build_bench_spec(
                 " processes; give url=http://host:port/v1 of a running server instead"
             )
         image = host.get("image", server_image)
-        if not IMAGE_RE.match(image):
+        if not IMAGE_REF.fullmatch(image):
             raise CommandError(f"image={image!r} is not an image reference like repo/name:tag")
         tp = _int("tp", host["tp"], 1, 64) if "tp" in host else max(gpus, 1)
         max_len = _int("max_len", host["max_len"], 16, 10_000_000) if "max_len" in host else None

@@ -23,7 +23,7 @@ from assistant.durations import format_duration
 from assistant.errors import RunStartError
 from assistant.jobs import protocol
 from assistant.jobs.declared import from_json
-from assistant.jobs.recipes import RECIPES
+from assistant.jobs.recipes import RECIPES, lower_is_better
 from assistant.runs.bench_outcome import bench_report, engine_metrics
 from assistant.runs.manager import SECRETS_DIR, RunManager
 from assistant.runs.report import eta, plot, read_events, summary_text
@@ -150,6 +150,7 @@ class RunMonitor:
         now = to_iso(m.clock.now())
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
+        key: tuple[str, str] | None = None  # the run's key metric, looked up once a pass
         for event in events:
             kind = event.get("type")
             self.events_absorbed += 1
@@ -176,11 +177,10 @@ class RunMonitor:
                 name, value = str(event.get("name")), event.get("value")
                 progress.metrics[name] = value
                 # a benchmark's numbers belong to their profile: no "best" across them
-                better = run.kind != "bench" and _better(
-                    run, name, value, {**run.best, **progress.best}
-                )
-                if better:
-                    progress.best[name] = value
+                if run.kind != "bench":
+                    key = key or key_metric(run)
+                    if _better(name, value, {**run.best, **progress.best}, key):
+                        progress.best[name] = value
             elif kind == "checkpoint":
                 progress.checkpoint = str(event.get("path"))
             elif kind == "result":
@@ -423,14 +423,13 @@ def _cause(error: object, code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _better(run: RunRecord, name: str, value: object, best: dict[str, Any]) -> bool:
+def _better(name: str, value: object, best: dict[str, Any], key: tuple[str, str]) -> bool:
     if not isinstance(value, int | float):
         return False
     current = best.get(name)
     if current is None:
         return True
-    key, mode = key_metric(run)
-    lower = mode == "min" if name == key else "loss" in name
+    lower = lower_is_better(name, *key)
     return bool(value < current) if lower else bool(value > current)
 
 

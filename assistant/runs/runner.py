@@ -7,6 +7,7 @@ engine is reachable. The host learns everything else from the run dir.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 RunnerKind = Literal["docker", "process"]
+# An image reference: [registry[:port]/]name[/name...][:tag][@sha256:digest]
+IMAGE_REF = re.compile(
+    r"(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
+)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistant.durations import format_duration
 from assistant.errors import CommandError
 from assistant.jobs.declared import to_json
 from assistant.jobs.recipes import ParamError, validate_params
-from assistant.runs.catalog import Entry
+
+if TYPE_CHECKING:
+    from assistant.runs.catalog import Entry
 
 
 @dataclass(frozen=True)

@@ -340,31 +340,24 @@ class BenchClient:
                 if payload == b"[DONE]":
                     done = True
                     continue
-                if _plain_token(payload):  # most chunks: no need to parse them
-                    if first:
-                        record.ttft = now - sent
-                        first = False
-                    else:
-                        itl.append(now - last)
-                    last = now
-                    live.chunks += 1
-                    continue
-                message = json.loads(payload)
-                if message.get("usage"):
-                    usage = message["usage"]
-                choices = message.get("choices")
-                if choices:
+                if not _plain_token(payload):  # most chunks are: no need to parse them
+                    message = json.loads(payload)
+                    if message.get("usage"):
+                        usage = message["usage"]
+                    choices = message.get("choices")
+                    if not choices:
+                        if message.get("error") or message.get("object") == "error":
+                            problem = _error_text(message)
+                        continue
                     if chat and _role_only(choices[0]):
                         continue  # the role announcement is not a token
-                    if first:
-                        record.ttft = now - sent
-                        first = False
-                    else:
-                        itl.append(now - last)
-                    last = now
-                    live.chunks += 1
-                elif message.get("error") or message.get("object") == "error":
-                    problem = _error_text(message)
+                if first:
+                    record.ttft = now - sent
+                    first = False
+                else:
+                    itl.append(now - last)
+                last = now
+                live.chunks += 1
         if problem is not None:
             record.error = f"error in the stream: {problem}"[:_ERROR_TEXT]
         elif first:

@@ -40,7 +40,6 @@ from assistant.jobs.bench.client import (
     wait_healthy,
 )
 from assistant.jobs.bench.profiles import (
-    MAX_RATE,
     Profile,
     check_model_name,
     check_url,
@@ -63,59 +62,13 @@ from assistant.jobs.protocol import (
     EventWriter,
     read_control,
 )
-from assistant.jobs.recipes import Param, ParamError, RecipeInfo, Value, resolve_params
+from assistant.jobs.recipes import BENCH_SERVE, ParamError, Value, resolve_params
 
 BENCH_DIR = f"{ARTIFACTS}/bench"  # relative to the run dir, as the result event says
 EXIT_USAGE = 2  # bad arguments, as argparse and the training recipes use
 TRACEBACK_LINES = 20
 MAX_LABEL = 100
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
-
-# total_param "": see the module docstring; progress is requests over all profiles.
-BENCH_SERVE = RecipeInfo(
-    name="serve",
-    summary="serving benchmark (vLLM bench serve's metrics) against an OpenAI-compatible URL",
-    module="assistant.jobs.bench.serve",
-    params=(
-        Param("model", str, "", "model id, e.g. Qwen/Qwen3-0.6B (recorded; sent unless renamed)"),
-        Param("url", str, "", "the server's base URL, e.g. http://10.0.0.5:8000/v1"),
-        Param("served_model_name", str, "", "the name the server serves it under; '' = model"),
-        Param(
-            "profiles",
-            str,
-            "standard",
-            "standard, none, or a comma list of latency-1024x256-c1, serve-1024x256-c16,"
-            " longctx-8192x256-c4",
-        ),
-        Param("in", int, 0, "custom profile: input tokens per prompt; 0 = no custom", 0, 131_072),
-        Param("out", int, 0, "custom profile: output tokens per request", 0, 32_768),
-        Param("c", int, 0, "custom profile: requests in flight", 0, 1024),
-        Param("n", int, 0, "custom profile: prompts", 0, 100_000),
-        Param(
-            "rate", float, 0.0, "custom profile: requests/s (Poisson); 0 = no limit", 0, MAX_RATE
-        ),
-        Param(
-            "endpoint",
-            str,
-            "completions",
-            "completions (exact token-id prompts) or chat (text, approximate lengths)",
-            choices=("completions", "chat"),
-        ),
-        Param("hardware", str, "", "hardware label for run_metadata, e.g. 8x H200"),
-        Param("engine", str, "vLLM", "engine label for run_metadata"),
-        Param("engine_version", str, "", "engine version for run_metadata, e.g. v0.19.1"),
-        Param("cluster_label", str, "", "cluster label for run_metadata"),
-        Param("warmup", int, 1, "untimed requests before each profile", 0, 100),
-        Param(
-            "health_timeout_s", float, 600.0, "how long to wait for the server to be up", 0, 86_400
-        ),
-        Param("seed", int, 0, "seeds prompts and arrival times", 0, 2**31 - 1),
-    ),
-    total_param="",
-    key_metric="output_throughput",
-    key_metric_mode="max",
-    supports_resume=False,
-)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from assistant.jobs.bench.profiles import MAX_RATE
+
 Value = int | float | str | bool
 ParamType = type[int] | type[float] | type[str] | type[bool]
 
@@ -149,6 +151,12 @@ class RecipeInfo:
 
     def defaults(self) -> dict[str, Value]:
         return {p.name: p.default for p in self.params}
+
+
+def lower_is_better(name: str, key_metric: str, mode: str) -> bool:
+    """Whether a smaller value of metric `name` is the better one: the recipe's mode for its
+    key metric, lower for any loss, higher for anything else (accuracy, F1, tok/s)."""
+    return mode == "min" if name == key_metric else "loss" in name
 
 
 def validate_params(info: RecipeInfo, params: Mapping[str, object]) -> dict[str, Value]:
@@ -304,19 +312,64 @@ CLASSIFIER = RecipeInfo(
 
 RECIPES: dict[str, RecipeInfo] = {info.name: info for info in (GPT, CLASSIFIER)}
 
+# The serving benchmark: a job beside the recipes, started by /run bench serve, never by
+# /run train. total_param "": its progress is requests over all profiles, known only once
+# the profiles are (assistant/jobs/bench/serve.py).
+BENCH_SERVE = RecipeInfo(
+    name="serve",
+    summary="serving benchmark (vLLM bench serve's metrics) against an OpenAI-compatible URL",
+    module="assistant.jobs.bench.serve",
+    params=(
+        Param("model", str, "", "model id, e.g. Qwen/Qwen3-0.6B (recorded; sent unless renamed)"),
+        Param("url", str, "", "the server's base URL, e.g. http://10.0.0.5:8000/v1"),
+        Param("served_model_name", str, "", "the name the server serves it under; '' = model"),
+        Param(
+            "profiles",
+            str,
+            "standard",
+            "standard, none, or a comma list of latency-1024x256-c1, serve-1024x256-c16,"
+            " longctx-8192x256-c4",
+        ),
+        Param("in", int, 0, "custom profile: input tokens per prompt; 0 = no custom", 0, 131_072),
+        Param("out", int, 0, "custom profile: output tokens per request", 0, 32_768),
+        Param("c", int, 0, "custom profile: requests in flight", 0, 1024),
+        Param("n", int, 0, "custom profile: prompts", 0, 100_000),
+        Param(
+            "rate", float, 0.0, "custom profile: requests/s (Poisson); 0 = no limit", 0, MAX_RATE
+        ),
+        Param(
+            "endpoint",
+            str,
+            "completions",
+            "completions (exact token-id prompts) or chat (text, approximate lengths)",
+            choices=("completions", "chat"),
+        ),
+        Param("hardware", str, "", "hardware label for run_metadata, e.g. 8x H200"),
+        Param("engine", str, "vLLM", "engine label for run_metadata"),
+        Param("engine_version", str, "", "engine version for run_metadata, e.g. v0.19.1"),
+        Param("cluster_label", str, "", "cluster label for run_metadata"),
+        Param("warmup", int, 1, "untimed requests before each profile", 0, 100),
+        Param(
+            "health_timeout_s", float, 600.0, "how long to wait for the server to be up", 0, 86_400
+        ),
+        Param("seed", int, 0, "seeds prompts and arrival times", 0, 2**31 - 1),
+    ),
+    total_param="",
+    key_metric="output_throughput",
+    key_metric_mode="max",
+    supports_resume=False,
+)
+
+# Everything the in-run agent may be asked to start.
+JOBS: dict[str, RecipeInfo] = {**RECIPES, BENCH_SERVE.name: BENCH_SERVE}
+
 
 def get_recipe(name: str) -> RecipeInfo:
-    """The recipe called `name`.
+    """The recipe (or the benchmark job) called `name`.
 
     :raises ParamError: no such recipe.
     """
-    if name == "serve":
-        # The serving benchmark, a job beside the recipes (/run bench serve, never
-        # /run train); imported on demand, as it needs aiohttp and training runs do not.
-        from assistant.jobs.bench.serve import BENCH_SERVE
-
-        return BENCH_SERVE
     try:
-        return RECIPES[name]
+        return JOBS[name]
     except KeyError:
         raise ParamError(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})") from None
