@@ -18,7 +18,7 @@ from assistant.errors import ChannelError
 
 @dataclass(frozen=True)
 class Incoming:
-    kind: str  # "message" | "image" | "settled"
+    kind: str  # "message" | "image" | "settled" | "error" (a line the service refused)
     text: str
     id: str | None = None
 
@@ -67,10 +67,18 @@ class LocalClient:
 
     async def _read(self) -> dict[str, Any]:
         assert self._reader is not None
-        line = await self._reader.readline()
+        try:
+            line = await self._reader.readline()
+        except ValueError:  # over MAX_LINE
+            raise ChannelError(f"the assistant sent a line over {MAX_LINE:,} bytes") from None
         if not line:
             raise ChannelError("the assistant closed the connection")
-        data: dict[str, Any] = json.loads(line)
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise ChannelError("the assistant sent a line that is not JSON") from None
+        if not isinstance(data, dict):
+            raise ChannelError("the assistant sent a line that is not a JSON object")
         return data
 
     async def send(self, text: str, message_id: str | None = None) -> str:
@@ -84,11 +92,17 @@ class LocalClient:
         while True:
             data = await self._read()
             kind = str(data.get("type"))
+            message_id = data.get("id")
+            message_id = None if message_id is None else str(message_id)
             if kind == "image":
                 caption = data.get("caption") or ""
                 yield Incoming(kind, f"{caption} [image: {data.get('path')}]".strip())
+            elif kind == "error":
+                yield Incoming(kind, f"error: {data.get('text', '')}", message_id)
+                if message_id is not None:  # refused, so as handled as it will ever be
+                    yield Incoming("settled", "", message_id)
             else:
-                yield Incoming(kind, str(data.get("text", "")), data.get("id"))
+                yield Incoming(kind, str(data.get("text", "")), message_id)
 
     async def __aexit__(
         self,
@@ -125,6 +139,10 @@ async def exchange(
                 if settled:
                     return
                 raise ChannelError(f"no answer within {within:g} s") from None
+            if item.kind == "error" and item.id in (None, message_id):
+                raise ChannelError(
+                    f"the assistant refused the message: {item.text[len('error: ') :]}"
+                )
             if item.kind == "settled" and item.id == message_id:
                 settled = True
                 if wait <= 0:

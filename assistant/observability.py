@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from assistant.redaction import Redactor, to_json
+from assistant.text import valid_text
 from storage.db import Database
 from storage.ids import IdGenerator, time_of
 from storage.timestamps import iso_from_ms
@@ -57,6 +58,8 @@ _STATS_SQL = (
     " failed = failed + excluded.failed"
 )
 
+_REASON_CHARS = 200  # of a dropped row's reason, as /status shows it
+
 EventRow = tuple[int, str, str | None, int | None, str, str | None]
 ActionRow = tuple[int, int | None, str, str | None, str | None, bool, str | None]
 ToolRow = tuple[int, int | None, str, str | None, str | None, float, bool, str | None]
@@ -70,6 +73,7 @@ class WriterStats:
     dropped: int = 0
     failures: int = 0
     last_error: str | None = None
+    last_drop: str | None = None  # why the latest dropped row was dropped
     last_flush_ms: float = 0.0
 
 
@@ -238,14 +242,21 @@ class EventLog:
             del self._tools[: len(tools)]
             started = time.perf_counter()
             try:
-                await self._db.run_sync(_write_batch, events, actions, tools, self._redactor)
+                dropped = await self._db.run_sync(
+                    _write_batch, events, actions, tools, self._redactor
+                )
             except Exception as exc:
-                self._requeue(events, actions, tools)
                 self.stats.failures += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.stats.last_error = valid_text(f"{type(exc).__name__}: {exc}")
+                self._requeue(events, actions, tools)
                 log.debug("event writer failed, will retry: %s", exc)
                 return False
-            self.stats.written += len(events) + len(actions) + len(tools)
+            for reason in dropped:
+                log.warning("event log: a row could not be written and was dropped: %s", reason)
+            if dropped:
+                self.stats.dropped += len(dropped)
+                self.stats.last_drop = dropped[-1]
+            self.stats.written += len(events) + len(actions) + len(tools) - len(dropped)
             self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
         return True
 
@@ -262,6 +273,10 @@ class EventLog:
                 del rows[:cut]
                 excess -= cut
                 self.stats.dropped += cut
+            self.stats.last_drop = (
+                f"the database refused writes ({self.stats.last_error}) and more than"
+                f" {self._max_pending:,} rows were waiting: the oldest were dropped"
+            )
 
     async def aclose(self) -> None:
         """Stop the writer and flush what is left."""
@@ -283,72 +298,153 @@ def _write_batch(
     actions: list[ActionRow],
     tools: list[ToolRow],
     clean: Redactor,
-) -> None:
-    """One transaction: rows, then the per-hour counts. Runs on the database thread."""
-    stats: Counter[tuple[str, str, str]] = Counter()
-    failed: Counter[tuple[str, str, str]] = Counter()
-    event_rows = []
-    for event_id, source, source_id, caused_by, summary, raw in events:
-        ts = iso_from_ms(time_of(event_id))
-        event_rows.append(
-            (
-                event_id,
-                ts,
-                source,
-                source_id,
-                caused_by,
-                clean.clean(summary) or "",
-                clean.clean(raw),
-            )
-        )
-        stats[(ts[:13], "event", source)] += 1
-    action_rows = []
-    for action_id, triggered_by, action_type, target, content, ok, error in actions:
-        ts = iso_from_ms(time_of(action_id))
-        action_rows.append(
-            (
-                action_id,
-                ts,
-                triggered_by,
-                action_type,
-                clean.clean(target),
-                clean.clean(content),
-                ok,
-                clean.clean(error),
-            )
-        )
-        stats[(ts[:13], "action", action_type)] += 1
-        if not ok:
-            failed[(ts[:13], "action", action_type)] += 1
-    tool_rows = []
-    for call_id, parent, name, input, output, duration_ms, ok, error in tools:
-        ts = iso_from_ms(time_of(call_id))
-        tool_rows.append(
-            (
-                call_id,
-                ts,
-                parent,
-                name,
-                clean.clean(input),
-                clean.clean(output),
-                duration_ms,
-                ok,
-                clean.clean(error),
-            )
-        )
-        stats[(ts[:13], "tool", name)] += 1
-        if not ok:
-            failed[(ts[:13], "tool", name)] += 1
+) -> list[str]:
+    """Write one batch; returns why each row that could not be written was dropped.
+
+    The whole batch goes in one transaction. If that fails because of a row (text that
+    cannot be encoded, a value of the wrong type, a duplicate id) rather than because the
+    database refused (full, locked, read-only: `_refused`), the batch is written again
+    row by row, each in a savepoint: the bad row alone is dropped and the rest committed,
+    so one row can never hold up every row queued after it. Runs on the database thread.
+    """
+    try:
+        prepared = [_prepare(kind, row, clean) for kind, row in _rows(events, actions, tools)]
+        _commit(conn, prepared)
+        return []
+    except Exception as exc:
+        if _refused(exc):
+            raise
+    dropped: list[str] = []
+    written: list[_Prepared] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(_EVENT_SQL, event_rows)
-        conn.executemany(_ACTION_SQL, action_rows)
-        conn.executemany(_TOOL_SQL, tool_rows)
-        conn.executemany(_STATS_SQL, [(*key, n, failed[key]) for key, n in stats.items()])
+        for kind, row in _rows(events, actions, tools):
+            try:
+                one = _prepare(kind, row, clean)
+                conn.execute("SAVEPOINT event_row")
+                try:
+                    conn.execute(one.sql, one.values)
+                except BaseException:
+                    conn.execute("ROLLBACK TO event_row")
+                    raise
+                finally:
+                    conn.execute("RELEASE event_row")
+            except Exception as exc:
+                if _refused(exc):
+                    raise
+                dropped.append(_drop_reason(kind, row, exc))
+                continue
+            written.append(one)
+        _insert_stats(conn, written)
     except BaseException:
         conn.rollback()
         raise
     conn.commit()
+    return dropped
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One row as stored (redacted, cut), with the per-hour count it adds to."""
+
+    sql: str
+    values: tuple[object, ...]
+    stats_key: tuple[str, str, str]
+    ok: bool
+
+
+def _rows(
+    events: list[EventRow], actions: list[ActionRow], tools: list[ToolRow]
+) -> list[tuple[str, tuple[Any, ...]]]:
+    return [
+        *(("event", row) for row in events),
+        *(("action", row) for row in actions),
+        *(("tool", row) for row in tools),
+    ]
+
+
+def _prepare(kind: str, row: tuple[Any, ...], clean: Redactor) -> _Prepared:
+    if kind == "event":
+        event_id, source, source_id, caused_by, summary, raw = row
+        ts = iso_from_ms(time_of(event_id))
+        values: tuple[object, ...] = (
+            event_id,
+            ts,
+            source,
+            source_id,
+            caused_by,
+            clean.clean(summary) or "",
+            clean.clean(raw),
+        )
+        return _Prepared(_EVENT_SQL, values, (ts[:13], "event", source), True)
+    if kind == "action":
+        action_id, triggered_by, action_type, target, content, ok, error = row
+        ts = iso_from_ms(time_of(action_id))
+        values = (
+            action_id,
+            ts,
+            triggered_by,
+            action_type,
+            clean.clean(target),
+            clean.clean(content),
+            ok,
+            clean.clean(error),
+        )
+        return _Prepared(_ACTION_SQL, values, (ts[:13], "action", action_type), bool(ok))
+    call_id, parent, name, input, output, duration_ms, ok, error = row
+    ts = iso_from_ms(time_of(call_id))
+    values = (
+        call_id,
+        ts,
+        parent,
+        name,
+        clean.clean(input),
+        clean.clean(output),
+        duration_ms,
+        ok,
+        clean.clean(error),
+    )
+    return _Prepared(_TOOL_SQL, values, (ts[:13], "tool", name), bool(ok))
+
+
+def _commit(conn: sqlite3.Connection, prepared: list[_Prepared]) -> None:
+    """One transaction: rows, then the per-hour counts."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql in (_EVENT_SQL, _ACTION_SQL, _TOOL_SQL):
+            conn.executemany(sql, [p.values for p in prepared if p.sql == sql])
+        _insert_stats(conn, prepared)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def _insert_stats(conn: sqlite3.Connection, written: list[_Prepared]) -> None:
+    stats: Counter[tuple[str, str, str]] = Counter(p.stats_key for p in written)
+    failed: Counter[tuple[str, str, str]] = Counter(p.stats_key for p in written if not p.ok)
+    conn.executemany(_STATS_SQL, [(*key, n, failed[key]) for key, n in stats.items()])
+
+
+def _refused(exc: BaseException) -> bool:
+    """The database itself refused (full, locked, read-only, broken): keep the rows, retry.
+
+    Anything else (an encoding error, a constraint, a wrong type) is the row's own fault.
+    """
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError) or (
+        type(exc) is sqlite3.DatabaseError
+    )
+
+
+def _drop_reason(kind: str, row: tuple[Any, ...], exc: Exception) -> str:
+    """A short, valid description of a dropped row (the row's own text may be invalid)."""
+    what = {
+        "event": f"event from {row[1]}",
+        "action": f"action {row[2]}",
+        "tool": f"tool call {row[2]}",
+    }
+    reason = f"{what[kind]}: {type(exc).__name__}: {exc}"
+    return valid_text(reason)[:_REASON_CHARS]
 
 
 class ActionScope:

@@ -299,7 +299,12 @@ async def _report(ctx: CommandContext) -> str:
     writer = s.log.stats
     lines.append(
         f"Writer: {writer.written:,} written since start, {s.log.pending:,} pending,"
-        f" {writer.dropped:,} dropped, {writer.failures} failed flushes"
+        f" {writer.failures} failed flushes, "
+        + (
+            f"{writer.dropped:,} rows dropped, last: {writer.last_drop}"
+            if writer.dropped
+            else "no row dropped"
+        )
     )
     return "\n".join(lines)
 

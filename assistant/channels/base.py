@@ -11,11 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from assistant.text import valid_text
 from storage.timestamps import utc_now
 
 
 @dataclass(frozen=True)
 class IncomingMessage:
+    """A message as a channel received it.
+
+    Every channel builds one of these, so this is where outside text is made valid, once:
+    lone surrogates and NUL in the text, sender, chat title and ids become U+FFFD, and
+    nothing downstream (storage, the event log, the model, replies) meets them.
+    """
+
     chat_id: str  # namespaced: local:console, tg:123
     sender: str
     text: str
@@ -26,6 +34,15 @@ class IncomingMessage:
     # In a group, free text that is not addressed is stored but not answered.
     addressed: bool = True
     received_at: str = field(default_factory=lambda: utc_now().isoformat())
+
+    def __post_init__(self) -> None:
+        for name in ("chat_id", "sender", "text", "chat_title"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, valid_text("" if value is None else str(value)))
+        for name in ("platform_id", "reply_to"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, valid_text(str(value)))
 
 
 class Inbox(Protocol):
