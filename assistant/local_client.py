@@ -42,16 +42,25 @@ class LocalClient:
             raise ChannelError(self._not_running()) from None
         except (OSError, ValueError) as exc:
             raise ChannelError(f"cannot read {self._endpoint_path}: {exc}") from None
+        if not isinstance(endpoint, dict) or not {"host", "port", "token"} <= endpoint.keys():
+            raise ChannelError(
+                f"{self._endpoint_path} is not what `assistant up` writes"
+                " (host, port and token); restart the assistant"
+            )
         try:
             self._reader, self._writer = await asyncio.open_connection(
                 endpoint["host"], endpoint["port"], limit=MAX_LINE
             )
-        except OSError:
+        except (OSError, TypeError, ValueError):  # TypeError, ValueError: a bad host or port
             raise ChannelError(self._not_running()) from None
-        await self._send({"token": endpoint["token"], "client": self._mode})
-        reply = await self._read()
-        if reply.get("type") != "ready":
-            raise ChannelError(f"the assistant refused this client: {reply.get('text')}")
+        try:
+            await self._send({"token": endpoint["token"], "client": self._mode})
+            reply = await self._read()
+            if reply.get("type") != "ready":
+                raise ChannelError(f"the assistant refused this client: {reply.get('text')}")
+        except BaseException:
+            await self.__aexit__(None, None, None)  # `async with` will not call it now
+            raise
         return self
 
     def _not_running(self) -> str:
@@ -114,6 +123,7 @@ class LocalClient:
             self._writer.close()
             with contextlib.suppress(ConnectionError):
                 await self._writer.wait_closed()
+            self._writer = None
 
 
 async def exchange(

@@ -109,7 +109,7 @@ class LocalChannel(Channel):
                 return
             token = hello.get("token")
             if not isinstance(token, str) or not hmac.compare_digest(
-                token.encode(), self._token.encode()
+                valid_text(token).encode(), self._token.encode()
             ):
                 await _write(writer, {"type": "error", "text": "bad token"})
                 log.warning("local channel: a client gave a wrong token")
@@ -225,7 +225,7 @@ def _parse(line: bytes | None, shape: str) -> dict[str, Any] | str:
         return f"line is not valid UTF-8 (byte {exc.start}); {shape}"
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
         return f"line is not JSON ({_clip(str(exc))}); {shape}"
     if not isinstance(data, dict):
         return f"expected a JSON object, got {type(data).__name__}; {shape}"
