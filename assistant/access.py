@@ -3,6 +3,10 @@ allowed chats, when addressed (or always, for a chat set to reply to everything)
 
 Admins are the local console, ASSISTANT_ADMIN_CHATS, and chats granted from an admin
 chat. The grants are cached here so the check on every message costs no query.
+
+The same two checks (`may_command`, `may_talk`) decide for a live message and for a
+scheduled task at the moment it fires (`TaskRights`): a task never keeps the rights its
+chat had when it was added.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from assistant.channels.base import IncomingMessage
+from commands.registry import CommandRouter, looks_like_command
 from storage.chats import Chat, ChatRepo
 
 LOCAL_ADMIN_CHAT = "local:console"
@@ -34,6 +39,20 @@ class Access:
     def is_admin(self, chat_id: str) -> bool:
         return chat_id in self.configured or self._grants.get(chat_id, _Grant()).admin
 
+    def may_command(self, chat_id: str) -> bool:
+        """Commands (and the model's tools) are for admin chats."""
+        return self.is_admin(chat_id)
+
+    def may_talk(self, chat_id: str) -> bool:
+        """Free text is answered in admin chats and allowed ones."""
+        return self.is_admin(chat_id) or self._grants.get(chat_id, _Grant()).allowed
+
+    def admin_chats(self) -> list[str]:
+        """Every admin chat now: the console, the configured ones, then the granted ones."""
+        configured = [LOCAL_ADMIN_CHAT, *sorted(self.configured - {LOCAL_ADMIN_CHAT})]
+        granted = sorted(c for c, g in self._grants.items() if g.admin and c not in configured)
+        return [*configured, *granted]
+
     def rights(self, chat: Chat) -> str:
         """How /chat list and `assistant chats` name what a chat may do."""
         if chat.id in self.configured:
@@ -44,10 +63,9 @@ class Access:
 
     def answers(self, message: IncomingMessage) -> bool:
         """Whether free text from this message goes to the agent."""
-        grant = self._grants.get(message.chat_id, _Grant())
-        if not (self.is_admin(message.chat_id) or grant.allowed):
+        if not self.may_talk(message.chat_id):
             return False
-        return message.addressed or grant.reply_all
+        return message.addressed or self._grants.get(message.chat_id, _Grant()).reply_all
 
     async def grant(
         self,
@@ -60,6 +78,56 @@ class Access:
         chat = await self._chats.grant(chat_id, admin=admin, allowed=allowed, reply_mode=reply_mode)
         self._grants[chat_id] = _grant(chat)
         return chat
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a task may not act now. `lost` names the grant that would let it act again;
+    None when no grant would (what it runs is never scheduled)."""
+
+    reason: str
+    lost: str | None = None  # "admin" or "allow", as in /chat admin|allow <id>
+
+
+class TaskRights:
+    """What a scheduled task may do: asked when it is added, and again each time it fires.
+
+    A command needs its chat to be an admin chat at that moment, a prompt needs its chat
+    allowed to talk (the model then gets tools only in an admin chat, as for a live
+    message). Some commands are never run by a task at all; that rule lives on the
+    command's registry entry (`Guard`).
+    """
+
+    def __init__(self, access: Access, router: CommandRouter) -> None:
+        self._access = access
+        self._router = router
+
+    def unscheduled(self, what: str) -> str | None:
+        """Why `what` may never be scheduled, or None."""
+        return self._router.rules(what).unscheduled
+
+    def refusal(self, chat_id: str, what: str) -> Refusal | None:
+        """Why a task of `chat_id` that runs `what` may not act now, or None."""
+        never = self.unscheduled(what)
+        if never is not None:
+            return Refusal(never)
+        if looks_like_command(what):
+            if not self._access.may_command(chat_id):
+                return Refusal(
+                    f"{chat_id} is not an admin chat now, and a scheduled command needs one"
+                    " when it runs",
+                    "admin",
+                )
+        elif not self._access.may_talk(chat_id):
+            return Refusal(
+                f"{chat_id} may not talk to the assistant now, and a scheduled prompt needs"
+                " that when it runs",
+                "allow",
+            )
+        return None
+
+    def admin_chats(self) -> list[str]:
+        return self._access.admin_chats()
 
 
 def _grant(chat: Chat) -> _Grant:

@@ -5,6 +5,10 @@ Every tool builds the text of a built-in command and runs it through the orchest
 one reply. Inputs are checked here first (ids, keys, types, bounds) and every value is
 shell-quoted, so no input can add words to the command it builds. Results go back to the
 model redacted like the event log, and cut to `RESULT_LIMIT`.
+
+What the model may run is read from the commands' registry entries (`Guard`): no tool
+runs or schedules a people-only command (/chat), and a destructive command, run directly
+or scheduled through add_task, needs `confirmed=true` (the user's yes) first.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from assistant.errors import CommandError
 from assistant.jobs.recipes import RECIPES
 from assistant.recipes_file import RECIPE_NAME
 from assistant.redaction import Redactor, truncate
-from commands.registry import Reply
+from commands import build_router
+from commands.registry import CommandRouter, Reply
 
 # run_command(chat_id, sender, text, event_id) -> (reply, error or None)
 RunCommand = Callable[[str, str, str, int | None], Awaitable[tuple[Reply, str | None]]]
@@ -174,8 +179,13 @@ class Tool:
     properties: Mapping[str, object]
     required: tuple[str, ...]
     build: Build  # typed input -> the chat command's text
-    # destructive: without confirmed=true nothing runs and this goes back to the model
-    confirm: str | None = None
+    # the input that holds a command (or prompt) to schedule: checked like a direct call
+    schedules: str | None = None
+
+    @property
+    def confirmable(self) -> bool:
+        """Takes `confirmed`: what it runs (or schedules) may be destructive."""
+        return "confirmed" in self.properties
 
     def param(self) -> ToolParam:
         return {
@@ -316,7 +326,6 @@ TOOLS: dict[str, Tool] = {
             {**_RUN_ID, "confirmed": _CONFIRMED},
             ("run_id", "confirmed"),
             _run_sub("stop"),
-            confirm="stop run {id} for good",
         ),
         Tool(
             "pause_run",
@@ -350,14 +359,18 @@ TOOLS: dict[str, Tool] = {
             "add_task",
             "Schedule a built-in command (like /status) or a prompt for you to answer later."
             " kind cron: schedule is a cron expression like '0 2 * * *'; every: a duration"
-            " like 2h or 1h30m (30s..1w); once: an ISO time or +duration like +30m.",
+            " like 2h or 1h30m (30s..1w); once: an ISO time or +duration like +30m."
+            " Scheduling a destructive command (stopping a run, deleting a task) does"
+            " nothing unless confirmed is true. It runs with the rights this chat has then.",
             {
                 "kind": {"type": "string", "enum": ["cron", "every", "once"]},
                 "schedule": {"type": "string", "maxLength": 100},
                 "what": {"type": "string", "maxLength": MAX_TEXT},
+                "confirmed": _CONFIRMED,
             },
             ("kind", "schedule", "what"),
             _add_task,
+            schedules="what",
         ),
         Tool("pause_task", "Pause a task.", _TASK_ID, ("task_id",), _task_sub("pause")),
         Tool("resume_task", "Resume a paused task.", _TASK_ID, ("task_id",), _task_sub("resume")),
@@ -368,7 +381,6 @@ TOOLS: dict[str, Tool] = {
             {**_TASK_ID, "confirmed": _CONFIRMED},
             ("task_id", "confirmed"),
             _task_sub("delete"),
-            confirm="delete task {id} and its run history",
         ),
         Tool(
             "run_task",
@@ -421,7 +433,7 @@ def _prepare(name: str, raw_input: object) -> tuple[Tool, Args, str]:
         raise ToolError(f"there is no tool {name!r}")
     args = Args(name, raw_input, tool.properties)
     command = tool.build(args)
-    if tool.confirm is not None:
+    if tool.confirmable:
         args.flag("confirmed")  # checked now, read in AgentTools.run
     return tool, args, command
 
@@ -430,11 +442,17 @@ class AgentTools:
     """Runs the model's tool calls as chat commands, for one chat and sender."""
 
     def __init__(
-        self, run_command: RunCommand, redactor: Redactor, *, limit: int = RESULT_LIMIT
+        self,
+        run_command: RunCommand,
+        redactor: Redactor,
+        *,
+        limit: int = RESULT_LIMIT,
+        router: CommandRouter | None = None,
     ) -> None:
         self._run = run_command
         self._redact = redactor
         self._limit = limit
+        self._router = router or build_router()  # whose entries say what needs a yes
 
     def clean(self, text: str) -> str:
         """What may go to the model: redacted, then cut to the limit."""
@@ -451,11 +469,11 @@ class AgentTools:
             tool, args, command = _prepare(name, raw_input)
         except ToolError as exc:
             raise ToolError(self.clean(str(exc))) from None
-        if tool.confirm is not None and not args.flag("confirmed"):
-            what = tool.confirm.format(id=args.need_id(tool.required[0]))
+        unconfirmed = self._needs_yes(tool, args, command)
+        if unconfirmed is not None:
             return ToolResult(
-                f"Not done: this would {what}. Ask the user to confirm, then call {name}"
-                " again with confirmed=true.",
+                f"Not done: this would {unconfirmed}. Ask the user to confirm, then call"
+                f" {name} again with confirmed=true.",
                 None,
             )
         try:
@@ -468,3 +486,26 @@ class AgentTools:
         if error is not None:
             raise ToolError(self.clean(text), command)
         return ToolResult(self.clean(text), command)
+
+    def _needs_yes(self, tool: Tool, args: Args, command: str) -> str | None:
+        """What the call would destroy, if the user has not confirmed it; None to go on.
+
+        :raises ToolError: for a command the model may never run or schedule.
+        """
+        rules = self._router.rules(command)
+        if rules.people_only is not None:
+            raise ToolError(rules.people_only, command)
+        confirm = rules.confirm
+        if tool.schedules is not None:
+            what = args.text(tool.schedules)
+            scheduled = self._router.rules(what)
+            refused = scheduled.people_only or scheduled.unscheduled
+            if refused is not None:
+                raise ToolError(self.clean(refused), command)
+            if scheduled.confirm is not None:
+                confirm = f"schedule {what}, which would {scheduled.confirm}"
+        if confirm is None or args.flag("confirmed"):
+            return None
+        if not tool.confirmable:  # a registry entry and a tool disagree: refuse, never run
+            raise ToolError(f"{tool.name} cannot ask for the confirmation that {command} needs")
+        return confirm

@@ -124,7 +124,8 @@ def system_prompt(settings: Settings, *, admin: bool) -> str:
         " guessing, and report ids and numbers exactly as they come back.",
         "Ask before anything destructive or costly (stopping a run, deleting a task,"
         " launching or retrying training) unless the user explicitly asked for exactly that;"
-        " stop_run and delete_task do nothing without confirmed=true.",
+        " stop_run and delete_task, and add_task for such a command, do nothing without"
+        " confirmed=true. Who may use you (/chat) is for people in admin chats, never you.",
         "Be brief: replies are read on a phone. Plain text, short lines, no tables or headings.",
         f"Today is {today}; times are shown in {settings.tz}.",
     ]
@@ -352,7 +353,9 @@ class ClaudeAgent:
 
     async def _tool(self, request: _Request, block: ToolUseBlock) -> ToolResultBlockParam:
         """Run one tool call, traced under the current model_call action."""
-        if not request.admin:  # it was offered no tools; a call anyway runs nothing
+        # Offered no tools, or the chat lost its rights since the request began: a call
+        # anyway runs nothing (the same check as for a live command, made as it acts).
+        if not (request.admin and self._is_admin(request.chat_id)):
             request.done.append(block.name)
             return _result(block.id, "this chat has no command rights: no tools", error=True)
         try:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from types import TracebackType
 
-from assistant.access import Access
+from assistant.access import Access, TaskRights
 from assistant.agent import Agent, OfflineAgent
 from assistant.channels.base import Channel, IncomingMessage
 from assistant.channels.factory import platform_channels
@@ -111,7 +111,8 @@ class Orchestrator:
         chats = ChatRepo(db)
         access = Access(chats, settings.admin_chats)
         queue = GroupQueue(self._process_chat, settings.max_concurrent)
-        scheduler = TaskScheduler(TaskRepo(db), event_log, settings, self.clock, self)
+        rights = TaskRights(access, self.router)  # a task's rights, checked when it fires
+        scheduler = TaskScheduler(TaskRepo(db), event_log, settings, self.clock, self, rights)
         agent = self._agent or self._model_agent(db, event_log)
         run_manager = RunManager(
             RunRepo(db),

@@ -29,12 +29,13 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from assistant.access import Refusal, TaskRights
 from assistant.clock import Clock
 from assistant.config import Settings
 from assistant.durations import format_duration, parse_duration
 from assistant.errors import CommandError, StateError
 from assistant.observability import EventLog, traced
-from storage.ids import short_random_id
+from storage.ids import encode, short_random_id
 from storage.tasks import Task, TaskRepo
 from storage.timestamps import from_iso, to_iso
 
@@ -199,6 +200,26 @@ def describe_schedule(task: Task, zone: ZoneInfo) -> str:
     return f"once at {moment:%Y-%m-%d %H:%M %Z}"
 
 
+def refusal_notice(task: Task, refusal: Refusal, action: str) -> str:
+    """What the admin chats read when a task was paused instead of run."""
+    what = task.what if len(task.what) <= 120 else task.what[:119] + "…"
+    return (
+        f"Task {task.id} of {task.chat_id} was paused, not run: {refusal.reason}.\n"
+        f"It does: {what}\n"
+        f"{_remedy(task, refusal)[0].upper()}{_remedy(task, refusal)[1:]}."
+        f" /debug why {action} shows the chain."
+    )
+
+
+def _remedy(task: Task, refusal: Refusal) -> str:
+    if refusal.lost is None:
+        return f"it can never run as a task: /task delete {task.id} removes it"
+    return (
+        f"to run it again: give {task.chat_id} the rights back (/chat {refusal.lost}"
+        f" {task.chat_id}), then /task resume {task.id}; /task delete {task.id} removes it"
+    )
+
+
 # ---- the scheduler -------------------------------------------------------------------
 
 
@@ -206,9 +227,16 @@ class TaskScheduler:
     """Adds, changes and fires tasks; `start()` after the channels, `aclose()` before them."""
 
     def __init__(
-        self, repo: TaskRepo, log: EventLog, settings: Settings, clock: Clock, runner: TaskRunner
+        self,
+        repo: TaskRepo,
+        log: EventLog,
+        settings: Settings,
+        clock: Clock,
+        runner: TaskRunner,
+        rights: TaskRights,
     ) -> None:
         self._repo = repo
+        self._rights = rights
         self._log = log
         self.event_log = log  # for @traced: task operations are tool calls in the chain
         self._settings = settings
@@ -313,6 +341,9 @@ class TaskScheduler:
             raise CommandError(f"missing {SCHEDULE_HINTS[kind]}")
         if not what:
             raise CommandError("missing what the task should do: a command like /status, or text")
+        never = self._rights.unscheduled(what)
+        if never is not None:
+            raise CommandError(never)
         now = self._clock.now()
         stored = self._stored_schedule(kind, schedule, now)
         for _ in range(5):
@@ -396,13 +427,17 @@ class TaskScheduler:
     async def resume(self, prefix: str, *, triggered_by: int | None = None) -> Task:
         """Resume from now: a paused task does not replay what it missed while paused.
 
-        :raises StateError: if the task is not paused, or is a one-off whose time passed.
+        :raises StateError: if the task is not paused, is a one-off whose time passed, or
+            its chat lacks the rights it needs to act (the same check as when it fires).
         """
         task = await self._repo.resolve(prefix)
         if task.status == "active":
             raise StateError(f"task {task.id} is not paused")
         if task.status == "done":
             raise StateError(f"task {task.id} is done; it does not run again")
+        refusal = self._rights.refusal(task.chat_id, task.what)
+        if refusal is not None:
+            raise StateError(f"{refusal.reason}; {_remedy(task, refusal)}")
         now = self._clock.now()
         upcoming = next_fire_after(task, now, self._zone)
         if upcoming is None:
@@ -548,6 +583,10 @@ class TaskScheduler:
             caused_by=caused_by,
         )
         await self._repo.attach_event(run_id, event_id)
+        refusal = self._rights.refusal(task.chat_id, task.what)
+        if refusal is not None:
+            await self._refuse(task, run_id, event_id, refusal)
+            return
         try:
             async with self._log.action(event_id, "task_run", target=task.chat_id) as act:
                 reply = await self._runner.run_task(task, event_id)
@@ -563,6 +602,31 @@ class TaskScheduler:
         await self._repo.record_outcome(task.id, started, "ok")
         if reply.strip():
             await self._notify(task.chat_id, reply, event_id)
+
+    async def _refuse(self, task: Task, run_id: int, event_id: int, refusal: Refusal) -> None:
+        """Pause, not run, a task whose chat lacks the rights now; record why, tell the admins.
+
+        The refusal is a failed `task_refused` action under the firing's event, so /debug
+        why shows it; the admin chats are told, never the task's own chat (it may be the
+        one whose rights were taken away).
+        """
+        now = to_iso(self._clock.now())
+        action_id = self._log.log_action(
+            event_id,
+            "task_refused",
+            target=task.chat_id,
+            content={"task": task.id, "what": task.what, "chat": task.chat_id},
+            ok=False,
+            error=refusal.reason,
+        )
+        await self._repo.finish(run_id, "failed", f"refused: {refusal.reason}", finished_at=now)
+        await self._repo.record_outcome(task.id, now, "refused", refusal.reason)
+        await self._repo.set_status(task.id, "paused", None)
+        await self._arm(task.id)
+        log.warning("task %s of %s paused, not run: %s", task.id, task.chat_id, refusal.reason)
+        text = refusal_notice(task, refusal, encode(action_id))
+        for chat_id in self._rights.admin_chats():
+            await self._notify(chat_id, text, event_id)
 
     async def _advance(self, task: Task, now: datetime) -> None:
         """Store the next fire time after this firing (and after now: no backlog replays)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from assistant.config import CHAT_ID_RE
 from assistant.errors import CommandError, StateError
-from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
+from commands.registry import CommandContext, CommandRouter, Guard, ParsedCommand, usage_error
 
 router = CommandRouter()
 
@@ -19,8 +19,22 @@ USAGE = "\n".join(
 )
 
 
+# Access management stays with people: a task or the model that could grant rights would
+# outlive a revoke (a task re-granting its own chat) or act on a prompt's say-so.
+ACCESS_MANAGEMENT = Guard(
+    "*",
+    people_only=True,
+    why="/chat is access management, which only a person does, in an admin chat;"
+    " never a task or the model",
+)
+
+
 @router.command(
-    "chat", usage=USAGE, summary="who may talk to the assistant", quiet=frozenset({"list"})
+    "chat",
+    usage=USAGE,
+    summary="who may talk to the assistant",
+    quiet=frozenset({"list"}),
+    guards=(ACCESS_MANAGEMENT,),
 )
 async def chat_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
     spec = router.commands["chat"]

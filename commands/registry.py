@@ -56,6 +56,31 @@ class Handler(Protocol):
 
 
 @dataclass(frozen=True)
+class Guard:
+    """A limit on one form of a command (`form` "*": every form), beyond admin rights.
+
+    Kept on the command's registry entry, so the scheduler, the model's tools and /help
+    all read one rule: nothing else decides what a task or the model may run.
+    """
+
+    form: str  # the subcommand ("stop"), or "*"
+    people_only: bool = False  # only a person, in an admin chat: never a task or the model
+    scheduled: bool = True  # False: a task may not run it (the model may, directly)
+    confirm: str = ""  # destructive: what it does ("{0}" = its argument); the model asks first
+    why: str = ""  # the one-line reason a refusal gives
+
+
+@dataclass(frozen=True)
+class CommandRules:
+    """What `CommandRouter.rules` says about one command text; None where nothing limits."""
+
+    command: str  # "/run stop", for messages
+    people_only: str | None = None  # why only a person may run it
+    unscheduled: str | None = None  # why a task may not run it
+    confirm: str | None = None  # what it destroys: the model needs the user's yes first
+
+
+@dataclass(frozen=True)
 class CommandSpec:
     name: str
     handler: Handler
@@ -65,9 +90,27 @@ class CommandSpec:
     traced: bool = True
     # subcommands that only read (/run show): untraced like the above
     quiet: frozenset[str] = frozenset()
+    # what limits some forms beyond admin rights: who else may run them, and how
+    guards: tuple[Guard, ...] = ()
 
     def is_traced(self, cmd: ParsedCommand) -> bool:
         return self.traced and not (cmd.args and cmd.args[0].lower() in self.quiet)
+
+    def rules(self, form: str, argument: str) -> CommandRules:
+        """The rules for `/name form argument ...` (form and argument may be empty)."""
+        command = f"/{self.name} {form}".strip()
+        people = scheduled = confirm = None
+        for guard in self.guards:
+            if guard.form not in ("*", form):
+                continue
+            if guard.people_only:
+                people = people or guard.why
+                scheduled = scheduled or guard.why
+            if not guard.scheduled:
+                scheduled = scheduled or guard.why
+            if guard.confirm:
+                confirm = confirm or guard.confirm.format(argument or "?")
+        return CommandRules(command, people, scheduled, confirm)
 
 
 @dataclass
@@ -85,10 +128,11 @@ class CommandRouter:
         summary: str,
         traced: bool = True,
         quiet: frozenset[str] = frozenset(),
+        guards: tuple[Guard, ...] = (),
     ) -> Handler:
         if name in self.commands:
             raise ValueError(f"command /{name} registered twice")
-        self.commands[name] = CommandSpec(name, handler, usage, summary, traced, quiet)
+        self.commands[name] = CommandSpec(name, handler, usage, summary, traced, quiet, guards)
         return handler
 
     def command(
@@ -99,10 +143,17 @@ class CommandRouter:
         summary: str,
         traced: bool = True,
         quiet: frozenset[str] = frozenset(),
+        guards: tuple[Guard, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def decorate(handler: Handler) -> Handler:
             return self.register(
-                handler, name, usage=usage, summary=summary, traced=traced, quiet=quiet
+                handler,
+                name,
+                usage=usage,
+                summary=summary,
+                traced=traced,
+                quiet=quiet,
+                guards=guards,
             )
 
         return decorate
@@ -115,6 +166,23 @@ class CommandRouter:
 
     def find(self, name: str) -> CommandSpec | None:
         return self.commands.get(name.lower())
+
+    def rules(self, text: str) -> CommandRules:
+        """What limits running `text` other than by a person: nothing for free text or an
+        unknown command (which fails on its own). Read even when the quotes do not close."""
+        match = _COMMAND_RE.match(text.strip())
+        if match is None:
+            return CommandRules("")
+        spec = self.find(match.group(1))
+        if spec is None:
+            return CommandRules(f"/{match.group(1).lower()}")
+        raw = (match.group(2) or "").translate(_QUOTES).strip()
+        try:
+            words = shlex.split(raw)
+        except ValueError:
+            words = raw.split()
+        form = words[0].lower() if words else ""
+        return spec.rules(form, words[1] if len(words) > 1 else "")
 
 
 def looks_like_command(text: str) -> bool:

@@ -16,7 +16,14 @@ from assistant.runs.monitor import Live, key_metric, run_numbers
 from assistant.runs.report import eta, log_tail, number
 from assistant.runs.spec import build_spec, recipe_help
 from commands.formatting import time_ago
-from commands.registry import CommandContext, CommandRouter, ParsedCommand, Reply, usage_error
+from commands.registry import (
+    CommandContext,
+    CommandRouter,
+    Guard,
+    ParsedCommand,
+    Reply,
+    usage_error,
+)
 from storage.runs import ACTIVE, RunRecord
 from storage.timestamps import from_iso
 
@@ -45,6 +52,7 @@ USAGE = "\n".join(
     usage=USAGE,
     summary="launch and control training runs",
     quiet=frozenset({"show", "logs", "recipes", "compare"}),
+    guards=(Guard("stop", confirm="stop run {0} for good"),),
 )
 async def run_command(ctx: CommandContext, cmd: ParsedCommand) -> str | Reply:
     try:

@@ -16,7 +16,7 @@ from assistant.errors import CommandError
 from assistant.observability import current_action
 from assistant.scheduler import SCHEDULE_HINTS, describe_schedule
 from commands.formatting import format_local, time_ago, time_until, truncate
-from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
+from commands.registry import CommandContext, CommandRouter, Guard, ParsedCommand, usage_error
 from storage.tasks import Task
 
 router = CommandRouter()
@@ -38,11 +38,20 @@ _BY_ID = ("pause", "resume", "delete", "run")
 _GROUPS = (("active", "Active"), ("paused", "Paused"), ("done", "Done"))
 
 
+GUARDS = (
+    # A task that adds tasks, or two that start each other, would multiply without end.
+    Guard("add", scheduled=False, why="a task may not add tasks (they could multiply)"),
+    Guard("run", scheduled=False, why="a task may not start tasks (two could loop)"),
+    Guard("delete", confirm="delete task {0} and its run history"),
+)
+
+
 @router.command(
     "task",
     usage=USAGE,
     summary="schedule commands or prompts: cron, every, once",
     quiet=frozenset({"list"}),
+    guards=GUARDS,
 )
 async def task_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
     try:

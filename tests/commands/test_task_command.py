@@ -11,14 +11,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from assistant.access import Access, TaskRights
 from assistant.clock import Clock, ManualClock
 from assistant.config import Settings
 from assistant.errors import CommandError
 from assistant.observability import EventLog
 from assistant.redaction import Redactor
 from assistant.scheduler import TaskScheduler
+from commands import build_router
 from commands.registry import CommandContext, parse_command
 from commands.tasks import USAGE, format_task_list, task_command
+from storage.chats import ChatRepo
 from storage.db import Database
 from storage.tasks import Task, TaskRepo
 
@@ -74,7 +77,11 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     clock = ManualClock(START)
     runner = RecordingRunner()
     repo = TaskRepo(db)
-    scheduler = TaskScheduler(repo, log, settings, clock, runner)
+    access = Access(ChatRepo(db), ())  # CHAT, the console, is an admin by configuration
+    await access.load()
+    scheduler = TaskScheduler(
+        repo, log, settings, clock, runner, TaskRights(access, build_router())
+    )
     ctx = CommandContext(
         chat_id=CHAT,
         sender="admin",

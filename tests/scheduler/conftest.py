@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scheduler_support import START, Harness, MakeHarness, RecordingRunner, make_settings
+from scheduler_support import CHAT, START, Harness, MakeHarness, RecordingRunner, make_settings
 
+from assistant.access import Access, TaskRights
 from assistant.clock import Clock, ManualClock
 from assistant.observability import EventLog
 from assistant.redaction import Redactor
 from assistant.scheduler import TaskScheduler
+from commands import build_router
+from storage.chats import ChatRepo
 from storage.db import Database
 from storage.tasks import TaskRepo
 
@@ -35,9 +38,11 @@ async def make_harness(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Make
         runner = RecordingRunner()
         repo = TaskRepo(db)
         used = clock_ or clock
-        harness = Harness(
-            db, log, repo, conf, used, runner, TaskScheduler(repo, log, conf, used, runner)
-        )
+        access = Access(ChatRepo(db), (CHAT,))  # the tasks' chat is an admin chat
+        await access.load()
+        rights = TaskRights(access, build_router())
+        scheduler = TaskScheduler(repo, log, conf, used, runner, rights)
+        harness = Harness(db, log, repo, conf, used, runner, scheduler)
         built.append(harness)
         return harness
 

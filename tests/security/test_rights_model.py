@@ -171,7 +171,9 @@ async def test_a_prompt_task_acts_with_the_rights_its_chat_has_when_it_fires(
     body = service.fake.requests[-2].body  # the call the tool_use answered
     assert "tools" not in body
     assert "no command rights" in body["system"][0]["text"]
-    assert await service.count("SELECT count(*) FROM tool_call_log WHERE tool_name = 'stop_run'") == 0
+    assert (
+        await service.count("SELECT count(*) FROM tool_call_log WHERE tool_name = 'stop_run'") == 0
+    )
 
     # No rights at all: the model is not called, the task is paused, the admins told.
     calls = len(service.fake.requests)

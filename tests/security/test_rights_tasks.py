@@ -189,7 +189,10 @@ async def test_access_management_and_self_multiplying_tasks_are_never_scheduled(
         problem = reply.split("\nUsage:\n")[0]
         assert problem.startswith(expected) and "\n" not in problem, (text, reply)
     assert await service.tasks.list_all() == []
-    assert await service.orch.services.db.scalar("SELECT count(*) FROM chats WHERE id = ?", (ROGUE,)) == 0
+    assert (
+        await service.orch.services.db.scalar("SELECT count(*) FROM chats WHERE id = ?", (ROGUE,))
+        == 0
+    )
 
 
 async def test_the_real_timer_fires_into_the_rights_check(settings: Settings) -> None:
