@@ -203,11 +203,11 @@ def describe_schedule(task: Task, zone: ZoneInfo) -> str:
 def refusal_notice(task: Task, refusal: Refusal, action: str) -> str:
     """What the admin chats read when a task was paused instead of run."""
     what = task.what if len(task.what) <= 120 else task.what[:119] + "…"
+    remedy = _remedy(task, refusal)
     return (
         f"Task {task.id} of {task.chat_id} was paused, not run: {refusal.reason}.\n"
         f"It does: {what}\n"
-        f"{_remedy(task, refusal)[0].upper()}{_remedy(task, refusal)[1:]}."
-        f" /debug why {action} shows the chain."
+        f"{remedy[0].upper()}{remedy[1:]}. /debug why {action} shows the chain."
     )
 
 

@@ -59,8 +59,8 @@ class Handler(Protocol):
 class Guard:
     """A limit on one form of a command (`form` "*": every form), beyond admin rights.
 
-    Kept on the command's registry entry, so the scheduler, the model's tools and /help
-    all read one rule: nothing else decides what a task or the model may run.
+    Kept on the command's registry entry, so the scheduler and the model's tools read one
+    rule: nothing else decides what a task or the model may run.
     """
 
     form: str  # the subcommand ("stop"), or "*"

@@ -188,7 +188,7 @@ def _task_facts(task: Task, now: datetime, zone: ZoneInfo) -> list[str]:
         facts.append("Last: never")
     else:
         outcome = task.last_outcome or "?"
-        if task.last_outcome == "failed" and task.last_error:
+        if task.last_outcome in ("failed", "refused") and task.last_error:
             outcome += f": {truncate(task.last_error, 60)}"
         when = time_ago(last, now) if last is not None else "not run"
         facts.append(f"Last: {when}, {outcome}")

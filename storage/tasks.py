@@ -28,7 +28,7 @@ class Task:
 
     kind: cron | every | once; `schedule` holds the cron expression, the interval in whole
     seconds, or the UTC ISO time. status: active | paused | done. last_outcome: ok |
-    failed | missed | interrupted.
+    failed | missed | interrupted | refused (its chat lacked the rights when it fired).
     """
 
     id: str

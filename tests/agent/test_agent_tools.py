@@ -10,6 +10,7 @@ import pytest
 from assistant.agent_tools import RESULT_LIMIT, TOOLS, AgentTools, ToolError, command_for
 from assistant.errors import NotFoundError
 from assistant.redaction import Redactor
+from commands import build_router
 from commands.registry import Reply, parse_command
 from commands.tasks import _split_head
 
@@ -167,3 +168,49 @@ async def test_destructive_tools_need_confirmation_and_run_nothing() -> None:
     assert run.calls == []
     with pytest.raises(ToolError, match="is not an id"):
         await tools.run("delete_task", {"task_id": "X"}, chat_id="tg:1", sender="a", event_id=None)
+
+
+def test_every_tool_that_can_need_a_yes_can_take_it() -> None:
+    router = build_router()
+    for name, given, _ in ROUND_TRIPS:
+        needs = router.rules(command_for(name, given)).confirm is not None
+        assert TOOLS[name].confirmable == needs, name
+    assert TOOLS["add_task"].confirmable  # what it schedules may be destructive
+
+
+async def test_add_task_refuses_access_management_and_asks_before_destruction() -> None:
+    run = Recorder(Reply("Task abcd scheduled"))
+    tools = AgentTools(run, Redactor())
+    call = {"kind": "every", "schedule": "1h"}
+    with pytest.raises(ToolError, match="/chat is access management"):
+        await tools.run(
+            "add_task",
+            {**call, "what": "/chat admin tg:5"},
+            chat_id="tg:1",
+            sender="a",
+            event_id=None,
+        )
+    with pytest.raises(ToolError, match="a task may not add tasks"):
+        await tools.run(
+            "add_task",
+            {**call, "what": "/task add every 1h /status", "confirmed": True},
+            chat_id="tg:1",
+            sender="a",
+            event_id=None,
+        )
+    asked = await tools.run(
+        "add_task", {**call, "what": "/run stop ab12"}, chat_id="tg:1", sender="a", event_id=None
+    )
+    assert asked.text.startswith(
+        "Not done: this would schedule /run stop ab12, which would stop run ab12 for good."
+    )
+    assert run.calls == []
+    done = await tools.run(
+        "add_task",
+        {**call, "what": "/run stop ab12", "confirmed": True},
+        chat_id="tg:1",
+        sender="a",
+        event_id=None,
+    )
+    assert done.command == "/task add every 1h '/run stop ab12'"
+    assert len(run.calls) == 1

@@ -146,6 +146,9 @@ async def test_a_command_task_is_paused_when_its_chat_loses_admin(service: Servi
     assert why.startswith(f"Why task_refused (FAILED: {ROGUE} is not an admin chat now"), why
     assert "event scheduled_task" in why
 
+    listing = await service.one(ADMIN, "/task list")
+    assert f"refused: {ROGUE} is not an admin chat now" in listing, listing
+
     # Later firings do not happen while it is paused.
     await service.tick(60)
     assert (await service.tasks.get(victim)).status == "active"  # type: ignore[union-attr]
