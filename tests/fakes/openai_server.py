@@ -64,6 +64,10 @@ class FakeConfig:
     default_max_tokens: int = 16
     kv_capacity_tokens: int = 1_000_000  # what "GPU KV cache usage" is a share of
     record: bool = True  # keep every request body in `requests`
+    # Hostile answers: generation request k (1, 2, ...) gets scripted[(k - 1) % len] as
+    # (status, raw body bytes), sent as is in small pieces; () = behave like vLLM.
+    scripted: tuple[tuple[int, bytes], ...] = ()
+    models_body: bytes | None = None  # a raw /v1/models answer (status 200) instead
 
 
 @dataclass
@@ -164,6 +168,8 @@ class FakeOpenAIServer:
         return web.Response(status=200)
 
     async def _models(self, request: web.Request) -> web.Response:
+        if self.config.models_body is not None:
+            return web.Response(body=self.config.models_body, content_type="application/json")
         created = int(time.time())
         data = [
             {"id": m, "object": "model", "created": created, "owned_by": "vllm", "root": m}
@@ -194,6 +200,9 @@ class FakeOpenAIServer:
         recorded = Recorded(request.path, body, arrived)
         if cfg.record:
             self.requests.append(recorded)
+        if cfg.scripted:
+            status, raw = cfg.scripted[(number - 1) % len(cfg.scripted)]
+            return await _raw_answer(request, status, raw)
         if cfg.fail_every and number % cfg.fail_every == 0:
             return _error(500, f"injected failure on request {number}", "InternalServerError")
         model = body.get("model")
@@ -396,6 +405,16 @@ def _error(status: int, message: str, kind: str) -> web.Response:
     """vLLM's error body."""
     body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
     return web.json_response(body, status=status)
+
+
+async def _raw_answer(request: web.Request, status: int, raw: bytes) -> web.StreamResponse:
+    """`raw` as the body, whatever it holds, written in pieces as a stream would be."""
+    response = web.StreamResponse(status=status, headers=_SSE_HEADERS)
+    await response.prepare(request)
+    for i in range(0, len(raw), 64 * 1024):
+        await response.write(raw[i : i + 64 * 1024])
+    await response.write_eof()
+    return response
 
 
 def _drop_connection(request: web.Request) -> None:

@@ -30,6 +30,7 @@ from yarl import URL
 
 from assistant.jobs.bench.profiles import Profile
 from assistant.jobs.bench.results import ProfileRun, RequestRecord
+from assistant.text import decoded, valid_text
 
 Endpoint = Literal["completions", "chat"]
 ENDPOINT_PATHS: dict[str, str] = {"completions": "/completions", "chat": "/chat/completions"}
@@ -38,6 +39,9 @@ ProgressFn = Callable[[int, int, float], None]
 
 _JSON = {"Content-Type": "application/json"}
 _ERROR_TEXT = 300  # characters of an error body kept in the record
+_ERROR_BYTES = 64 * 1024  # of an error response's body read at most
+_MAX_LINE = 1024 * 1024  # an SSE line longer than this fails the request
+_MAX_LISTING = 1024 * 1024  # of /v1/models read at most
 # Chat prompts: common short words, about one token each in the usual BPE vocabularies.
 _WORD_TEXT = (
     "the of and to in is was for on that with as by at from his it an were are which "
@@ -305,16 +309,18 @@ class BenchClient:
         try:
             async with session.post(self._url, data=body, headers=_JSON) as response:
                 if response.status != 200:
-                    detail = _error_body(await response.text(errors="replace"))
-                    record.error = f"HTTP {response.status} {response.reason}: {detail}"
-                    record.error = record.error[:_ERROR_TEXT]
+                    detail = _error_body(decoded(await _read_some(response, _ERROR_BYTES)))
+                    reason = valid_text(response.reason or "")
+                    record.error = f"HTTP {response.status} {reason}: {detail}"[:_ERROR_TEXT]
                     return
                 await self._read_stream(response, record, sent, live)
         except asyncio.CancelledError:
             record.error = "stopped before the answer ended"
             raise
+        except BadStream as exc:
+            record.error = f"bad stream: {exc}"[:_ERROR_TEXT]
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            record.error = f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT]
+            record.error = valid_text(f"{type(exc).__name__}: {exc}")[:_ERROR_TEXT]
 
     async def _read_stream(
         self, response: aiohttp.ClientResponse, record: RequestRecord, sent: float, live: _Live
@@ -331,8 +337,12 @@ class BenchClient:
             now = time.perf_counter()
             pending += data
             if b"\n" not in data:
+                if len(pending) > _MAX_LINE:
+                    raise BadStream(f"a line over {_MAX_LINE // 1024} KiB")
                 continue
             *lines, pending = pending.split(b"\n")
+            if len(pending) > _MAX_LINE:
+                raise BadStream(f"a line over {_MAX_LINE // 1024} KiB")
             for line in lines:
                 if not line.startswith(b"data:"):
                     continue  # blank separators, ": ping" comments, event: lines
@@ -341,7 +351,7 @@ class BenchClient:
                     done = True
                     continue
                 if not _plain_token(payload):  # most chunks are: no need to parse them
-                    message = json.loads(payload)
+                    message = _chunk(payload)
                     if message.get("usage"):
                         usage = message["usage"]
                     choices = message.get("choices")
@@ -366,10 +376,12 @@ class BenchClient:
             record.error = "the stream ended before data: [DONE]"
         elif usage is None:
             record.error = "no usage in the stream (the server ignored include_usage)"
+        elif not _count(usage.get("completion_tokens") or 0):
+            record.error = "bad stream: usage.completion_tokens is not a whole number"
         else:
             record.output_tokens = int(usage.get("completion_tokens") or 0)
             prompt_tokens = usage.get("prompt_tokens")
-            if isinstance(prompt_tokens, int):
+            if _count(prompt_tokens):
                 record.prompt_len = prompt_tokens
             record.e2el = last - sent
             record.ok = True
@@ -415,6 +427,44 @@ def _plain_token(payload: bytes) -> bool:
     )
 
 
+class BadStream(ValueError):
+    """A streamed answer that is not what an OpenAI-compatible server sends."""
+
+
+def _chunk(payload: bytes) -> dict[str, Any]:
+    """One SSE data payload as a chunk, checked for the shape the stream loop relies on.
+
+    :raises BadStream: saying what was wrong (the request is then recorded as failed).
+    """
+    try:
+        message = json.loads(payload)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise BadStream(f"a data line is not JSON: {decoded(payload[:40])!r}") from None
+    if not isinstance(message, dict):
+        raise BadStream(f"a chunk is a JSON {type(message).__name__}, not an object")
+    choices = message.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise BadStream("choices is not a list")
+    if choices and not isinstance(choices[0], dict):
+        raise BadStream("choices[0] is not an object")
+    if message.get("usage") and not isinstance(message["usage"], dict):
+        raise BadStream("usage is not an object")
+    return message
+
+
+def _count(value: object) -> bool:
+    """A token count as a server should send it: a whole number, not negative."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+async def _read_some(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most `limit` bytes of a body: a hostile server's endless body is not read whole."""
+    body = b""
+    while len(body) < limit and (piece := await response.content.read(limit - len(body))):
+        body += piece
+    return body
+
+
 def _role_only(choice: dict[str, Any]) -> bool:
     delta = choice.get("delta") or {}
     return "role" in delta and not delta.get("content") and not delta.get("reasoning_content")
@@ -424,7 +474,7 @@ def _error_body(text: str) -> str:
     """The message of an OpenAI-style error body, else the body on one line."""
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict) and (body.get("message") or body.get("error")):
         return _error_text(body)
@@ -432,12 +482,15 @@ def _error_body(text: str) -> str:
 
 
 def _error_text(message: dict[str, Any]) -> str:
+    """The server's own words, made valid text (JSON escapes can carry lone surrogates)."""
     error = message.get("error")
     if isinstance(error, dict):
-        return str(error.get("message") or error)
-    if error:
-        return str(error)
-    return str(message.get("message") or message)
+        text = str(error.get("message") or error)
+    elif error:
+        text = str(error)
+    else:
+        text = str(message.get("message") or message)
+    return valid_text(text[: _ERROR_TEXT * 2])
 
 
 # ----------------------------------------------------------------------------- server checks
@@ -504,10 +557,10 @@ async def served_models(url: str, timeout_s: float = 10.0) -> list[str] | None:
         ):
             if response.status != 200:
                 return None
-            listing = await response.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+            listing = json.loads(await _read_some(response, _MAX_LISTING))
+    except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError):
         return None
     data = listing.get("data") if isinstance(listing, dict) else None
     if not isinstance(data, list):
         return None
-    return [str(item.get("id")) for item in data if isinstance(item, dict)]
+    return [valid_text(str(item.get("id")))[:200] for item in data if isinstance(item, dict)]
