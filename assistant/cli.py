@@ -17,11 +17,12 @@ from assistant.access import Access
 from assistant.channels.local import LocalChannel
 from assistant.config import Settings, load_settings
 from assistant.errors import ChannelError, ConfigError, OpsError
+from assistant.home import HomeError, HomeLock, prepare_home
 from assistant.local_client import LocalClient, exchange
 from assistant.orchestrator import Orchestrator
 from assistant.redaction import Redactor
 from storage.chats import ChatRepo
-from storage.db import Database
+from storage.db import Database, DatabaseOpenError
 
 
 class RedactingFormatter(logging.Formatter):
@@ -68,10 +69,21 @@ def up() -> None:
     """Run the assistant in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
     settings = _settings()
     _setup_logging(settings)
+    # One service per home, decided before anything in it is opened or written.
+    lock = HomeLock(settings.assistant_home)
+    try:
+        prepare_home(settings.assistant_home)
+        lock.acquire()
+    except HomeError as exc:
+        _fail(str(exc), code=1)
     try:
         asyncio.run(_serve(settings))
     except ChannelError as exc:
         _fail(str(exc))
+    except DatabaseOpenError as exc:
+        _fail(str(exc), code=1)
+    finally:
+        lock.release()
 
 
 async def _serve(settings: Settings) -> None:
@@ -137,7 +149,10 @@ def chats() -> None:
             " from an admin chat."
         )
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except DatabaseOpenError as exc:
+        _fail(str(exc), code=1)
 
 
 @main.group()

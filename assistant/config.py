@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     bench_regression_pct: float = Field(
         default=5.0, gt=0, le=100, validation_alias="ASSISTANT_BENCH_REGRESSION_PCT"
     )
+    # let /run bench serve url= reach link-local and cloud metadata addresses (169.254.x.x,
+    # fe80::, metadata.google.internal, ...): off, since benchmarks use the host network
+    bench_allow_link_local: bool = Field(
+        default=False, validation_alias="ASSISTANT_BENCH_ALLOW_LINK_LOCAL"
+    )
     # GPU indices runs may use: "auto" (all NVML sees), "none", or a list like "0,1,2,3"
     gpus: str = Field(default="auto", validation_alias="ASSISTANT_GPUS")
     # runs that need no GPU and may run at once

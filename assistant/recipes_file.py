@@ -60,7 +60,9 @@ The keys of a recipe:
   `network` (false), `key_metric` ("loss") and `key_metric_mode` ("min" or "max").
 - `workdir`: an absolute directory inside one of the allowed roots (symlinks resolved),
   not under or holding credentials (`.ssh`, `.aws`, `.gnupg`, `.kube`, `.docker`,
-  `.config/gcloud`, `.env`, `.netrc`, private keys like `id_rsa` or `*.pem` / `*.key`).
+  `.config/gcloud`, `.env`, `.netrc`, private keys like `id_rsa` or `*.pem` / `*.key`)
+  anywhere in its tree; the check walks at most 12 levels and 50,000 entries, and a
+  larger tree is refused.
   `workdir_writable` (false) lets the command write there.
 - `env`: literal environment values. `secrets`: ENV_VAR = name of a file in
   ASSISTANT_HOME/secrets, read at launch and never logged.
@@ -114,6 +116,9 @@ RUN_PARAM_NAMES = tuple(RUN_PARAMS)  # every run has these
 BLOCKED_NAMES = (".ssh", ".aws", ".gnupg", ".kube", ".docker", ".env", ".netrc")
 BLOCKED_SEQUENCES = ((".config", "gcloud"),)
 KEY_FILE_PATTERNS = ("id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "*.pem", "*.key")
+# How far the credential check walks a workdir: past either, the folder is refused.
+MAX_WALK_DEPTH = 12
+MAX_WALK_ENTRIES = 50_000
 MAX_GPUS = 64
 MIN_MEMORY_MB = 64
 MAX_TIME_LIMIT = timedelta(days=3650)
@@ -610,22 +615,75 @@ def _homes() -> list[Path]:
 
 
 def _exposed(workdir: Path, homes: Sequence[Path]) -> list[str]:
-    """What mounting `workdir` would expose: credentials right inside it, or a home's."""
-    try:
-        entries = sorted(os.listdir(workdir))
-    except OSError as exc:
-        return [f"cannot be listed: {exc.strerror}"]
-    found = [e for e in entries if blocked_component(Path(e)) is not None]
-    found += ["/".join(s) for s in BLOCKED_SEQUENCES if os.path.lexists(workdir.joinpath(*s))]
-    problems = [f"holds {e!r}; mounting it would expose it" for e in found]
+    """What mounting `workdir` would expose: credentials anywhere in its tree, or a home's."""
+    in_homes: list[str] = []
+    reported: set[Path] = set()
     for home in sorted({_resolve(h) for h in homes}):
         if home == workdir or not home.is_relative_to(workdir):
-            continue  # the first case was just checked, the second holds none of them
+            continue  # the first case is the walk's, the second holds none of them
         for parts in (*((name,) for name in BLOCKED_NAMES), *BLOCKED_SEQUENCES):
             candidate = home.joinpath(*parts)
             if os.path.lexists(candidate):
-                problems.append(f"holds {candidate}; mounting it would expose it")
-    return problems
+                in_homes.append(f"holds {candidate}; mounting it would expose it")
+                reported.add(candidate)
+    found, trouble = credentials_in_tree(workdir)
+    problems = [
+        f"holds {str(rel)!r}; mounting it would expose it"
+        for rel in found
+        if workdir / rel not in reported
+    ]
+    if trouble is not None:
+        problems.append(trouble)
+    return problems + in_homes
+
+
+def credentials_in_tree(
+    root: Path, *, max_depth: int = MAX_WALK_DEPTH, max_entries: int = MAX_WALK_ENTRIES
+) -> tuple[list[Path], str | None]:
+    """Credential files and folders anywhere under `root` (relative paths), level by level.
+
+    Symlinks are listed by name, never followed; a credential folder is reported, not
+    entered. The walk is bounded: a tree with more than `max_entries` entries, deeper than
+    `max_depth` levels, or with a folder that cannot be listed is not fully checked, and
+    the second value says so (the caller refuses the folder: an unchecked tree is not
+    mounted).
+    """
+    found: list[Path] = []
+    level: list[Path] = [Path()]
+    seen = 0
+    for depth in range(max_depth + 1):
+        below: list[Path] = []
+        for rel in level:
+            try:
+                with os.scandir(root / rel) as it:
+                    entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+            except OSError as exc:
+                where = "it" if rel == Path() else repr(str(rel))
+                return found, (
+                    f"cannot be fully checked for credentials: {where} cannot be listed"
+                    f" ({exc.strerror})"
+                )
+            seen += len(entries)
+            if seen > max_entries:
+                return found, (
+                    f"holds more than {max_entries:,} files and folders, more than the"
+                    " credential check covers; declare a smaller folder (the code only)"
+                )
+            for name, is_dir in entries:
+                child = rel / name
+                if blocked_component(child) is not None:
+                    found.append(child)
+                elif is_dir:
+                    below.append(child)
+        if not below:
+            return found, None
+        if depth == max_depth:
+            return found, (
+                f"is more than {max_depth} folders deep, more than the credential check"
+                " covers; declare a shallower folder (the code only)"
+            )
+        level = below
+    return found, None
 
 
 class _RecipeCheck:

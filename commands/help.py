@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from commands.formatting import shorten
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 
 router = CommandRouter()
@@ -14,7 +15,7 @@ async def help_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
         name = cmd.args[0].lstrip("/").lower()
         spec = commands.get(name)
         if spec is None:
-            raise usage_error(commands["help"], f"There is no command /{name}.")
+            raise usage_error(commands["help"], f"There is no command /{shorten(name)}.")
         return f"/{spec.name}: {spec.summary}\n{spec.usage}"
     lines = ["Commands:"]
     for spec in commands.values():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from assistant.errors import CommandError
+from commands.formatting import bound_lines, shorten
 
 if TYPE_CHECKING:
     from assistant.services import Services
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 _COMMAND_RE = re.compile(r"^/([A-Za-z][A-Za-z0-9_]*)(?:@[A-Za-z0-9_]+)?(?:\s+(.*))?$", re.DOTALL)
 # Phones turn quotes into typographic ones; the parser wants the plain kind.
 _QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'"})
+# No command has a longer name; a longer one is unknown, and is not echoed back whole.
+MAX_NAME = 32
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,8 @@ class CommandRouter:
     ) -> Handler:
         if name in self.commands:
             raise ValueError(f"command /{name} registered twice")
-        self.commands[name] = CommandSpec(name, handler, usage, summary, traced, quiet, guards)
+        bounded = _bounded_errors(handler)
+        self.commands[name] = CommandSpec(name, bounded, usage, summary, traced, quiet, guards)
         return handler
 
     def command(
@@ -197,12 +201,34 @@ def parse_command(text: str) -> ParsedCommand:
     match = _COMMAND_RE.match(text.strip())
     if match is None:
         raise CommandError("a command starts with / and a name, like /status")
+    if len(match.group(1)) > MAX_NAME:
+        name = shorten(match.group(1), MAX_NAME)
+        raise CommandError(f"Unknown command /{name}. /help lists the commands.")
     raw = (match.group(2) or "").translate(_QUOTES).strip()
     try:
         args = tuple(shlex.split(raw))
     except ValueError as exc:
         raise CommandError(f"could not read the arguments: {exc} (close every quote)") from None
     return ParsedCommand(match.group(1).lower(), args, raw)
+
+
+def _bounded_errors(handler: Handler) -> Handler:
+    """`handler`, whose refusals never quote more than a few lines of the user's input back.
+
+    Handlers quote the argument they refuse; a 200 KB argument must not become a 200 KB
+    reply (or a reply split into dozens of chat messages). One place for every command.
+    """
+
+    async def bounded(ctx: CommandContext, cmd: ParsedCommand, /) -> str | Reply:
+        try:
+            return await handler(ctx, cmd)
+        except CommandError as exc:
+            exc.args = (bound_lines(str(exc)),)
+            raise
+
+    bounded.__doc__ = handler.__doc__
+    bounded.__name__ = getattr(handler, "__name__", "handler")
+    return bounded
 
 
 def usage_error(spec: CommandSpec, problem: str) -> CommandError:

@@ -229,6 +229,7 @@ async def _bench(ctx: CommandContext, words: list[str]) -> str:
         hardware=hardware_label(s.host, manager.gpu_inventory),
         cluster_label=s.settings.cluster_label,
         engine_known=manager.servers is not None,
+        allow_link_local=s.settings.bench_allow_link_local,
     )
     run = await manager.submit(spec, ctx.event_id)
     p = run.params

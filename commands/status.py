@@ -5,7 +5,7 @@ from __future__ import annotations
 from assistant.durations import format_duration
 from assistant.hoststats import GpuInfo
 from assistant.runs.monitor import run_numbers
-from commands.formatting import format_local, time_until
+from commands.formatting import format_local, quote, time_until
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 from commands.tasks import format_task_list
 from commands.usage import usage_line
@@ -23,7 +23,7 @@ async def status_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
         return await tasks_view(ctx)
     if cmd.args:
         spec = ctx.services.router.commands["status"]
-        raise usage_error(spec, f"/status has no view {' '.join(cmd.args)!r}.")
+        raise usage_error(spec, f"/status has no view {quote(' '.join(cmd.args))}.")
     return await dashboard(ctx)
 
 

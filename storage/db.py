@@ -9,7 +9,10 @@ tasks can never commit or roll back each other's work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from assistant.errors import OpsError
 from storage.migrations import MIGRATIONS, apply_migrations
 
 T = TypeVar("T")
@@ -30,6 +34,40 @@ PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
     "PRAGMA cache_size=-65536",
 )
+# The file holds the whole history: owner-only, and so are its -wal and -shm (SQLite
+# gives those the mode of the database file).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+class DatabaseOpenError(OpsError):
+    """The database file cannot be used; one line: which file, what is wrong, what to do."""
+
+
+def _explain(path: Path, exc: BaseException) -> DatabaseOpenError:
+    """A one-line reason for a failed open, in place of SQLite's bare message."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if isinstance(exc, OSError):
+        reason = f"{exc.strerror or exc}"
+    elif name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        reason = (
+            f"it is not a SQLite database or it is damaged ({exc}); move it away to start"
+            " with an empty one, or restore a backup"
+        )
+    elif name.startswith("SQLITE_READONLY"):
+        reason = (
+            f"it is read-only ({exc}); the service must be able to write it: check its"
+            " owner, its mode and the file system"
+        )
+    elif name.startswith("SQLITE_CANTOPEN"):
+        reason = (
+            f"{exc}; the service must be able to read and write it and to create files"
+            f" next to it in {path.parent}"
+        )
+    else:
+        reason = str(exc)
+    return DatabaseOpenError(f"cannot open the database {path}: {reason}")
 
 
 class Database:
@@ -42,16 +80,36 @@ class Database:
 
     @classmethod
     async def open(cls, path: Path, *, migrate: bool = True) -> Database:
-        """Connect, set pragmas outside any transaction, and migrate to the latest schema."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None, timeout=5)
+        """Connect, set pragmas outside any transaction, and migrate to the latest schema.
+
+        The file is checked before anything is written to it: that it is a SQLite file,
+        that this process can write it, and that it is this application's (an empty
+        file, or one with this schema at a version this code knows).
+
+        :raises DatabaseOpenError: naming the file and what is wrong, in one line.
+        """
+        try:
+            _create_private(path)
+            conn = await aiosqlite.connect(path, isolation_level=None, timeout=5)
+        except (OSError, sqlite3.Error) as exc:
+            raise _explain(path, exc) from None
         conn.row_factory = sqlite3.Row
         try:
+            db = cls(conn, path)
+            # Checks first: WAL mode rewrites the header, and a foreign file stays as it was.
+            if migrate:
+                await db.read_sync(_check_ours)
+            await db.read_sync(_check_writable)
             for pragma in PRAGMAS:
                 await conn.execute(pragma)
-            db = cls(conn, path)
+            _tighten_files(path)
             if migrate:
                 await db.migrate()
+        except (OSError, sqlite3.Error, DatabaseOpenError) as exc:
+            await conn.close()
+            if isinstance(exc, DatabaseOpenError):
+                raise DatabaseOpenError(f"cannot open the database {path}: {exc}") from None
+            raise _explain(path, exc) from None
         except BaseException:
             await conn.close()
             raise
@@ -130,3 +188,59 @@ class Database:
                 await self._conn.execute("PRAGMA optimize")
             finally:
                 await self._conn.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create the folder (0700) and an empty database file (0600) if they are missing.
+
+    Made here, not by SQLite, so the file never exists with the process umask's mode.
+    """
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE))
+
+
+def _tighten_files(path: Path) -> None:
+    """The database and its side files lose any group and other bits (links not followed)."""
+    for candidate in (path, *(path.with_name(path.name + s) for s in SIDE_FILES)):
+        try:
+            mode = stat.S_IMODE(candidate.lstat().st_mode)
+            if stat.S_ISREG(candidate.lstat().st_mode) and mode & 0o077:
+                os.chmod(candidate, mode & FILE_MODE, follow_symlinks=False)
+        except OSError:
+            continue
+
+
+def _check_writable(conn: sqlite3.Connection) -> None:
+    """Fail now, not at the first write: rewrite the header's version, then roll back."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        conn.rollback()
+
+
+def _check_ours(conn: sqlite3.Connection) -> None:
+    """Refuse a file this code must not migrate: a newer schema, or another application's."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise DatabaseOpenError(
+            f"its schema version is {version}, newer than this assistant knows"
+            f" ({len(MIGRATIONS)}): it was written by a newer version (upgrade this one) or"
+            " by another application (move it away)"
+        )
+    if version == 0:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name NOT LIKE 'sqlite%' ORDER BY name LIMIT 6"
+            )
+        ]
+        if tables:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise DatabaseOpenError(
+                f"it holds tables of another application ({shown}) and none of the"
+                " assistant's; move it away, or give the assistant its own ASSISTANT_HOME"
+            )

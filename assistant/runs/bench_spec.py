@@ -9,8 +9,11 @@ never a shell line. Arguments beyond these are the admin's (ASSISTANT_BENCH_SERV
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from assistant.errors import CommandError
 from assistant.hoststats import HostStats
@@ -27,6 +30,24 @@ SERVER_KEYS = {
 }
 DTYPES = ("auto", "bfloat16", "float16")
 
+# A benchmark runs on the host network: a url= must not reach the host's link-local
+# neighbours or a cloud provider's metadata service (instance credentials live there).
+LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
+)
+METADATA_NAMES = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "instance-data",
+        "instance-data.ec2.internal",
+    }
+)
+ALLOW_SETTING = "ASSISTANT_BENCH_ALLOW_LINK_LOCAL=true"
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -39,6 +60,58 @@ class ServerConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "args": list(self.args)}
+
+
+def _forbidden(address: str) -> str | None:
+    """What `address` is when the host must not benchmark it, or None when it may."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return f"{ip}, a cloud metadata address"
+    if any(ip in net for net in LINK_LOCAL):
+        return f"{ip}, a link-local address"
+    return None
+
+
+def check_endpoint_host(url: str, *, allow_link_local: bool = False) -> None:
+    """Refuse a url= whose host is, or resolves to, a link-local or metadata address.
+
+    The name is resolved here, once, at validation: a name that does not resolve cannot
+    be checked and is refused too. `allow_link_local` is the admin's setting.
+
+    :raises CommandError: one line saying which address and what would be right.
+    """
+    if allow_link_local:
+        return
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    fix = (
+        "give the serving endpoint's own address (e.g. http://10.0.0.5:8000/v1); an admin"
+        f" who means it sets {ALLOW_SETTING}"
+    )
+    if host in METADATA_NAMES:
+        raise CommandError(f"url refused: {host} is a cloud metadata service, not a server; {fix}")
+    what = _forbidden(host)
+    if what is not None:
+        raise CommandError(
+            f"url refused: it points at {what}, which a benchmark may not reach; {fix}"
+        )
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as exc:
+        raise CommandError(
+            f"url refused: {host} does not resolve here ({exc}), so it cannot be checked;"
+            " give an address, or a name this host resolves"
+        ) from None
+    for info in infos:
+        what = _forbidden(str(info[4][0]))
+        if what is not None:
+            raise CommandError(
+                f"url refused: {host} resolves to {what}, which a benchmark may not reach; {fix}"
+            )
 
 
 def _int(key: str, raw: str, low: int, high: int) -> int:
@@ -72,6 +145,7 @@ def build_bench_spec(
     hardware: str,
     cluster_label: str,
     engine_known: bool,
+    allow_link_local: bool = False,
 ) -> RunSpec:
     """Validate `/run bench serve` words into the job's spec (with, without url=, its server).
 
@@ -103,6 +177,7 @@ def build_bench_spec(
                 f"{', '.join(sorted(host))} configure a server we start; with url= the"
                 " endpoint is already running"
             )
+        check_endpoint_host(str(params["url"]), allow_link_local=allow_link_local)
         gpus = int(run_values.get("gpus", 0))  # the endpoint's GPUs are not ours to hold
     else:
         if not engine_known:

@@ -1,0 +1,113 @@
+"""One service per ASSISTANT_HOME: a second `assistant up` stops at once and harms nothing.
+
+Before, the second one started on the same database and local-channel.json, and when it
+stopped it deleted the first one's endpoint file: the first became unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli_end_to_end import ROOT, cli, env_for
+
+
+def start(home: Path) -> subprocess.Popen[str]:
+    """`assistant up` on `home`, returned once its local channel is listening."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assistant", "up"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**env_for(home), "ASSISTANT_RUNNER": "process", "ASSISTANT_GPUS": "none"},
+    )
+    deadline = time.monotonic() + 30
+    while not (home / "local-channel.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"assistant up did not start: {err}")
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture
+def first(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    home = tmp_path / "home"
+    proc = start(home)
+    try:
+        yield home, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_a_second_service_on_the_same_home_is_refused(
+    first: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    home, proc = first
+    endpoint = home / "local-channel.json"
+    before = json.loads(endpoint.read_text())
+    second = subprocess.Popen(
+        [sys.executable, "-m", "assistant", "up"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**env_for(home), "ASSISTANT_RUNNER": "process", "ASSISTANT_GPUS": "none"},
+    )
+    try:
+        _, err = second.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        second.send_signal(signal.SIGTERM)  # it started: stopping it is the damage shown
+        _, err = second.communicate(timeout=30)
+        pytest.fail(f"a second service started on the same home: {err[-500:]}")
+    assert second.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [
+        f"assistant: another assistant (pid {proc.pid}) is already running with"
+        f" ASSISTANT_HOME={home}; stop it first, or give this one its own ASSISTANT_HOME"
+    ]
+    # The first one is untouched and still answers.
+    assert json.loads(endpoint.read_text()) == before
+    status = cli(home, "send", "/status")
+    assert status.returncode == 0 and "Uptime:" in status.stdout, status.stderr
+
+
+def test_the_home_is_free_again_once_the_first_has_stopped(
+    first: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    home, proc = first
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    again = start(home)  # the lock went with the process; its file may stay
+    try:
+        status = cli(home, "send", "/status")
+        assert status.returncode == 0 and "Uptime:" in status.stdout, status.stderr
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=30)
+    assert again.returncode == 0
+
+
+def test_a_killed_service_leaves_no_stale_lock(
+    first: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    home, proc = first
+    proc.kill()  # no clean-up at all: the kernel drops the lock with the process
+    proc.communicate(timeout=30)
+    (home / "local-channel.json").unlink(missing_ok=True)
+    again = start(home)
+    again.send_signal(signal.SIGTERM)
+    again.communicate(timeout=30)
+    assert again.returncode == 0
