@@ -63,14 +63,14 @@ def prepare_home(home: Path) -> Tightened:
     not_a_folder = HomeError(f"{home} is not a folder; set ASSISTANT_HOME to a folder")
     try:
         home.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
-        info = home.lstat()
+        info = home.stat()  # the configured path: a symlink to the real folder is fine
     except FileExistsError:
         raise not_a_folder from None
     except OSError as exc:
         raise HomeError(f"cannot create {home}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise not_a_folder
-    _tighten(home, info, HOME_MODE, changed)
+    _tighten(home, info, HOME_MODE, changed, follow=True)
     for entry in _entries(home):
         if entry.name in NOT_OURS:
             continue
@@ -100,14 +100,19 @@ def _entries(folder: Path) -> list[Path]:
         return []
 
 
-def _tighten(path: Path, info: os.stat_result, mode: int, changed: Tightened) -> None:
-    """Drop the group and other bits of `path` if it has any (never following a link)."""
+def _tighten(
+    path: Path, info: os.stat_result, mode: int, changed: Tightened, *, follow: bool = False
+) -> None:
+    """Drop the group and other bits of `path` if it has any (not following a link there)."""
     old = stat.S_IMODE(info.st_mode)
     if old & ~mode & 0o777 == 0:
         return
     new = old & mode
     try:
-        os.chmod(path, new, follow_symlinks=False)
+        try:
+            os.chmod(path, new, follow_symlinks=follow)
+        except NotImplementedError:  # no lchmod here; `info` said it is not a link
+            os.chmod(path, new)
     except OSError as exc:
         log.warning("cannot tighten %s (mode %04o): %s", path, old, exc.strerror)
         return

@@ -87,6 +87,20 @@ def test_a_loose_home_from_before_is_tightened_at_start_and_says_so(tmp_path: Pa
     assert "recipes.toml 0644->0600" in err
 
 
+def test_a_home_given_as_a_symlink_is_used_and_its_folder_made_private(tmp_path: Path) -> None:
+    real = tmp_path / "disk" / "assistant"
+    real.mkdir(parents=True)
+    real.chmod(0o755)
+    home = tmp_path / "home"
+    home.symlink_to(real)
+    proc = start(home)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert stat.S_IMODE(real.stat().st_mode) == 0o700
+    assert stat.S_IMODE((real / "assistant.db").stat().st_mode) == 0o600
+
+
 async def test_the_database_is_created_private_even_outside_the_service(tmp_path: Path) -> None:
     path = tmp_path / "fresh" / "assistant.db"
     db = await Database.open(path)

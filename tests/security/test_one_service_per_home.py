@@ -111,3 +111,25 @@ def test_a_killed_service_leaves_no_stale_lock(
     again.send_signal(signal.SIGTERM)
     again.communicate(timeout=30)
     assert again.returncode == 0
+
+
+def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    """The pid is written into the lock file: through a link it would clobber the target."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (home / "assistant.lock").symlink_to(target)
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant", "up"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**env_for(home), "ASSISTANT_RUNNER": "process", "ASSISTANT_GPUS": "none"},
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"assistant: cannot open the lock file {home}/assistant.lock")
+    assert "Traceback" not in result.stderr
+    assert target.read_text() == "keep me"
+    assert not (home / "assistant.db").exists()  # stopped before anything was opened
