@@ -44,7 +44,7 @@ def truncate(text: str, limit: int) -> str:
 # What a reply may quote back of the user's own input: enough to recognise it, never a flood.
 QUOTE_LIMIT = 80
 # Longest line an error reply may carry; longer ones lose their middle.
-ERROR_LINE_LIMIT = 300
+ERROR_LINE_LIMIT = 500
 # Most lines an error reply may carry (the longest usage text has a dozen).
 ERROR_LINES_LIMIT = 40
 
