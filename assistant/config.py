@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     docker_host: str | None = Field(default=None, validation_alias="DOCKER_HOST")
     # image a run's container starts from
     run_image: str = Field(default="assistant-run:latest", validation_alias="ASSISTANT_RUN_IMAGE")
+    # uid (and gid) a run's container runs as when the service runs as root; by default no
+    # login account (above login.defs' UID_MAX); a warning at start if it is a login user's
+    run_uid: int = Field(default=64000, ge=1, le=2**31 - 2, validation_alias="ASSISTANT_RUN_UID")
     # the admin's own recipes (declared jobs); default: ASSISTANT_HOME/recipes.toml
     recipes_file: Path | None = Field(default=None, validation_alias="ASSISTANT_RECIPES_FILE")
     # folders a declared recipe's working directory may lie in (comma-separated); none set:

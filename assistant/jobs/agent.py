@@ -35,7 +35,7 @@ from assistant.jobs.declared_run import (
     OutputFollower,
     build_job,
 )
-from assistant.jobs.lines import LineTail
+from assistant.jobs.lines import LineTail, open_regular
 from assistant.jobs.protocol import (
     CHECKPOINTS,
     EVENTS,
@@ -249,9 +249,10 @@ def _die_with_parent() -> None:
 
 
 def read_tail(path: Path, start: int) -> str:
-    """The last TAIL_BYTES of `path` written after offset `start`."""
+    """The last TAIL_BYTES of `path` written after offset `start` ("" unless a regular file:
+    the recipe may have swapped its log for a link to a file that is not its to show)."""
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             end = f.seek(0, os.SEEK_END)
             f.seek(max(start, end - TAIL_BYTES))
             return f.read().decode(errors="replace")
@@ -317,7 +318,8 @@ def supervise(run_dir: Path) -> int:
     start_offset = events.stat().st_size if events.exists() else 0
     # a result.json from an earlier attempt (e.g. the pause before this resume) would read
     # as this attempt's end to anyone looking before we finish
-    (run_dir / RESULT).unlink(missing_ok=True)
+    with contextlib.suppress(PermissionError):  # the host removes it first in any case
+        (run_dir / RESULT).unlink(missing_ok=True)
     writer = EventWriter(run_dir)
     forwarder = SignalForwarder()
     base: dict[str, Any] = {"run_id": run_dir.name, "recipe": None, "exit_code": None}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,19 +194,30 @@ class OutputFollower:
             return
         kind = str(event.pop("type"))
         event.pop("ts", None)
-        if kind == "checkpoint" and isinstance(event.get("path"), str):
-            event["path"] = self._relative(event["path"])
+        problem = _malformed(kind, event)
+        if problem is None and kind == "checkpoint":
+            relative = self._relative(event["path"])
+            if relative is None:
+                problem = f"checkpoint {event['path']!r} is not inside {self.job.checkpoint_root}"
+            else:
+                event["path"] = relative
+        if problem is not None:
+            self.writer.emit("log", level="warning", message=f"report line ignored: {problem}")
+            return
         self._emit(kind, event)
 
-    def _relative(self, path: str) -> str:
-        """A checkpoint path as the host stores it: relative to the checkpoint root."""
+    def _relative(self, path: str) -> str | None:
+        """A checkpoint path as the host stores it: relative to the checkpoint root, or None
+        for one outside it or reached through a symlink (the host would refuse it)."""
         p = Path(path)
         if p.is_absolute():
             try:
-                return str(p.relative_to(self.job.checkpoint_root))
+                p = p.relative_to(self.job.checkpoint_root)
             except ValueError:
-                return path
-        return path
+                return None
+        if ".." in p.parts or not p.parts:
+            return None
+        return str(p) if _no_link_on_the_way(self.job.checkpoint_root, p) else None
 
     def _emit(self, kind: str, fields: dict[str, Any]) -> None:
         step = fields.get("step")
@@ -229,6 +241,32 @@ class OutputFollower:
         current = self.best.get(name)
         if current is None or (value < current if lower else value > current):
             self.best[name] = value
+
+
+def _malformed(kind: str, event: dict[str, Any]) -> str | None:
+    """What is wrong with a structured report line's shape, in a few words; None if fine."""
+    step = event.get("step")
+    if kind == "progress" and not (isinstance(step, int) and not isinstance(step, bool)):
+        return "progress needs an integer step"
+    if kind == "metric" and not (
+        isinstance(event.get("name"), str) and _is_number(event.get("value"))
+    ):
+        return "a metric needs a text name and a number value"
+    if kind == "checkpoint" and not (isinstance(event.get("path"), str) and event["path"]):
+        return "a checkpoint needs a text path"
+    if step is not None and not (isinstance(step, int) and not isinstance(step, bool)):
+        return "step must be an integer"
+    return None
+
+
+def _no_link_on_the_way(root: Path, rel: Path) -> bool:
+    """No symlink from `root` down to `root/rel`, the file itself included."""
+    path = root
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            return False
+    return True
 
 
 def _numbers(match: re.Match[str]) -> dict[str, float]:
@@ -269,12 +307,16 @@ class CheckpointWatcher:
     def _look(self) -> dict[str, tuple[int, int]]:
         out = {}
         for path in self.root.glob(self.pattern):
+            rel = path.relative_to(self.root)
+            # a link (or a folder link on the way) is not a checkpoint: the host refuses it
+            if ".." in rel.parts or not _no_link_on_the_way(self.root, rel):
+                continue
             try:
-                st = path.stat()
+                st = path.lstat()
             except OSError:
                 continue
-            if path.is_file():
-                out[str(path.relative_to(self.root))] = (st.st_mtime_ns, st.st_size)
+            if stat.S_ISREG(st.st_mode):
+                out[str(rel)] = (st.st_mtime_ns, st.st_size)
         return out
 
     def poll(self, step: int | None, emit: EventWriter, *, final: bool = False) -> None:

@@ -8,13 +8,16 @@ keep the columns aligned there) and charts written to a PNG path.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from assistant.runs import rundir
+from assistant.runs.events import valid_json
+from assistant.runs.report import save_figure
 
 BENCH_DIR = Path("artifacts") / "bench"
 STANDARD_KINDS = ("latency", "serve", "longctx")
@@ -77,27 +80,24 @@ def _ordered(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=profile_order)
 
 
-def _read_result(path: Path) -> dict[str, Any] | None:
-    """One result file; None for anything unreadable, so one bad file costs one profile."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def _read_result(run_dir: Path, rel: str) -> dict[str, Any] | None:
+    """One result file; None for anything unreadable, so one bad file costs one profile.
+
+    Read as untrusted: no symlink followed, no FIFO opened, at most 1 MiB, text made valid.
+    """
+    data = valid_json(rundir.read_json(run_dir, rel))
     return data if isinstance(data, dict) else None
 
 
 def load_results(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Profile name -> result dict from `<run_dir>/artifacts/bench/*.json`, standard first."""
-    directory = run_dir / BENCH_DIR
-    if not directory.is_dir():
-        return {}
     found: dict[str, dict[str, Any]] = {}
-    for path in directory.glob("*.json"):
-        if path.name.endswith(".requests.json") or not path.is_file():
+    for name in rundir.names(run_dir, BENCH_DIR.as_posix(), limit=200):
+        if not name.endswith(".json") or name.endswith(".requests.json"):
             continue
-        result = _read_result(path)
+        result = _read_result(run_dir, f"{BENCH_DIR.as_posix()}/{name}")
         if result is not None:
-            found[path.stem] = result
+            found[name[: -len(".json")]] = result
     return {name: found[name] for name in _ordered(found)}
 
 
@@ -254,10 +254,7 @@ def profile_chart(results: Results, out: Path, title: str) -> Path | None:
     axes[0][0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 # -------------------------------------------------------------------------- against a baseline
@@ -453,7 +450,4 @@ def compare_chart(runs: Sequence[RunEntry], out: Path) -> Path | None:
     for index in range(len(profiles), rows * cols):
         axes[index // cols][index % cols].set_visible(False)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -17,7 +17,7 @@ import re
 import secrets
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from docker.types import DeviceRequest, LogConfig
 
 import assistant
 from assistant.errors import ConfigError, RunStartError, StateError
+from assistant.jobs.protocol import CONTROL, SPEC
+from assistant.runs import rundir
 from assistant.runs.runner import (
     ExitInfo,
     LaunchRequest,
@@ -51,8 +53,9 @@ MANAGED_LABEL = "assistant.managed"
 INSTANCE_LABEL = "assistant.instance"
 RUN_ID_LABEL = "assistant.run_id"
 RECIPE_LABEL = "assistant.recipe"
-# The uid:gid runs get when the orchestrator runs as root: the image's `runner` user.
-CONTAINER_USER = (1000, 1000)
+# The uid (and gid) runs get when the orchestrator runs as root: no login account of the
+# host (above login.defs' UID_MAX of 60000, below `nobody`); ASSISTANT_RUN_UID changes it.
+DEFAULT_RUN_UID = 64000
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "build-images.sh"
 
 _SCHEMES = ("unix", "tcp", "ssh")
@@ -200,10 +203,12 @@ class DockerRunner(Runner):
         tmp_size: str = "512m",
         timeout_s: float = 60,
         instance: str = "default",
+        run_uid: int = DEFAULT_RUN_UID,
     ) -> None:
         self.host = parse_docker_host(base_url or DEFAULT_DOCKER_HOST)
         self.image = image
         self.instance = instance
+        self.run_uid = run_uid
         self.run_mount = run_mount
         self.gpu_count = gpu_count
         self._tls_cert_dir = tls_cert_dir
@@ -296,21 +301,28 @@ class DockerRunner(Runner):
         return RunHandle(runner="docker", ref=str(container.id), run_id=request.run_id)
 
     def _prepare_run_dir(self, run_dir: Path) -> str:
-        """The uid:gid the run gets; as root, hand the run dir to it so the run can write.
+        """The uid:gid the run gets; as root, let it write its run dir but not our files.
 
-        A remote engine mounts its own host's path: there the run dir must already be
-        writable by uid 1000, the image's user.
+        The run dir stays root's (sticky, group-writable for the run's gid): spec.json and
+        control.json cannot be written, renamed or removed by the run; what the host made
+        for it to write (checkpoints/, artifacts/, secrets) is the run uid's. A remote
+        engine mounts its own host's path: there the run dir must already be writable by
+        the run uid.
 
         :raises RunStartError: a local engine and no such dir.
         """
+        user = f"{self.run_uid}:{self.run_uid}"
         if self.host.scheme != "unix":
-            return "{}:{}".format(*CONTAINER_USER)
-        if not run_dir.is_dir():
+            return user
+        if not run_dir.is_dir() or run_dir.is_symlink():
             raise RunStartError(f"run dir {run_dir} does not exist; the host writes it first")
         if os.geteuid() != 0:
             return f"{os.getuid()}:{os.getgid()}"
-        _chown_tree(run_dir, *CONTAINER_USER)
-        return "{}:{}".format(*CONTAINER_USER)
+        try:
+            rundir.hand_over(run_dir, self.run_uid, self.run_uid, keep=(SPEC, CONTROL))
+        except OSError as exc:
+            raise RunStartError(f"could not prepare run dir {run_dir}: {exc}") from None
+        return user
 
     def _container_kwargs(self, request: LaunchRequest, user: str) -> dict[str, Any]:
         """Everything `containers.create` gets besides the image; see the module docstring."""
@@ -493,17 +505,6 @@ def _container_name(run_id: str) -> str:
     """A readable, unique name: a resumed run gets a new container beside the old one."""
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", run_id).strip("-.") or "run"
     return f"assistant-{safe[:40]}-{secrets.token_hex(3)}"
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    def walk() -> Iterator[Path]:
-        yield root
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in (*dirnames, *filenames):
-                yield Path(dirpath, name)
-
-    for path in walk():
-        os.chown(path, uid, gid, follow_symlinks=False)
 
 
 def _remove_quietly(container: Container) -> None:

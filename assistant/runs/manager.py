@@ -11,6 +11,7 @@ inventory are free, in the order asked. The chain of a run:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from assistant.jobs.declared import DeclaredRecipe, from_json, to_json
 from assistant.jobs.recipes import RECIPES
 from assistant.observability import EventLog, traced
 from assistant.recipes_file import check_workdir
+from assistant.runs import rundir
 from assistant.runs.catalog import RecipeCatalog
 from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.runner import LaunchRequest, Mount, RunHandle, Runner
@@ -176,7 +178,8 @@ class RunManager:
             raise StateError(f"run {run.id} is already {run.state}")
         if run.state not in LIVE or run.handle is None or run.runner is None:
             raise StateError(f"run {run.id} is {run.state}; only a running run can {action}")
-        (self.run_dir(run.id) / protocol.CONTROL).write_text(json.dumps({"action": action}))
+        # The run may have left a link under that name: replaced, never followed.
+        rundir.write_file(self.run_dir(run.id), protocol.CONTROL, _json({"action": action}))
         state = "pausing" if action == "pause" else "stopping"
         await self.repo.set_state(run.id, state, self._now(), f"{action} asked")
         handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
@@ -208,7 +211,8 @@ class RunManager:
         action = self.event_log.log_action(
             triggered_by, "run_resumed", target=run.id, content={"from": run.checkpoint}
         )
-        (self.run_dir(run.id) / protocol.CONTROL).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a run dir gone since: the start says so
+            rundir.unlink(self.run_dir(run.id), protocol.CONTROL)
         await self.repo.set_state(
             run.id,
             "queued",
@@ -450,12 +454,7 @@ class RunManager:
             extra["params"] = {**run.params, "url": url}
         prepare_run_dir(run_dir, run, resume_from, extra)
         if secrets:
-            folder = run_dir / SECRETS_DIR
-            folder.mkdir(mode=0o700, exist_ok=True)
-            for name, value in secrets.items():
-                fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(value)
+            write_secrets(run_dir, secrets)
         return LaunchRequest(
             run_id=run.id,
             recipe=run.recipe,
@@ -519,16 +518,50 @@ def fresh_server(server: dict[str, Any]) -> dict[str, Any]:
     return {**server, "ref": None, "port": None}
 
 
+def write_secrets(run_dir: Path, secrets: dict[str, bytes]) -> None:
+    """Each value in its own new file under the run dir's secrets folder, mode 0400.
+
+    The folder is made afresh (whatever a paused run left under its name is removed, not
+    followed), and each file is created with O_EXCL | O_NOFOLLOW in it: a secret is never
+    written through a link the run planted.
+    """
+    shutil.rmtree(run_dir / SECRETS_DIR, ignore_errors=True)  # fd-based: follows no link
+    rundir.unlink(run_dir, SECRETS_DIR)  # a link or file under that name
+    rundir.make_dir(run_dir, SECRETS_DIR, 0o700)
+    with rundir.directory(run_dir, SECRETS_DIR) as folder:
+        for name, value in secrets.items():
+            fd = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o400,
+                dir_fd=folder,
+            )
+            with os.fdopen(fd, "wb") as out:
+                out.write(value)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, indent=2).encode()
+
+
 def prepare_run_dir(
     run_dir: Path, run: RunRecord, resume_from: str | None, extra: dict[str, Any] | None = None
 ) -> None:
-    """spec.json and the folders; a fresh start clears what a failed start may have left."""
-    if resume_from is None and run_dir.exists():
-        shutil.rmtree(run_dir)
+    """spec.json and the folders; a fresh start clears what a failed start may have left.
+
+    On a resume the run dir holds what the run wrote: nothing in it is followed, and the
+    host's own files are replaced, not written through.
+    """
+    if resume_from is None and (run_dir.exists() or run_dir.is_symlink()):
+        if run_dir.is_symlink() or not run_dir.is_dir():
+            run_dir.unlink()
+        else:
+            shutil.rmtree(run_dir)  # fd-based on Linux: it follows no link inside
+    run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (protocol.RESULT, protocol.CONTROL):  # from the paused part of the run
-        (run_dir / stale).unlink(missing_ok=True)
-    for sub in ("", protocol.CHECKPOINTS, protocol.ARTIFACTS):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        rundir.unlink(run_dir, stale)
+    for sub in (protocol.CHECKPOINTS, protocol.ARTIFACTS):
+        rundir.make_dir(run_dir, sub, replace=True)
     spec = {
         "run_id": run.id,
         "recipe": run.recipe,
@@ -538,4 +571,4 @@ def prepare_run_dir(
         "heartbeat_s": 5,
         **(extra or {}),
     }
-    (run_dir / protocol.SPEC).write_text(json.dumps(spec, indent=2))
+    rundir.write_file(run_dir, protocol.SPEC, _json(spec))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import shutil
 import time
@@ -24,19 +23,34 @@ from assistant.errors import RunStartError
 from assistant.jobs import protocol
 from assistant.jobs.declared import from_json
 from assistant.jobs.recipes import RECIPES, lower_is_better
+from assistant.runs import rundir
 from assistant.runs.bench_outcome import bench_report, engine_metrics
+from assistant.runs.events import read_new, valid_json
 from assistant.runs.manager import SECRETS_DIR, RunManager
 from assistant.runs.report import eta, plot, read_events, summary_text
 from assistant.runs.runner import ExitInfo, RunHandle
+from assistant.text import valid_text
 from commands.registry import Reply
 from storage.runs import LIVE, Progress, RunRecord
 from storage.timestamps import from_iso, to_iso
 
 log = logging.getLogger(__name__)
 
-MAX_READ = 4 * 1024 * 1024  # bytes per run per pass: a flood cannot starve other runs
 ENGINE_READ_S = 5.0  # how often a benchmark server's statistics are read from its log
 NOTABLE = ("started", "checkpoint", "error", "result")
+SKIP_AFTER = 3  # passes failing at the same offset before its lines are skipped
+
+
+@dataclass
+class Trouble:
+    """What went wrong following one run: counted, told to its chat once, and shown at its end."""
+
+    skipped: int = 0  # event lines left out (unreadable, wrong shape, unsafe checkpoint)
+    first: str | None = None  # the first reason, for the report
+    told: bool = False  # its chat has been told once
+    failures: int = 0  # passes in a row that failed for this run
+    failed_at: int | None = None  # the offset those passes started from
+    problem: str | None = None  # events.jsonl itself unreadable (told once, not each pass)
 
 
 @dataclass
@@ -82,6 +96,9 @@ class RunMonitor:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.events_absorbed = 0
+        self.trouble: dict[str, Trouble] = {}
+        self.lines_skipped = 0  # over all runs, since start (for /status and /debug)
+        self.pass_failures = 0  # runs whose pass failed, since start
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -137,15 +154,72 @@ class RunMonitor:
     # ---- one pass ----------------------------------------------------------------------
 
     async def poll(self) -> None:
-        """One pass over every live run."""
+        """One pass over every live run; one run's failure is that run's alone."""
         for run in await self.manager.repo.in_states(LIVE):
-            await self.follow(run)
+            try:
+                await self.follow(run)
+            except Exception as exc:
+                await self._follow_failed(run, exc)
+            else:
+                trouble = self.trouble.get(run.id)
+                if trouble is not None:
+                    trouble.failures, trouble.failed_at = 0, None
+
+    async def _follow_failed(self, run: RunRecord, exc: Exception) -> None:
+        """Log it, tell the run's chat once, and past SKIP_AFTER tries skip what it read.
+
+        Without the skip, lines that make every pass fail would hold the run in place for
+        good, and again after a restart (the offset is stored only by a pass that ends).
+        """
+        self.pass_failures += 1
+        log.exception("following run %s failed", run.id)
+        trouble = self.trouble.setdefault(run.id, Trouble())
+        if trouble.failed_at != run.events_offset:
+            trouble.failures, trouble.failed_at = 0, run.events_offset
+        trouble.failures += 1
+        why = f"{type(exc).__name__}: {valid_text(str(exc))[:200]}"
+        if trouble.failures < SKIP_AFTER:
+            return
+        with contextlib.suppress(Exception):
+            batch = read_new(self.manager.run_dir(run.id), run.events_offset)
+            if batch.offset != run.events_offset:
+                await self.manager.repo.update(run.id, events_offset=batch.offset)
+                count = len(batch.events) + len(batch.skipped)
+                await self._skipped(run, [f"{count} line(s) made following it fail ({why})"])
+                trouble.failures, trouble.failed_at = 0, None
+
+    async def _skipped(self, run: RunRecord, reasons: list[str]) -> None:
+        """Lines of a run left out: logged, counted, in the event chain; its chat told once."""
+        m = self.manager
+        trouble = self.trouble.setdefault(run.id, Trouble())
+        trouble.skipped += len(reasons)
+        self.lines_skipped += len(reasons)
+        trouble.first = trouble.first or reasons[0]
+        for reason in reasons[:5]:
+            log.warning("run %s: skipped in %s: %s", run.id, protocol.EVENTS, reason)
+        event = m.event_log.log_event(
+            "run",
+            run.id,
+            summary=f"run {run.id}: {len(reasons)} event line(s) skipped: {reasons[0][:150]}",
+            content={"skipped": reasons[:20]},
+            caused_by=run.launch_action,
+        )
+        if not trouble.told:
+            trouble.told = True
+            await m.notify(
+                run.chat_id,
+                f"Run {run.id} ({run.recipe}): a line of its {protocol.EVENTS} was skipped"
+                f" ({reasons[0][:200]}). The run goes on; further skipped lines are counted"
+                " in its report.",
+                event,
+            )
 
     async def follow(self, run: RunRecord) -> None:
         m = self.manager
         run_dir = m.run_dir(run.id)
-        events, offset = read_new(run_dir / protocol.EVENTS, run.events_offset)
-        progress = Progress(offset=offset)
+        batch = read_new(run_dir, run.events_offset)
+        events = batch.events
+        progress = Progress(offset=batch.offset)
         live = self.live.setdefault(run.id, Live())
         now = to_iso(m.clock.now())
         result: dict[str, Any] | None = None
@@ -154,6 +228,11 @@ class RunMonitor:
         for event in events:
             kind = event.get("type")
             self.events_absorbed += 1
+            if kind == "checkpoint":
+                problem = self._checkpoint_problem(run, event.get("path"))
+                if problem is not None:
+                    batch.skipped.append(f"checkpoint {event.get('path')!r} ignored: {problem}")
+                    continue
             step = event.get("step")
             if isinstance(step, int):
                 progress.step = step
@@ -195,6 +274,13 @@ class RunMonitor:
                     content=event,
                     caused_by=run.launch_action,
                 )
+        if batch.skipped:
+            await self._skipped(run, batch.skipped)
+        if batch.problem is not None:
+            trouble = self.trouble.setdefault(run.id, Trouble())
+            if trouble.problem != batch.problem:
+                trouble.problem = batch.problem
+                await self._skipped(run, [batch.problem])
         engine = await self._engine_stats(run, live)
         if engine:
             progress.metrics.update(engine)
@@ -205,6 +291,16 @@ class RunMonitor:
         if events and result is None and error is None:
             return  # it just wrote: alive, and not stalled; the engine need not be asked
         await self._check_end(run, result, error)
+
+    def _checkpoint_problem(self, run: RunRecord, path: object) -> str | None:
+        """Why a checkpoint a run names is not taken: a symlink, outside, not a file."""
+        root = self.manager.run_dir(run.id)
+        if run.definition is not None:
+            declared = from_json(run.definition)
+            resume = declared.resume
+            if resume is not None and resume.location == "workdir" and declared.workdir:
+                root = Path(declared.workdir)
+        return rundir.checkpoint_problem(root, path)
 
     async def _engine_stats(self, run: RunRecord, live: Live) -> dict[str, float]:
         """A benchmark server's own statistics from its log, every ENGINE_READ_S."""
@@ -247,8 +343,8 @@ class RunMonitor:
             await self._check_stall(run)
             return
         # Over: late lines first (the agent writes its last events just before exiting).
-        events, _ = read_new(m.run_dir(run.id) / protocol.EVENTS, run.events_offset)
-        if events:
+        late = read_new(m.run_dir(run.id), run.events_offset)
+        if late.offset != run.events_offset:
             await self.follow(run)
             return
         final, cause = settle(run, m.run_dir(run.id), state.exit, result, error)
@@ -332,6 +428,9 @@ class RunMonitor:
             await m.notify(run.chat_id, reply, event)
             return
         text = summary_text(report_run, cause, run_dir)
+        trouble = self.trouble.pop(run.id, None)
+        if trouble is not None and trouble.skipped:
+            text += f"\nSkipped event lines: {trouble.skipped} (first: {trouble.first})"
         images: tuple[Path, ...] = ()
         try:
             picture = await asyncio.to_thread(
@@ -344,31 +443,6 @@ class RunMonitor:
         await m.notify(run.chat_id, Reply(text, images), event)
 
 
-def read_new(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Complete lines after `offset`, and the offset after the last complete one."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(MAX_READ)
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    events = []
-    for line in data[: end + 1].split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            log.warning("unreadable event line in %s", path)
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events, offset + end + 1
-
-
 def settle(
     run: RunRecord,
     run_dir: Path,
@@ -378,10 +452,8 @@ def settle(
 ) -> tuple[str, str | None]:
     """The final state of a run whose process is gone, and the cause if it failed."""
     if result is None:
-        try:
-            result = json.loads((run_dir / protocol.RESULT).read_text())
-        except (OSError, ValueError):
-            result = None
+        found = valid_json(rundir.read_json(run_dir, protocol.RESULT))
+        result = found if isinstance(found, dict) else None
     code = exit_info.exit_code if exit_info else None
     if run.state in ("stopping", "pausing") and result is None and code in (-15, 143, -9, 137):
         # Asked to stop and ended by the signal itself: it had no checkpoint to write yet.
@@ -408,8 +480,9 @@ def settle(
 def _cause(error: object, code: int | None) -> str:
     if isinstance(error, dict):
         kind = error.get("kind")
-        message = str(error.get("message", "")).strip()
-        trace = error.get("traceback") or []
+        message = valid_text(str(error.get("message", "")))[:2000].strip()
+        trace = error.get("traceback")
+        trace = [valid_text(str(x))[:300] for x in trace] if isinstance(trace, list) else []
         if kind == "oom":
             return f"out of memory: {message}" if message else "out of memory"
         text = message or f"exit code {code}"

@@ -18,6 +18,7 @@ import psutil
 
 import assistant
 from assistant.errors import RunStartError
+from assistant.runs import rundir
 from assistant.runs.runner import (
     ExitInfo,
     LaunchRequest,
@@ -56,7 +57,10 @@ class ProcessRunner(Runner):
             "HOME": str(request.run_dir),
         }
         argv = [self._python, "-m", "assistant.jobs.agent", str(request.run_dir)]
-        log = os.open(request.run_dir / AGENT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            log = rundir.open_append(request.run_dir, AGENT_LOG)
+        except OSError as exc:
+            raise RunStartError(f"could not open the run's {AGENT_LOG}: {exc}") from None
         try:
             # posix_spawn, not Popen: the agent must outlive us without a Popen object
             # complaining at exit; we reap it ourselves while we live.
@@ -76,7 +80,7 @@ class ProcessRunner(Runner):
         finally:
             os.close(log)
         self._children.add(str(pid))
-        (request.run_dir / PID_FILE).write_text(str(pid))
+        rundir.write_file(request.run_dir, PID_FILE, str(pid).encode())
         return RunHandle("process", str(pid), request.run_id)
 
     def _reap(self, ref: str) -> int | None:
@@ -139,9 +143,17 @@ class ProcessRunner(Runner):
         self._reap(handle.ref)
 
     async def find_active(self) -> list[RunHandle]:
-        found = []
-        for pid_file in sorted(self._runs_dir.glob(f"*/{PID_FILE}")):
-            handle = RunHandle("process", pid_file.read_text().strip(), pid_file.parent.name)
+        found: list[RunHandle] = []
+        try:
+            run_ids = sorted(os.listdir(self._runs_dir))
+        except OSError:
+            return found
+        for run_id in run_ids:
+            try:  # written by us, in a folder the run can write: read as untrusted
+                pid = rundir.read_bytes(self._runs_dir / run_id, PID_FILE, limit=32)
+            except OSError:
+                continue
+            handle = RunHandle("process", pid.decode("ascii", "replace").strip(), run_id)
             if self._matches(handle) is not None:
                 found.append(handle)
         return found

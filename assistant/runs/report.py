@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import io
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -10,38 +10,46 @@ from typing import Any
 
 from assistant.durations import format_duration
 from assistant.jobs import protocol
+from assistant.runs import rundir
+from assistant.runs.events import parse_line
+from assistant.text import decoded
 from storage.runs import RunRecord
 from storage.timestamps import from_iso
 
 LOG_TAIL = 15
+EVENTS_FOR_PLOT = 32 * 1024 * 1024  # bytes of events.jsonl read for the report's plot
+TAIL_BYTES = 64 * 1024  # of a log, for its last lines
 
 
-def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete event line of a run (a torn last line is left out)."""
+def read_events(run_dir: Path, limit: int = EVENTS_FOR_PLOT) -> list[dict[str, Any]]:
+    """The run's complete, well-formed event lines (its first `limit` bytes; a torn last
+    line and unusable lines are left out; a symlink or FIFO in its place reads as none)."""
     try:
-        data = (run_dir / protocol.EVENTS).read_bytes()
-    except FileNotFoundError:
+        data = rundir.read_bytes(run_dir, protocol.EVENTS, limit=limit)
+    except OSError:
         return []
     events = []
-    for line in data.split(b"\n"):
+    for line in data[: data.rfind(b"\n") + 1].split(b"\n"):
         if line.strip():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
+            event = parse_line(line)
+            if isinstance(event, dict):
+                events.append(event)
     return events
 
 
 def log_tail(run_dir: Path, n: int = LOG_TAIL) -> list[str]:
-    """The run's last output lines; the agent's own log when the run printed nothing."""
+    """The run's last output lines; the agent's own log when the run printed nothing.
+
+    A log that is a symlink, FIFO or device is not read: its place says so instead.
+    """
     for name in (protocol.STDOUT, "agent.log"):
         try:
-            with open(run_dir / name, "rb") as fh:
-                fh.seek(0, 2)
-                fh.seek(max(0, fh.tell() - 64 * 1024))
-                lines = fh.read().decode("utf-8", "replace").splitlines()
+            data = rundir.read_tail(run_dir, name, limit=TAIL_BYTES)
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            return [f"({name} not read: {exc.strerror or exc})"]
+        lines = decoded(data).splitlines()
         if lines:
             return lines[-n:]
     return []
@@ -85,10 +93,20 @@ def plot(run: RunRecord, events: list[dict[str, Any]], out: Path) -> Path | None
         ax.legend()
     axes[0][0].set_title(f"run {run.id} · {run.recipe}")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Any, out: Path) -> Path:
+    """A figure as PNG at `<run dir>/<folder>/<name>`, replacing, never following, a link."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    rundir.make_dir(out.parents[1], out.parent.name)
+    return rundir.write_beside(out, buffer.getvalue())
 
 
 def number(value: object) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 from assistant.config import Settings
 from assistant.errors import ConfigError
@@ -26,8 +27,15 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
     # One assistant per ASSISTANT_HOME: its containers carry that home's fingerprint.
     instance = hashlib.sha256(str(settings.assistant_home.resolve()).encode()).hexdigest()[:12]
     runner = DockerRunner(
-        settings.docker_host, image=settings.run_image, gpu_count=gpu_count, instance=instance
+        settings.docker_host,
+        image=settings.run_image,
+        gpu_count=gpu_count,
+        instance=instance,
+        run_uid=settings.run_uid,
     )
+    warning = login_account(settings.run_uid)
+    if warning:
+        log.warning(warning)
     try:
         await runner.connect()
         return runner
@@ -36,6 +44,33 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
             raise ConfigError(f"ASSISTANT_RUNNER=docker but no engine answers: {exc}") from None
         log.info("no Docker engine (%s): runs use local processes", exc)
         return ProcessRunner(settings.runs_dir)
+
+
+NO_LOGIN_SHELLS = ("nologin", "false", "sync", "halt", "shutdown")
+
+
+def login_account(uid: int, passwd: Path = Path("/etc/passwd")) -> str | None:
+    """A warning when the run uid is a login account of this host, else None.
+
+    Whoever logs in as that user owns what runs write (their run dirs' checkpoints and
+    logs) and could plant links there: runs need a uid nobody uses.
+    """
+    try:
+        lines = passwd.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) < 7 or fields[2] != str(uid):
+            continue
+        shell = fields[6].strip() or "/bin/sh"  # empty: login(1) gives /bin/sh
+        if shell.rsplit("/", 1)[-1] not in NO_LOGIN_SHELLS:
+            return (
+                f"ASSISTANT_RUN_UID={uid} is the login account {fields[0]!r} ({shell}) on this"
+                " host: that user can read and change what runs write. Set ASSISTANT_RUN_UID"
+                " to a uid no account uses (the default is 64000)."
+            )
+    return None
 
 
 def gpu_inventory(settings: Settings, host: HostStats) -> list[int]:

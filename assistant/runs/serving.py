@@ -19,7 +19,9 @@ import docker.errors
 from docker.types import DeviceRequest, LogConfig
 
 from assistant.errors import RunStartError
+from assistant.runs import rundir
 from assistant.runs.docker_runner import INSTANCE_LABEL, DockerRunner
+from assistant.text import decoded
 
 SERVER_OF_LABEL = "assistant.server_of"
 HF_MOUNT = "/root/.cache/huggingface"
@@ -103,7 +105,7 @@ class Servers:
                 )
             except docker.errors.NotFound:
                 return ""
-            return bytes(data).decode(errors="replace")
+            return decoded(bytes(data))
 
         text: str = await self.runner.engine_call(read)
         return text
@@ -139,5 +141,7 @@ class Servers:
 
 
 def _save(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    """The server's log into the run's artifacts/, which the run can write: a link the run
+    left under that name is replaced, never followed."""
+    rundir.make_dir(path.parents[1], path.parent.name)
+    rundir.write_beside(path, text.encode("utf-8", "replace"))

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from assistant.jobs import protocol
-from assistant.runs.monitor import read_new, settle
+from assistant.runs.events import EventBatch, read_new
+from assistant.runs.monitor import settle
 from assistant.runs.runner import ExitInfo
 from storage.runs import RunRecord
 
@@ -50,18 +51,18 @@ def record(**changes: object) -> RunRecord:
 def test_only_complete_lines_are_read_and_the_offset_follows(tmp_path: Path) -> None:
     path = tmp_path / protocol.EVENTS
     path.write_bytes(b'{"type":"started","step":0}\n{"type":"progress","step":1}\n{"type":"prog')
-    events, offset = read_new(path, 0)
-    assert [e["type"] for e in events] == ["started", "progress"]
+    first = read_new(tmp_path, 0)
+    assert [e["type"] for e in first.events] == ["started", "progress"]
     with open(path, "ab") as fh:
         fh.write(b'ress","step":2}\n')
-    more, offset2 = read_new(path, offset)
-    assert [e["step"] for e in more] == [2]
-    assert offset2 == path.stat().st_size
-    assert read_new(path, offset2) == ([], offset2)
+    more = read_new(tmp_path, first.offset)
+    assert [e["step"] for e in more.events] == [2]
+    assert more.offset == path.stat().st_size
+    assert read_new(tmp_path, more.offset) == EventBatch([], more.offset)
 
 
 def test_a_missing_file_reads_nothing(tmp_path: Path) -> None:
-    assert read_new(tmp_path / "nope.jsonl", 0) == ([], 0)
+    assert read_new(tmp_path, 0) == EventBatch([], 0)
 
 
 def test_settle_prefers_the_engines_oom_verdict(tmp_path: Path) -> None:
