@@ -6,6 +6,7 @@ A channel delivers incoming messages to an `Inbox` and sends what it is given. O
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Protocol
 
 from assistant.text import valid_text
 from storage.timestamps import utc_now
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Channel(ABC):
     prefix: str = ""  # chat id namespace, e.g. "tg"
     # True where edit_text changes a message in place (live run progress uses it)
     supports_edit: bool = False
+    # Incoming items that could not be read and were skipped (see note_skipped)
+    skipped: int = 0
 
     @property
     def is_connected(self) -> bool:
@@ -81,6 +86,15 @@ class Channel(ABC):
     async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
         """Edit in place where the platform allows; otherwise send anew."""
         return await self.send_text(chat_id, text)
+
+    def note_skipped(self, what: str, reason: str) -> None:
+        """Count and log an incoming item that cannot be read; the channel carries on.
+
+        One malformed update, event or frame must never stop the loop that reads the
+        ones after it.
+        """
+        self.skipped += 1
+        log.warning("%s: %s could not be read and was skipped (%s)", self.name, what, reason)
 
     def owns(self, chat_id: str) -> bool:
         return chat_id.startswith(self.prefix + ":")

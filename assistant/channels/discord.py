@@ -104,7 +104,7 @@ class DiscordChannel(Channel):
         """
         self._inbox = inbox
         client = self._client = _Client(
-            self._api_url, self._gateway_url, self._ready.set, self._on_message
+            self._api_url, self._gateway_url, self._ready.set, self._on_message, self.note_skipped
         )
         try:
             await client.login(self._token)
@@ -163,7 +163,11 @@ class DiscordChannel(Channel):
         if not _remember(self._seen, message.id):
             log.debug("discord: message %s delivered again, dropped", message.id)
             return
-        incoming = self._incoming(message, me.id)
+        try:
+            incoming = self._incoming(message, me.id)
+        except Exception as exc:  # a field discord.py let through with the wrong type
+            self.note_skipped(f"message {message.id}", f"{type(exc).__name__}: {exc}")
+            return
         if not incoming.text:
             return  # a bare mention, or content withheld (no Message Content intent)
         # discord.py runs each event in its own task: keep a chat's messages in order
@@ -348,8 +352,10 @@ class _Client(discord.Client):
         gateway_url: str | None,
         on_ready: Callable[[], None],
         on_message: Callable[[discord.Message], Awaitable[None]],
+        on_unreadable: Callable[[str, str], None],
     ) -> None:
         self._redirect = (api_url, gateway_url)  # read by _get_state during __init__
+        self._unreadable = on_unreadable  # likewise
         self._ready_callback = on_ready
         self._message_callback = on_message
         intents = discord.Intents.default()
@@ -368,7 +374,12 @@ class _Client(discord.Client):
         api_url, gateway_url = self._redirect
         if api_url is not None or gateway_url is not None:
             self.http = _RedirectedHTTP(self.http, api_url, gateway_url)
-        return super()._get_state(**options)
+        state = super()._get_state(**options)
+        # discord.py calls these parsers bare: one event it cannot parse (a field missing
+        # or of the wrong type) would end the gateway connection for good. Skip it instead.
+        for event, parse in list(state.parsers.items()):
+            state.parsers[event] = _skipping(event, parse, self._unreadable)
+        return state
 
     async def on_connect(self) -> None:
         # READY was received; on_ready would come only after guild_ready_timeout (2 s) more.
@@ -376,6 +387,18 @@ class _Client(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self._message_callback(message)
+
+
+def _skipping(
+    event: str, parse: Callable[[Any], None], unreadable: Callable[[str, str], None]
+) -> Callable[[Any], None]:
+    def parse_or_skip(data: Any) -> None:
+        try:
+            parse(data)
+        except Exception as exc:
+            unreadable(f"a {event} event", f"{type(exc).__name__}: {exc}")
+
+    return parse_or_skip
 
 
 class _RedirectedHTTP(HTTPClient):

@@ -195,7 +195,7 @@ class SlackChannel(Channel):
             except ValueError:
                 data = None
             if not isinstance(data, dict):
-                log.warning("slack: ignored a socket message that is not a JSON object")
+                self.note_skipped("a socket message", "not a JSON object")
                 continue
             envelope_id = data.get("envelope_id")
             if envelope_id:
@@ -215,11 +215,20 @@ class SlackChannel(Channel):
         """Hand events to the inbox one at a time, in the order Slack sent them."""
         while True:
             payload = await self._events.get()
+            event = payload.get("event")
+            if not isinstance(event, dict):
+                self.note_skipped("an event", f"the event is {type(event).__name__}, not an object")
+                continue
             try:
-                message = await self._incoming(payload.get("event") or {})
+                message = await self._incoming(event)
+            except Exception as exc:  # fields of the wrong type
+                self.note_skipped("an event", f"{type(exc).__name__}: {exc}")
+                continue
+            try:
                 if message is not None and self._inbox is not None:
                     await self._inbox.deliver(message)
             except Exception:
+                self.skipped += 1
                 log.exception("slack: could not handle an event")
 
     async def _incoming(self, event: JsonDict) -> IncomingMessage | None:

@@ -25,7 +25,7 @@ from typing import TypeVar
 from telegram import Bot, InputFile, Message, Update
 from telegram import error as tg
 from telegram.constants import ChatType, ParseMode
-from telegram.warnings import PTBDeprecationWarning
+from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
 from assistant.background import cancel
 from assistant.channels.base import Channel, Inbox, IncomingMessage
@@ -171,28 +171,67 @@ class TelegramChannel(Channel):
             except tg.TelegramError as exc:  # NetworkError, TimedOut, 5xx
                 if self._connected:
                     log.warning("telegram: connection lost (%s); retrying", self._scrub(exc))
-            except Exception:
-                log.exception("telegram: polling failed; retrying")
+            except Exception as exc:  # PTB could not parse an update in the batch
+                try:
+                    await self._handle_raw(inbox, exc)
+                    continue
+                except Exception:
+                    log.exception("telegram: polling failed; retrying")
             self._connected = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff_s)
+
+    async def _handle_raw(self, inbox: Inbox, cause: Exception) -> None:
+        """Fetch the batch PTB could not parse as plain JSON and take it one update at a
+        time: the readable ones are handled, an unreadable one is skipped and counted.
+
+        Without this, one malformed update would fail every poll after it, for good.
+        """
+        with warnings.catch_warnings():  # "use Bot.get_updates": it is what failed
+            warnings.simplefilter("ignore", PTBUserWarning)
+            raw = await self._bot.do_api_request(
+                "getUpdates",
+                api_kwargs={"offset": self._offset, "timeout": 0, "allowed_updates": ["message"]},
+            )
+        if not isinstance(raw, list):
+            raise ValueError(f"getUpdates answered {type(raw).__name__}, not a list") from cause
+        for item in raw:
+            update_id = item.get("update_id") if isinstance(item, dict) else None
+            if not isinstance(update_id, int) or isinstance(update_id, bool):
+                self.note_skipped("an update without an update_id", type(cause).__name__)
+                continue
+            try:
+                update = Update.de_json(item, self._bot)
+            except Exception as exc:
+                self.note_skipped(f"update {update_id}", f"{type(exc).__name__}: {exc}")
+                await self._advance(update_id)
+                continue
+            await self._handle(inbox, update)
+
+    async def _advance(self, update_id: int) -> None:
+        self._recent.append(update_id)
+        # Not max(): after a week without updates Telegram restarts ids at a random value.
+        self._offset = update_id + 1
+        await self._kv.set(OFFSET_KEY, str(self._offset))
 
     async def _handle(self, inbox: Inbox, update: Update) -> None:
         """Deliver one update, then store the offset past it (never before: no skips)."""
         if update.update_id in self._recent:
             log.debug("telegram: update %d was handled before; skipped", update.update_id)
             return
+        # One update that cannot be read or handled must not block every later one.
         try:
             message = self._incoming(update)
-            if message is not None:
+        except Exception as exc:  # fields of a shape PTB let through (text not a string)
+            self.note_skipped(f"update {update.update_id}", f"{type(exc).__name__}: {exc}")
+            message = None
+        if message is not None:
+            try:
                 await inbox.deliver(message)
-        except Exception:
-            # One update that cannot be handled must not block every later one.
-            log.exception("telegram: update %d could not be handled; skipped", update.update_id)
-        self._recent.append(update.update_id)
-        # Not max(): after a week without updates Telegram restarts ids at a random value.
-        self._offset = update.update_id + 1
-        await self._kv.set(OFFSET_KEY, str(self._offset))
+            except Exception:
+                self.skipped += 1
+                log.exception("telegram: update %d could not be handled; skipped", update.update_id)
+        await self._advance(update.update_id)
 
     def _incoming(self, update: Update) -> IncomingMessage | None:
         message = update.message

@@ -168,6 +168,29 @@ class FakeSlack:
             await self._emit({**mention, "type": "app_mention"})
         return ts
 
+    async def push_event(self, event: Any) -> str:
+        """Any event body, well-formed or not, in an events_api envelope; returns its id."""
+        envelope_id = f"env-{next(self._ids)}"
+        envelope = {
+            "envelope_id": envelope_id,
+            "payload": {"team_id": TEAM, "api_app_id": APP_ID, "event": event},
+            "type": "events_api",
+            "accepts_response_payload": False,
+            "retry_attempt": 0,
+            "retry_reason": "",
+        }
+        self._sent[envelope_id] = envelope
+        await self._send(envelope)
+        return envelope_id
+
+    async def push_frame(self, frame: str | bytes) -> None:
+        """A raw socket frame as is: text for str, binary for bytes (hostile-input tests)."""
+        assert self._socket is not None, "no client is connected"
+        if isinstance(frame, bytes):
+            await self._socket.ws.send_bytes(frame)
+        else:
+            await self._socket.ws.send_str(frame)
+
     async def redeliver(self, ts: str) -> None:
         """Send a message's event again in a new envelope, as Slack retries one."""
         await self._emit(self._events[ts], retry_attempt=1)
