@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import aiohttp
 from yarl import URL
@@ -452,7 +452,7 @@ def _chunk(payload: bytes) -> dict[str, Any]:
     return message
 
 
-def _count(value: object) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     """A token count as a server should send it: a whole number, not negative."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
