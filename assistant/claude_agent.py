@@ -32,6 +32,7 @@ from assistant.errors import ConfigError, OpsError
 from assistant.observability import ActionScope, EventLog
 from assistant.pricing import cost_usd
 from assistant.redaction import Redactor
+from assistant.services import shared_redactor
 from storage.db import Database
 from storage.messages import MessageRepo, StoredMessage
 from storage.timestamps import utc_now
@@ -428,6 +429,6 @@ def build_claude_agent(
         usage=UsageRepo(db),
         messages=messages,
         run_command=run_command,
-        redactor=Redactor(settings.secret_values()),
+        redactor=shared_redactor(settings),
         is_admin=is_admin,
     )

@@ -21,6 +21,7 @@ from assistant.home import HomeError, HomeLock, prepare_home
 from assistant.local_client import LocalClient, exchange
 from assistant.orchestrator import Orchestrator
 from assistant.redaction import Redactor
+from assistant.services import shared_redactor
 from storage.chats import ChatRepo
 from storage.db import Database, DatabaseOpenError
 
@@ -30,10 +31,10 @@ class RedactingFormatter(logging.Formatter):
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._redactor = redactor
+        self.redactor = redactor
 
     def format(self, record: logging.LogRecord) -> str:
-        return self._redactor(super().format(record))
+        return self.redactor(super().format(record))
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -50,7 +51,7 @@ def _settings() -> Settings:
 
 def _setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter(Redactor(settings.secret_values())))
+    handler.setFormatter(RedactingFormatter(shared_redactor(settings)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

@@ -8,6 +8,7 @@ Every step is an event or an action in the chain, so /debug why can explain it l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from assistant.runs.monitor import RunMonitor
 from assistant.runs.runner import Runner
 from assistant.runs.select import choose_runner, gpu_inventory
 from assistant.scheduler import TaskScheduler
-from assistant.services import Services
+from assistant.services import Services, shared_redactor
 from commands import build_router
 from commands.registry import (
     CommandContext,
@@ -80,6 +81,8 @@ class Orchestrator:
         self._platforms = platforms  # also start the chat platforms whose tokens are set
         self._state = State.UNOPENED
         self._known_chats: set[str] = set()
+        # the process's one redactor (cli.py's log formatter holds the same object)
+        self.redact: Redactor = shared_redactor(settings)
         self.services: Services
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -94,11 +97,8 @@ class Orchestrator:
         inventory = gpu_inventory(settings, host)
         runner = self._runner or await choose_runner(settings, len(inventory))
         db = await Database.open(settings.db_path)
-        event_log = EventLog(
-            db,
-            Redactor(settings.secret_values()),
-            flush_interval=settings.event_flush_interval_s,
-        )
+        redactor = self.redact
+        event_log = EventLog(db, redactor, flush_interval=settings.event_flush_interval_s)
         await event_log.start()
         if self._platforms:
             try:
@@ -107,7 +107,7 @@ class Orchestrator:
                 await event_log.aclose()
                 await db.aclose()
                 raise
-        self.messages = MessageRepo(db)
+        self.messages = MessageRepo(db, redactor)
         chats = ChatRepo(db)
         access = Access(chats, settings.admin_chats)
         queue = GroupQueue(self._process_chat, settings.max_concurrent)
@@ -115,7 +115,7 @@ class Orchestrator:
         scheduler = TaskScheduler(TaskRepo(db), event_log, settings, self.clock, self, rights)
         agent = self._agent or self._model_agent(db, event_log)
         run_manager = RunManager(
-            RunRepo(db),
+            RunRepo(db, redactor),
             runner,
             event_log,
             settings,
@@ -141,6 +141,7 @@ class Orchestrator:
             send=self.send,
             runs=run_manager,
             monitor=RunMonitor(run_manager),
+            redactor=redactor,
         )
         self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
         try:
@@ -221,8 +222,12 @@ class Orchestrator:
         return None
 
     async def deliver(self, message: IncomingMessage) -> None:
-        """Entry point of every channel (the `Inbox` protocol)."""
-        text = message.text.strip()
+        """Entry point of every channel (the `Inbox` protocol).
+
+        Secrets are masked here, before anything else sees the text: a token pasted into
+        a chat is never stored (messages, tasks, the event chain) nor sent to the model.
+        """
+        text = self.redact(message.text.strip())
         admin = self.is_admin(message.chat_id)
         if message.chat_id not in self._known_chats:
             await self.services.chats.seen(message.chat_id, message.chat_title)
@@ -284,7 +289,11 @@ class Orchestrator:
     async def execute_command(
         self, chat_id: str, sender: str, text: str, event_id: int | None
     ) -> tuple[Reply, str | None]:
-        """Run a command; returns the reply and the error (None when it succeeded)."""
+        """Run a command; returns the reply and the error (None when it succeeded).
+
+        The model's tools and scheduled tasks come in here: masked like a chat's text.
+        """
+        text = self.redact(text)
         try:
             parsed = parse_command(text)
         except CommandError as exc:
@@ -313,6 +322,7 @@ class Orchestrator:
     ) -> Reply:
         """A command from a chat: answer it there, tracing it unless it is introspection."""
         services = self.services
+        text = self.redact(text)  # a no-op when it came through deliver
         try:
             parsed = parse_command(text)
         except CommandError:
@@ -368,7 +378,8 @@ class Orchestrator:
             if error is not None:
                 raise CommandError(error)
             return reply.text
-        replies = await self.services.agent.respond(task.chat_id, [_prompt_of(task)], event_id)
+        prompt = _prompt_of(task, self.redact)
+        replies = await self.services.agent.respond(task.chat_id, [prompt], event_id)
         return "\n\n".join(replies)
 
     async def notify(self, chat_id: str, text: str, caused_by: int | None) -> None:
@@ -413,6 +424,7 @@ class Orchestrator:
         channel = self._channel_for(chat_id)
         if channel is None or not channel.supports_edit:
             return None
+        text = self.redact(text)
         try:
             if message_id is None:
                 return await channel.send_text(chat_id, text)
@@ -424,8 +436,13 @@ class Orchestrator:
     async def send(
         self, chat_id: str, reply: str | Reply, caused_by: int | None, *, traced: bool = True
     ) -> bool:
-        """Deliver to whichever channel owns the chat; every send is an action, ok or failed."""
+        """Deliver to whichever channel owns the chat; every send is an action, ok or failed.
+
+        Everything said to a chat leaves through here, masked: replies, run reports and
+        logs (which quote what a run printed), notices, the model's answers.
+        """
         reply = reply if isinstance(reply, Reply) else Reply(reply)
+        reply = dataclasses.replace(reply, text=self.redact(reply.text))
         channel = self._channel_for(chat_id)
         if not traced:
             return await _deliver(channel, chat_id, reply)
@@ -467,13 +484,16 @@ async def _deliver(
     return True
 
 
-def _prompt_of(task: Task) -> StoredMessage:
-    """A scheduled prompt as a one-message conversation: its own context, not the chat's."""
+def _prompt_of(task: Task, redact: Redactor) -> StoredMessage:
+    """A scheduled prompt as a one-message conversation: its own context, not the chat's.
+
+    Masked again: a task stored before its secret was configured still sends none.
+    """
     return StoredMessage(
         seq=0,
         chat_id=task.chat_id,
         sender="scheduler",
-        text=task.what,
+        text=redact(task.what),
         ts=task.created_at,
         from_me=False,
         action_id=None,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from assistant.access import Access
@@ -15,6 +17,7 @@ from assistant.config import Settings
 from assistant.hoststats import HostStats
 from assistant.observability import EventLog
 from assistant.queue import GroupQueue
+from assistant.redaction import Redactor
 from storage.chats import ChatRepo
 from storage.db import Database
 
@@ -46,3 +49,19 @@ class Services:
     send: SendFn
     runs: RunManager
     monitor: RunMonitor
+    redactor: Redactor
+
+
+def shared_redactor(settings: Settings) -> Redactor:
+    """The process's one redactor for these settings, built on first use.
+
+    The service log's formatter (set up before the service starts), the event log, the
+    messages, every reply and the model all take it from here: a secret the redactor
+    learns (a file added to the secrets folder) is then masked everywhere at once.
+    """
+    return _redactor(settings.secrets_dir, tuple(settings.secret_values()))
+
+
+@functools.cache
+def _redactor(secrets_dir: Path, secrets: tuple[str, ...]) -> Redactor:
+    return Redactor(secrets, secrets_dir=secrets_dir)

@@ -7,7 +7,8 @@ both seen, and a clock step back skips nothing.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from storage.db import Database
 from storage.rows import from_row
@@ -26,9 +27,18 @@ class StoredMessage:
     answer: bool = True
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
 class MessageRepo:
-    def __init__(self, db: Database) -> None:
+    """`clean` masks secrets (the process's redactor): applied to every text stored, and
+    again to every text read back, so a secret configured after a message was stored
+    still never reaches the model from the history."""
+
+    def __init__(self, db: Database, clean: Callable[[str], str] = _as_is) -> None:
         self._db = db
+        self._clean = clean
 
     async def store(
         self,
@@ -52,7 +62,7 @@ class MessageRepo:
                     chat_id,
                     platform_id,
                     sender,
-                    text,
+                    self._clean(text),
                     to_iso(utc_now()),
                     int(from_me),
                     action_id,
@@ -69,7 +79,7 @@ class MessageRepo:
             " ORDER BY m.seq LIMIT ?",
             (chat_id, limit),
         )
-        return [_message(row) for row in rows]
+        return [self._message(row) for row in rows]
 
     async def advance_cursor(self, chat_id: str, seq: int) -> None:
         """Move the cursor forward (never back)."""
@@ -92,8 +102,11 @@ class MessageRepo:
             " ORDER BY seq",
             (chat_id, limit),
         )
-        return [_message(row) for row in rows]
+        return [self._message(row) for row in rows]
 
-
-def _message(row: sqlite3.Row) -> StoredMessage:
-    return from_row(StoredMessage, row, from_me=bool(row["from_me"]), answer=bool(row["answer"]))
+    def _message(self, row: sqlite3.Row) -> StoredMessage:
+        message = from_row(
+            StoredMessage, row, from_me=bool(row["from_me"]), answer=bool(row["answer"])
+        )
+        text = self._clean(message.text)
+        return message if text == message.text else replace(message, text=text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,10 @@ def _assignments(columns: dict[str, Any]) -> tuple[str, list[Any]]:
     return ", ".join(f"{name} = ?" for name in columns), values
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
 def _run(row: sqlite3.Row) -> RunRecord:
     return from_row(
         RunRecord,
@@ -102,8 +107,9 @@ def _json_or_none(text: str | None) -> dict[str, Any] | None:
 
 
 class RunRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clean: Callable[[str], str] = _as_is) -> None:
         self._db = db
+        self._clean = clean  # masks secrets in what a run said (its error, a state's note)
 
     async def create(
         self,
@@ -162,6 +168,9 @@ class RunRepo:
             return run
         raise RuntimeError("could not draw a free run id")
 
+    def _cleaned(self, columns: dict[str, Any]) -> dict[str, Any]:
+        return {k: self._clean(v) if isinstance(v, str) else v for k, v in columns.items()}
+
     async def get(self, run_id: str) -> RunRecord | None:
         row = await self._db.fetchone("SELECT * FROM runs WHERE id = ?", (run_id,))
         return None if row is None else _run(row)
@@ -206,7 +215,8 @@ class RunRepo:
         self, run_id: str, state: str, now: str, note: str | None = None, **columns: Any
     ) -> None:
         """Change state (recorded in the history) and any other columns, atomically."""
-        sets, values = _assignments({"state": state, **columns})
+        note = None if note is None else self._clean(note)
+        sets, values = _assignments({"state": state, **self._cleaned(columns)})
         async with self._db.atomic() as conn:
             await conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*values, run_id))
             await conn.execute(
@@ -218,7 +228,7 @@ class RunRepo:
         """Change columns other than the state."""
         if "state" in columns:
             raise ValueError("use set_state to change a run's state")
-        sets, values = _assignments(columns)
+        sets, values = _assignments(self._cleaned(columns))
         await self._db.write(f"UPDATE runs SET {sets} WHERE id = ?", (*values, run_id))
 
     async def apply(self, run: RunRecord, progress: Progress, now: str) -> None:
@@ -248,5 +258,5 @@ class RunRepo:
             if progress.state is not None and progress.state != run.state:
                 await conn.execute(
                     "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
-                    (run.id, now, progress.state, progress.note),
+                    (run.id, now, progress.state, progress.note and self._clean(progress.note)),
                 )
