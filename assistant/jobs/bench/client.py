@@ -8,6 +8,8 @@ takes text, whose length in tokens only the server knows.
 
 Overhead is kept off the clock: every request body is built and serialized before the
 profile starts, one session is reused, and a stream is split into SSE lines in place.
+Redirects are never followed: the url was checked (no link-local or metadata address),
+and a 302 must not lead the client to one after all.
 At most `concurrency` requests are in flight: a fixed pool of that many workers takes
 prompts in order (vLLM's semaphore, without a pending task per prompt); with a request
 rate, a dispatcher releases prompts at Poisson arrival times and a prompt that arrives
@@ -200,7 +202,7 @@ class BenchClient:
 
         async def touch() -> None:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(self._models_url) as response:
+                async with session.get(self._models_url, allow_redirects=False) as response:
                     await response.read()
 
         await asyncio.gather(*(touch() for _ in range(count)))
@@ -307,7 +309,9 @@ class BenchClient:
         sent = time.perf_counter()
         record.start = sent - started
         try:
-            async with session.post(self._url, data=body, headers=_JSON) as response:
+            async with session.post(
+                self._url, data=body, headers=_JSON, allow_redirects=False
+            ) as response:
                 if response.status != 200:
                     detail = _error_body(decoded(await _read_some(response, _ERROR_BYTES)))
                     reason = valid_text(response.reason or "")
@@ -523,7 +527,7 @@ async def wait_healthy(
                 left = max(0.1, min(5.0, deadline - loop.time()))
                 try:
                     async with session.get(
-                        probe, timeout=aiohttp.ClientTimeout(total=left)
+                        probe, timeout=aiohttp.ClientTimeout(total=left), allow_redirects=False
                     ) as response:
                         await response.read()
                         last = f"GET {probe} -> {response.status}"
@@ -552,7 +556,9 @@ async def served_models(url: str, timeout_s: float = 10.0) -> list[str] | None:
         async with (
             aiohttp.ClientSession() as session,
             session.get(
-                api_base(url) + "/models", timeout=aiohttp.ClientTimeout(total=timeout_s)
+                api_base(url) + "/models",
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,
             ) as response,
         ):
             if response.status != 200:
