@@ -36,7 +36,10 @@ async def dashboard(ctx: CommandContext) -> str:
         f" · Timezone: {s.settings.tz}",
     ]
     channels = ", ".join(
-        f"{c.name} ({'connected' if c.is_connected else 'disconnected'})" for c in s.channels
+        f"{c.name} ({'connected' if c.is_connected else 'disconnected'}"
+        + (f", {c.skipped} unreadable skipped" if c.skipped else "")
+        + ")"
+        for c in s.channels
     )
     lines.append(f"Channels: {channels or 'none'}")
     chats = await s.chats.all()

@@ -113,8 +113,10 @@ async def test_telegram_hostile_updates_are_skipped_and_polling_goes_on(
     ]
     for body in unreadable[:2] + readable + unreadable[2:]:
         fake.push_update(body)
-    assert "Uptime:" in await tg_status(fake, orch)
+    status = await tg_status(fake, orch)
+    assert "Uptime:" in status
     assert channel.skipped == len(unreadable)
+    assert f"telegram (connected, {len(unreadable)} unreadable skipped)" in status
     texts = [
         r["text"]
         for r in await orch.services.db.fetchall(
