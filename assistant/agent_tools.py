@@ -459,9 +459,21 @@ class AgentTools:
         return truncate(self._redact(text), self._limit)
 
     async def run(
-        self, name: str, raw_input: object, *, chat_id: str, sender: str, event_id: int | None
+        self,
+        name: str,
+        raw_input: object,
+        *,
+        chat_id: str,
+        sender: str,
+        event_id: int | None,
+        unattended: bool = False,
     ) -> ToolResult:
         """The result of one tool call.
+
+        `unattended` is a scheduled prompt's call: no user is there to confirm, and the
+        model's own `confirmed=true` is not a user's yes, so what needs one is not done.
+        A destructive command on a schedule is scheduled as that command, confirmed when
+        it is added.
 
         :raises ToolError: the input was refused or the command failed (message cleaned).
         """
@@ -469,7 +481,14 @@ class AgentTools:
             tool, args, command = _prepare(name, raw_input)
         except ToolError as exc:
             raise ToolError(self.clean(str(exc))) from None
-        unconfirmed = self._needs_yes(tool, args, command)
+        unconfirmed = self._needs_yes(tool, args, command, unattended=unattended)
+        if unconfirmed is not None and unattended:
+            return ToolResult(
+                f"Not done: this would {unconfirmed}, and a scheduled prompt has nobody to"
+                " confirm it. Say so in your reply; a person can do it, or schedule the"
+                " command itself with /task add.",
+                None,
+            )
         if unconfirmed is not None:
             return ToolResult(
                 f"Not done: this would {unconfirmed}. Ask the user to confirm, then call"
@@ -487,7 +506,9 @@ class AgentTools:
             raise ToolError(self.clean(text), command)
         return ToolResult(self.clean(text), command)
 
-    def _needs_yes(self, tool: Tool, args: Args, command: str) -> str | None:
+    def _needs_yes(
+        self, tool: Tool, args: Args, command: str, *, unattended: bool = False
+    ) -> str | None:
         """What the call would destroy, if the user has not confirmed it; None to go on.
 
         :raises ToolError: for a command the model may never run or schedule.
@@ -504,7 +525,7 @@ class AgentTools:
                 raise ToolError(self.clean(refused), command)
             if scheduled.confirm is not None:
                 confirm = f"schedule {what}, which would {scheduled.confirm}"
-        if confirm is None or args.flag("confirmed"):
+        if confirm is None or (args.flag("confirmed") and not unattended):
             return None
         if not tool.confirmable:  # a registry entry and a tool disagree: refuse, never run
             raise ToolError(f"{tool.name} cannot ask for the confirmation that {command} needs")

@@ -178,6 +178,8 @@ class _Request:
     sender: str
     event_id: int | None
     admin: bool
+    # a scheduled prompt: nobody is there to say yes, so nothing that needs a yes is done
+    unattended: bool = False
     done: list[str] = field(default_factory=list)  # tools run, for a reply that stops early
 
 
@@ -234,12 +236,15 @@ class ClaudeAgent:
                 f" without the model: {COMMANDS_WITHOUT_MODEL}."
             ]
         budget_chars = self._settings.history_tokens * CHARS_PER_TOKEN
-        if is_isolated(messages):
+        unattended = is_isolated(messages)
+        if unattended:
             turns = conversation((), messages, budget_chars)
         else:
             history = await self._messages.recent(chat_id, HISTORY_MESSAGES)
             turns = conversation(history, messages, budget_chars)
-        request = _Request(chat_id, messages[-1].sender, event_id, self._is_admin(chat_id))
+        request = _Request(
+            chat_id, messages[-1].sender, event_id, self._is_admin(chat_id), unattended
+        )
         return [await self._exchange(request, turns)]
 
     async def _spent_today(self) -> float | None:
@@ -368,6 +373,7 @@ class ClaudeAgent:
                         chat_id=request.chat_id,
                         sender=request.sender,
                         event_id=request.event_id,
+                        unattended=request.unattended,
                     )
                 except ToolError as exc:
                     call.output = {"command": exc.command}

@@ -189,3 +189,28 @@ async def test_a_prompt_task_acts_with_the_rights_its_chat_has_when_it_fires(
         " now, and a scheduled prompt needs that when it runs."
     )
     assert f"(/chat allow {ROGUE})" in told[0]
+
+
+async def test_a_scheduled_prompt_cannot_confirm_a_destructive_tool_call(
+    service: Service,
+) -> None:
+    """Nobody is there to say yes when a prompt task fires: the model's own yes is not one."""
+    (added,) = await service.say("/task add every 10s stop run ab12 if it is slow")
+    task_id(added)
+    service.fake.add(Answer([ToolUse("tu_1", "stop_run", {"run_id": "ab12", "confirmed": True})]))
+    service.fake.add(Answer("Could not stop it."))
+    await service.tick(10)
+    result = service.last_tool_result()
+    assert result["content"] == (
+        "Not done: this would stop run ab12 for good, and a scheduled prompt has nobody to"
+        " confirm it. Say so in your reply; a person can do it, or schedule the command"
+        " itself with /task add."
+    )
+
+    # The same call in a live chat, confirmed, does reach the command (no such run here).
+    service.fake.add(Answer([ToolUse("tu_2", "stop_run", {"run_id": "ab12", "confirmed": True})]))
+    service.fake.add(Answer("No such run."))
+    await service.say("yes, stop ab12 now")
+    live = service.last_tool_result()
+    assert live.get("is_error") is True and "ab12" in live["content"]
+    assert "Not done" not in live["content"]
