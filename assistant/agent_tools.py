@@ -359,7 +359,7 @@ TOOLS: dict[str, Tool] = {
             "add_task",
             "Schedule a built-in command (like /status) or a prompt for you to answer later."
             " kind cron: schedule is a cron expression like '0 2 * * *'; every: a duration"
-            " like 2h or 1h30m (30s..1w); once: an ISO time or +duration like +30m."
+            " like 2h or 1h30m (10s..3650d); once: an ISO time or +duration like +30m."
             " Scheduling a destructive command (stopping a run, deleting a task) does"
             " nothing unless confirmed is true. It runs with the rights this chat has then.",
             {

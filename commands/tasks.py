@@ -24,7 +24,7 @@ router = CommandRouter()
 USAGE = "\n".join(
     [
         '/task add cron "<expr>" <what> — e.g. /task add cron "0 2 * * *" /status',
-        "/task add every <duration> <what> — e.g. /task add every 2h /status (30s..1w, 1h30m)",
+        "/task add every <duration> <what> — e.g. /task add every 2h /status (10s..3650d, 1h30m)",
         "/task add once <ISO time or +duration> <what> — e.g. /task add once +30m check the run",
         "/task list — tasks with schedule, next and last run, id",
         "/task pause <id> — stop a task from running until resumed",
