@@ -227,6 +227,9 @@ class Orchestrator:
         Secrets are masked here, before anything else sees the text: a token pasted into
         a chat is never stored (messages, tasks, the event chain) nor sent to the model.
         """
+        message = dataclasses.replace(
+            message, sender=self.redact(message.sender), chat_title=self.redact(message.chat_title)
+        )
         text = self.redact(message.text.strip())
         admin = self.is_admin(message.chat_id)
         if message.chat_id not in self._known_chats:

@@ -179,10 +179,12 @@ async def test_pasted_and_configured_secrets_reach_no_table_log_chat_or_model(
         await channel.say(ADMIN, f"/task run {task_id.group(1)}")
         await channel.wait_for("Done.", timeout=10)
         await channel.say(ADMIN, f"/task add every 2h /status {TOKENS['aws access key']}")
+        fake.add(Answer("Hello."))  # a sender's display name is outside text too
+        await channel.say(ADMIN, "hello", sender=f"ann {TOKENS['slack app']}")
         await orch.services.log.flush()
         dump = database_dump(settings.db_path)
 
-    assert len(fake.requests) == 2  # the conversation and the scheduled prompt
+    assert len(fake.requests) == 3  # the conversation, the scheduled prompt, the hello
     assert "[REDACTED]" in repr(fake.requests[0].body)  # redacted, not left out
     places = {
         "database": dump,
@@ -229,8 +231,18 @@ async def test_a_secret_handed_to_a_run_is_masked_in_logs_reports_and_the_model(
         dump = database_dump(settings.db_path)
         run_dir = orch.services.runs.run_dir(run_id)
         stdout = (run_dir / "stdout.log").read_text()
+        holding = sorted(
+            str(path.relative_to(run_dir))
+            for path in run_dir.rglob("*")
+            if path.is_file() and RUN_SECRET.encode() in path.read_bytes()
+        )
+        host_written = [p for p in ("spec.json", "control.json") if (run_dir / p).exists()]
 
     assert f"HF_TOKEN={RUN_SECRET}" in stdout  # the run really printed it
+    # Only the run's own output holds it: what it printed, and the agent's quotes of that
+    # (log events, the failure's last lines). Nothing the host wrote there does.
+    assert set(holding) <= {"stdout.log", "events.jsonl", "result.json"}, holding
+    assert "spec.json" in host_written
     places = {
         "database": dump,
         "service log": log.getvalue(),
