@@ -10,6 +10,7 @@ from assistant.durations import format_duration
 from assistant.errors import CommandError
 from assistant.jobs import protocol
 from assistant.jobs.bench.profiles import profiles_from_params
+from assistant.runs import rundir
 from assistant.runs.bench_report import compare_chart, compare_text, load_results
 from assistant.runs.bench_spec import build_bench_spec, hardware_label
 from assistant.runs.monitor import Live, key_metric, run_numbers
@@ -288,9 +289,7 @@ async def _show(ctx: CommandContext, run: RunRecord) -> str:
     run_dir = manager.run_dir(run.id)
     if run.checkpoint:
         lines.append(f"Checkpoint: {run_dir / run.checkpoint}")
-    artifacts = (
-        sorted(p.name for p in (run_dir / protocol.ARTIFACTS).glob("*")) if run_dir.exists() else []
-    )
+    artifacts = rundir.names(run_dir, protocol.ARTIFACTS, dirs=True)  # follows no link the run left
     if artifacts:
         lines.append(f"Artifacts ({run_dir / protocol.ARTIFACTS}): {', '.join(artifacts)}")
     lines.append(

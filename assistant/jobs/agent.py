@@ -192,7 +192,7 @@ class EventTail:
         for line in self._lines.read():
             try:
                 event = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested thousands deep
                 continue
             if isinstance(event, dict):
                 self._see(event)

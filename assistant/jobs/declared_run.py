@@ -188,7 +188,7 @@ class OutputFollower:
     def _structured(self, text: str) -> None:
         try:
             event = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             return
         if not isinstance(event, dict) or event.get("type") not in PASSED_THROUGH:
             return

@@ -19,6 +19,7 @@ from storage.timestamps import from_iso
 LOG_TAIL = 15
 EVENTS_FOR_PLOT = 32 * 1024 * 1024  # bytes of events.jsonl read for the report's plot
 TAIL_BYTES = 64 * 1024  # of a log, for its last lines
+OUTBOX = ".outbox"  # beside the run dirs: the host's copies of the images it sends
 
 
 def read_events(run_dir: Path, limit: int = EVENTS_FOR_PLOT) -> list[dict[str, Any]]:
@@ -97,7 +98,13 @@ def plot(run: RunRecord, events: list[dict[str, Any]], out: Path) -> Path | None
 
 
 def save_figure(fig: Any, out: Path) -> Path:
-    """A figure as PNG at `<run dir>/<folder>/<name>`, replacing, never following, a link."""
+    """A figure as PNG at `<run dir>/<folder>/<name>`; the path of the copy to send.
+
+    The run can write its artifacts/ folder, so the file there is replaced (never
+    followed) and kept for the user, but what a chat is sent is a copy in OUTBOX beside
+    the run dirs, which only the host writes: a run still alive cannot swap it for a
+    link to a host file between our write and the upload.
+    """
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -105,8 +112,13 @@ def save_figure(fig: Any, out: Path) -> Path:
         fig.savefig(buffer, format="png", dpi=100)
     finally:
         plt.close(fig)
-    rundir.make_dir(out.parents[1], out.parent.name)
-    return rundir.write_beside(out, buffer.getvalue())
+    data = buffer.getvalue()
+    run_dir = out.parents[1]
+    rundir.make_dir(run_dir, out.parent.name)
+    rundir.write_beside(out, data)
+    outbox = run_dir.parent / OUTBOX
+    outbox.mkdir(mode=0o700, exist_ok=True)
+    return rundir.write_file(outbox, f"{run_dir.name}-{out.name}", data, mode=0o600)
 
 
 def number(value: object) -> str:

@@ -259,8 +259,11 @@ def make_dir(root: Path, name: str, mode: int = 0o755, *, replace: bool = False)
             os.mkdir(name, mode, dir_fd=rfd)
 
 
-def names(root: Path, rel: str | PurePosixPath, *, limit: int = 1000) -> list[str]:
-    """Names of the regular files in a run-dir folder (none if it is not a real folder)."""
+def names(
+    root: Path, rel: str | PurePosixPath, *, limit: int = 1000, dirs: bool = False
+) -> list[str]:
+    """Names of the regular files (and folders, if `dirs`) in a run-dir folder; none if it
+    is not a real folder. Links are left out: they are the run's, not its files."""
     out: list[str] = []
     try:
         fd = open_dir(root, rel)
@@ -269,7 +272,9 @@ def names(root: Path, rel: str | PurePosixPath, *, limit: int = 1000) -> list[st
     try:
         with os.scandir(fd) as entries:
             for entry in entries:
-                if entry.is_file(follow_symlinks=False):
+                if entry.is_file(follow_symlinks=False) or (
+                    dirs and entry.is_dir(follow_symlinks=False)
+                ):
                     out.append(entry.name)
                     if len(out) >= limit:
                         break

@@ -59,6 +59,29 @@ elif action == "trap":
     time.sleep(60)
 elif action == "sleep":
     time.sleep(60)
+elif action == "tamper":
+    # what a hostile run would try on the host's own files in its run dir
+    report = {"uid": os.getuid()}
+    os.symlink("/etc/hostname", run / "planted")
+    for name in ("spec.json", "control.json"):
+        path = run / name
+        attempts = {
+            "write": lambda: path.open("a").write("x"),
+            "chmod": lambda: os.chmod(path, 0o666),
+            "rename": lambda: os.rename(path, run / "moved"),
+            "replace with a link": lambda: os.replace(run / "planted", path),
+            "unlink": lambda: os.unlink(path),
+        }
+        for what, attempt in attempts.items():
+            try:
+                attempt()
+                report[f"{name} {what}"] = "done"
+            except OSError as exc:
+                report[f"{name} {what}"] = exc.strerror
+    (run / "out").mkdir()
+    (run / "out" / "own.txt").write_text("mine")
+    (run / "checkpoints" / "c.pt").write_text("mine")
+    (run / "out.json").write_text(json.dumps(report))
 """
 
 

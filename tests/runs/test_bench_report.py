@@ -187,9 +187,12 @@ def test_comparable_text() -> None:
 def test_profile_chart_writes_a_png(tmp_path: Path) -> None:
     results = standard()
     results["custom-512x128-c8"] = result("custom-512x128-c8", itl=0.0)  # zero on a log axis
-    out = br.profile_chart(results, tmp_path / "plots" / "bench.png", "run ab12cd")
-    assert out == tmp_path / "plots" / "bench.png"
-    assert is_png(out)
+    kept = tmp_path / "runs" / "ab12cd" / "artifacts" / "bench.png"
+    kept.parents[1].mkdir(parents=True)
+    out = br.profile_chart(results, kept, "run ab12cd")
+    assert is_png(kept) and is_png(out)
+    # the copy a chat is sent lies beside the run dirs, where only the host writes
+    assert out == tmp_path / "runs" / ".outbox" / "ab12cd-bench.png"
 
 
 def test_charts_are_none_when_empty(tmp_path: Path) -> None:
@@ -379,5 +382,7 @@ def test_compare_text_keeps_headers_distinct() -> None:
 
 
 def test_compare_chart_writes_a_png(tmp_path: Path) -> None:
-    out = br.compare_chart(three_runs(), tmp_path / "compare.png")
-    assert is_png(out)
+    kept = tmp_path / "runs" / "ab12cd" / "artifacts" / "compare.png"
+    kept.parents[1].mkdir(parents=True)
+    out = br.compare_chart(three_runs(), kept)
+    assert is_png(out) and is_png(kept)

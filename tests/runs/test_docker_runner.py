@@ -14,6 +14,7 @@ import pytest
 
 from assistant.errors import ConfigError, RunStartError, StateError
 from assistant.runs.docker_runner import (
+    DEFAULT_RUN_UID,
     DockerHost,
     DockerRunner,
     build_images,
@@ -72,7 +73,7 @@ async def test_run_writes_only_its_run_dir_as_non_root(
     assert state.exit is not None and state.exit.exit_code == 0, state
     report = json.loads((request.run_dir / "out.json").read_text())
     assert report["uid"] != 0 and report["gid"] != 0
-    expected_uid = 1000 if os.geteuid() == 0 else os.getuid()
+    expected_uid = DEFAULT_RUN_UID if os.geteuid() == 0 else os.getuid()
     assert report["uid"] == expected_uid
     assert report["/opt/probe-write"] == "Read-only file system"
     assert report["/workspace/probe-write"] == "Read-only file system"

@@ -19,10 +19,17 @@ import pytest
 
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from assistant.runs.docker_runner import DockerRunner
+from assistant.runs.docker_runner import DEFAULT_RUN_UID, DockerRunner
 from assistant.runs.process_runner import ProcessRunner
+from assistant.runs.select import login_account
 from tests.assistant.recording import RecordingChannel
-from tests.runs.conftest import _docker_host, docker_engine  # noqa: F401 - a fixture
+from tests.runs.conftest import (  # noqa: F401 - fixtures
+    _docker_host,
+    docker_engine,
+    probe_image,
+    runner,
+)
+from tests.runs.test_docker_runner import make_request, wait_ended
 from tests.runs.test_run_flow import ADMIN, RUN_ID, step_of, wait_until
 
 FOREIGN_IMAGE = "assistant-base:bookworm"  # python3, and nothing of ours
@@ -233,6 +240,8 @@ for i in range(start, 1000):
         await channel.wait_for(f"Run {run_id} (hostile) cancelled", timeout=90)
         curves = run_dir(run_id) / "artifacts" / "curves.png"
         assert not curves.is_symlink() and curves.read_bytes()[:4] == b"\x89PNG"
+        # what a chat is sent is a copy the run cannot reach
+        assert channel.images and all(p.parent.name == ".outbox" for _, p in channel.images)
     unchanged(control, b"host control target\n")
     unchanged(png, b"host png target\n")
     unchanged(spec, b"host spec target\n")
@@ -319,3 +328,59 @@ for i in range(3, 6):
     notices = [t for _, t in channel.sent if "was skipped" in t]
     assert len(notices) == 1 and "ckpt-000009.json" in notices[0], notices
     unchanged(secret, HOST_SECRET.encode())
+
+
+# ------------------------------------------------------------------- the run uid (Docker)
+
+
+async def test_the_run_uid_cannot_touch_spec_or_control_in_a_container(
+    runner: DockerRunner,  # noqa: F811 - the fixture imported above
+    probe_image: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test needs the service's view as root (the tests run as root)")
+    request = make_request(tmp_path, probe_image, {"action": "tamper"})
+    run_dir = request.run_dir
+    (run_dir / "control.json").write_text('{"action": null}')
+    (run_dir / "checkpoints").mkdir()
+    handle = await runner.launch(request)
+    state = await wait_ended(runner, handle)
+    assert state.exit is not None and state.exit.exit_code == 0, state
+    report = json.loads((run_dir / "out.json").read_text())
+    assert report["uid"] == DEFAULT_RUN_UID
+    for name in ("spec.json", "control.json"):
+        for what in ("write", "chmod", "rename", "replace with a link", "unlink"):
+            assert report[f"{name} {what}"] in ("Permission denied", "Operation not permitted"), (
+                name,
+                what,
+                report,
+            )
+    assert json.loads((run_dir / "spec.json").read_text()) == {"action": "tamper"}
+    assert (run_dir / "control.json").read_text() == '{"action": null}'
+    for name in ("spec.json", "control.json"):
+        info = (run_dir / name).lstat()
+        assert stat.S_ISREG(info.st_mode) and info.st_uid == 0
+    # what the run must write, it can
+    assert (run_dir / "out" / "own.txt").read_text() == "mine"
+    assert (run_dir / "checkpoints" / "c.pt").read_text() == "mine"
+    info = run_dir.stat()
+    assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o1770
+    await runner.remove(handle)
+
+
+def test_a_run_uid_that_is_a_login_account_is_warned_about(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text(
+        "root:x:0:0:root:/root:/bin/bash\n"
+        "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
+        "svc:x:64000:64000::/nonexistent:/usr/sbin/nologin\n"
+        "blank:x:1001:1001::/home/blank:\n"
+    )
+    warning = login_account(1000, passwd)
+    assert warning is not None and "'alice'" in warning and "ASSISTANT_RUN_UID" in warning
+    assert login_account(1001, passwd) is not None  # an empty shell is /bin/sh
+    assert login_account(64000, passwd) is None  # nologin
+    assert login_account(64001, passwd) is None  # no account at all
+    assert Settings(_env_file=None).run_uid == DEFAULT_RUN_UID  # type: ignore[call-arg]
+    assert login_account(DEFAULT_RUN_UID) is None  # not a login account on this host
