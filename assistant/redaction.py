@@ -126,7 +126,7 @@ class Redactor:
     def _look_at_dir(self) -> None:
         """Re-read the secrets folder if a file in it was added, removed or changed."""
         if self._dir is None or not self._refreshing.acquire(blocking=False):
-            return  # another thread is at it; the patterns it builds serve this call next
+            return  # another thread is at it; the values it reads serve the next call
         try:
             self._next_check = time.monotonic() + self._recheck_s
             state = _dir_state(self._dir)
