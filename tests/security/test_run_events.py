@@ -348,3 +348,40 @@ async def test_a_poisoned_run_leaves_its_neighbour_and_a_restart_alone(
     for _, text in [*channel.sent, *again.sent]:
         utf8_clean(text)
     assert json.dumps(run.metrics)  # stored numbers read back
+
+
+CHECKPOINTING = r"""
+import os, sys, time
+run = sys.argv[1]
+os.makedirs(os.path.join(run, "out"), exist_ok=True)
+for i in range(1, 16):
+    print(f"iter {i}: loss {1.0 / i:.4f}", flush=True)
+    if i % 3 == 0:
+        with open(os.path.join(run, "out", f"ckpt-{i:06d}.json"), "w") as fh:
+            fh.write("{}")
+    time.sleep(0.3)
+"""
+
+
+async def test_a_run_whose_lines_make_its_pass_fail_is_skipped_past_alone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A bad day in production: one run's stored recipe snapshot is corrupt, so each pass
+    over its checkpoint lines raises. That run's lines are skipped after a few tries and
+    its chat is told; the run beside it is followed as if nothing happened."""
+    configured = declare(settings, tmp_path, "process", CHECKPOINTING)
+    channel = RecordingChannel()
+    async with Orchestrator(configured, channels=[channel], runner=make_runner(configured)) as orch:
+        repo = orch.services.runs.repo
+        broken = await launch(channel, "/run train hostile")
+        await orch.services.db.write(
+            "UPDATE runs SET definition = ? WHERE id = ?", ('{"name": 5}', broken)
+        )
+        neighbour = await launch(channel, "/run train plain")
+        report = await channel.wait_for(f"Run {neighbour} (plain) succeeded", timeout=120)
+        assert "step 15/15" in report, report
+        told = await channel.wait_for(f"Run {broken} (hostile): a line of", timeout=120)
+        assert "made following it fail" in told and "ValueError" in told, told
+        await channel.wait_for(f"Run {broken} (hostile) succeeded", timeout=120)
+        assert (await step_of(repo, broken)) >= 1
+        assert orch.services.monitor.pass_failures >= 3
