@@ -178,8 +178,7 @@ class RunManager:
             raise StateError(f"run {run.id} is already {run.state}")
         if run.state not in LIVE or run.handle is None or run.runner is None:
             raise StateError(f"run {run.id} is {run.state}; only a running run can {action}")
-        # The run may have left a link under that name: replaced, never followed.
-        rundir.write_file(self.run_dir(run.id), protocol.CONTROL, _json({"action": action}))
+        write_control(self.run_dir(run.id), action)
         state = "pausing" if action == "pause" else "stopping"
         await self.repo.set_state(run.id, state, self._now(), f"{action} asked")
         handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
@@ -538,6 +537,20 @@ def write_secrets(run_dir: Path, secrets: dict[str, bytes]) -> None:
             )
             with os.fdopen(fd, "wb") as out:
                 out.write(value)
+
+
+def write_control(run_dir: Path, action: str) -> None:
+    """control.json for the agent; whatever the run left under that name is replaced, never
+    followed: a link goes by the rename, a folder (which a rename cannot replace) first.
+
+    :raises OSError: the run dir itself is gone or unusable.
+    """
+    data = _json({"action": action})
+    try:
+        rundir.write_file(run_dir, protocol.CONTROL, data)
+    except IsADirectoryError:
+        shutil.rmtree(run_dir / protocol.CONTROL)  # fd-based: follows no link inside
+        rundir.write_file(run_dir, protocol.CONTROL, data)
 
 
 def _json(value: object) -> bytes:

@@ -247,6 +247,27 @@ for i in range(start, 1000):
     unchanged(spec, b"host spec target\n")
 
 
+async def test_a_folder_where_control_goes_does_not_block_a_stop(
+    settings: Settings, tmp_path: Path, kind: str
+) -> None:
+    script = """
+import os, sys, time
+run = sys.argv[1]
+os.makedirs(os.path.join(run, "control.json", "deeper"))
+for i in range(1, 1000):
+    print(f"iter {i}: loss {1.0 / i:.4f}", flush=True)
+    time.sleep(0.1)
+"""
+    configured = declare(settings, tmp_path, kind, script)
+    channel = RecordingChannel()
+    async with Orchestrator(configured, channels=[channel], runner=make_runner(configured)) as orch:
+        run_id = await launch(channel, "/run train hostile")
+        await wait_until(lambda: step_of(orch.services.runs.repo, run_id), 3)
+        (reply,) = await channel.say(ADMIN, f"/run stop {run_id}")
+        assert "stopping" in reply, reply
+        await channel.wait_for(f"Run {run_id} (hostile) cancelled", timeout=90)
+
+
 # ------------------------------------------------------------------------------ FIFOs
 
 
