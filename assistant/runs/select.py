@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from assistant.config import Settings
@@ -21,7 +22,7 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
     :raises ConfigError: when ASSISTANT_RUNNER=docker and no engine answers.
     """
     if settings.runner == "process":
-        return ProcessRunner(settings.runs_dir)
+        return _process_runner(settings)
     from assistant.runs.docker_runner import DockerRunner
 
     # One assistant per ASSISTANT_HOME: its containers carry that home's fingerprint.
@@ -43,7 +44,16 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
         if settings.runner == "docker":
             raise ConfigError(f"ASSISTANT_RUNNER=docker but no engine answers: {exc}") from None
         log.info("no Docker engine (%s): runs use local processes", exc)
-        return ProcessRunner(settings.runs_dir)
+        return _process_runner(settings)
+
+
+def _process_runner(settings: Settings) -> ProcessRunner:
+    if os.geteuid() == 0:
+        log.warning(
+            "runs execute as local processes with the service's rights (root): only code you"
+            " trust should run here; a Docker engine runs them isolated, as ASSISTANT_RUN_UID"
+        )
+    return ProcessRunner(settings.runs_dir)
 
 
 NO_LOGIN_SHELLS = ("nologin", "false", "sync", "halt", "shutdown")
