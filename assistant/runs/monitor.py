@@ -274,13 +274,6 @@ class RunMonitor:
                     content=event,
                     caused_by=run.launch_action,
                 )
-        if batch.skipped:
-            await self._skipped(run, batch.skipped)
-        if batch.problem is not None:
-            trouble = self.trouble.setdefault(run.id, Trouble())
-            if trouble.problem != batch.problem:
-                trouble.problem = batch.problem
-                await self._skipped(run, [batch.problem])
         engine = await self._engine_stats(run, live)
         if engine:
             progress.metrics.update(engine)
@@ -288,6 +281,13 @@ class RunMonitor:
             await m.repo.apply(run, progress, now)
             run = await m.repo.get(run.id) or run
             await self._show_progress(run, live)
+        # told after the offset is stored: a failing chat cannot make them count twice
+        if batch.skipped:
+            await self._skipped(run, batch.skipped)
+        trouble = self.trouble.get(run.id)
+        if batch.problem is not None and (trouble is None or trouble.problem != batch.problem):
+            self.trouble.setdefault(run.id, Trouble()).problem = batch.problem
+            await self._skipped(run, [batch.problem])
         if events and result is None and error is None:
             return  # it just wrote: alive, and not stalled; the engine need not be asked
         await self._check_end(run, result, error)
