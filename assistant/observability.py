@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from assistant.jobs.text import valid_text
 from assistant.redaction import Redactor, to_json
-from assistant.text import valid_text
 from storage.db import Database
 from storage.ids import IdGenerator, time_of
 from storage.timestamps import iso_from_ms

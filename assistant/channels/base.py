@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from assistant.text import valid_text
+from assistant.jobs.text import valid_text
 from storage.timestamps import utc_now
 
 log = logging.getLogger(__name__)

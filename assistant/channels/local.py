@@ -31,7 +31,7 @@ from typing import Any
 
 from assistant.channels.base import Channel, Inbox, IncomingMessage
 from assistant.errors import ChannelError
-from assistant.text import valid_text
+from assistant.jobs.text import valid_text
 
 log = logging.getLogger(__name__)
 

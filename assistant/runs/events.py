@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from assistant.jobs import protocol
+from assistant.jobs.text import valid_text
 from assistant.runs import rundir
-from assistant.text import valid_text
 
 MAX_READ = 4 * 1024 * 1024  # bytes per run per pass: a flood cannot starve other runs
 MAX_LINE = 64 * 1024  # an event is a few hundred bytes; a longer line is not one

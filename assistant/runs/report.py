@@ -10,9 +10,9 @@ from typing import Any
 
 from assistant.durations import format_duration
 from assistant.jobs import protocol
+from assistant.jobs.text import decoded
 from assistant.runs import rundir
 from assistant.runs.events import parse_line
-from assistant.text import decoded
 from storage.runs import RunRecord
 from storage.timestamps import from_iso
 

@@ -19,9 +19,9 @@ import docker.errors
 from docker.types import DeviceRequest, LogConfig
 
 from assistant.errors import RunStartError
+from assistant.jobs.text import decoded
 from assistant.runs import rundir
 from assistant.runs.docker_runner import INSTANCE_LABEL, DockerRunner
-from assistant.text import decoded
 
 SERVER_OF_LABEL = "assistant.server_of"
 HF_MOUNT = "/root/.cache/huggingface"

@@ -22,10 +22,10 @@ import pytest
 
 from assistant.channels.base import IncomingMessage
 from assistant.config import Settings
+from assistant.jobs.text import decoded, valid_text
 from assistant.observability import EventLog
 from assistant.orchestrator import Orchestrator
 from assistant.redaction import Redactor
-from assistant.text import decoded, valid_text
 from storage.db import Database
 from tests.assistant.recording import RecordingChannel
 

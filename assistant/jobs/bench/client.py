@@ -32,7 +32,7 @@ from yarl import URL
 
 from assistant.jobs.bench.profiles import Profile
 from assistant.jobs.bench.results import ProfileRun, RequestRecord
-from assistant.text import decoded, valid_text
+from assistant.jobs.text import decoded, valid_text
 
 Endpoint = Literal["completions", "chat"]
 ENDPOINT_PATHS: dict[str, str] = {"completions": "/completions", "chat": "/chat/completions"}

@@ -6,6 +6,9 @@ encoded as UTF-8: SQLite, JSON writers and chat APIs all refuse it, and a refuse
 can hold up everything queued behind it. NUL cuts C strings short in the libraries below
 us. Both become U+FFFD, the replacement character, so what a person typed still reads
 the same and every later layer can rely on valid text.
+
+It lives with the jobs code (standard library only) because both sides need it: the host
+where chat, run files and engine replies enter, and the benchmark client inside a run.
 """
 
 from __future__ import annotations
