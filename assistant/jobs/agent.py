@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from assistant.jobs.declared_run import (
     build_job,
 )
 from assistant.jobs.lines import LineTail, open_regular
+from assistant.jobs.output_mask import copy_masked, secret_patterns
 from assistant.jobs.protocol import (
     CHECKPOINTS,
     EVENTS,
@@ -58,6 +60,7 @@ DEFAULT_HEARTBEAT_S = 5.0
 # What torchrun may spend on a graceful stop before it SIGKILLs the workers: they save
 # a checkpoint first, which can take minutes for a large model.
 TORCHRUN_SHUTDOWN_S = "600"
+COPY_GRACE_S = 5.0  # for the masked output copy to drain after the command exits
 EXIT_CODES = {
     "succeeded": EXIT_OK,
     "paused": EXIT_PAUSED,
@@ -358,11 +361,14 @@ def supervise(run_dir: Path) -> int:
             **({} if spec.resume_from else {"step": 0}),
         )
     started = time.monotonic()
+    secrets = secret_patterns(spec.declared.secrets if spec.declared is not None else ())
+    copier: threading.Thread | None = None
     with stdout_path.open("ab", buffering=0) as out:
         try:
             proc = subprocess.Popen(
                 command,
-                stdout=out,
+                # with secrets, through the agent, which masks them (output_mask.py)
+                stdout=subprocess.PIPE if secrets else out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -377,9 +383,14 @@ def supervise(run_dir: Path) -> int:
                 base,
                 {"kind": "exception", "message": f"cannot start recipe: {exc}", "traceback": []},
             )
+        if secrets and proc.stdout is not None:
+            copier = copy_masked(proc.stdout, out, secrets)
         forwarder.proc = proc
         forwarder.forward()  # a signal that came while Popen ran
         returncode = _wait(proc, writer, tail, spec, follow)
+        if copier is not None:
+            # the last output; a child it left behind may hold the pipe: do not wait long
+            copier.join(COPY_GRACE_S)
     if follow is not None:
         follow.finish()
     tail.poll()

@@ -46,6 +46,7 @@ class DeclaredJob:
     argv: list[str]
     cwd: Path
     env: dict[str, str]  # added to the agent's environment (secrets included: never log it)
+    secrets: tuple[str, ...]  # their values, masked in the command's output
     checkpoint_root: Path  # where the checkpoint glob is anchored
     total: int | None
     resumed_from: str | None
@@ -97,7 +98,8 @@ def build_job(raw: dict[str, Any], run_dir: Path) -> DeclaredJob:
             raise
         raise DeclaredSpecError(f"command template of {recipe.name!r}: {exc}") from None
     env = dict(recipe.env)
-    env.update(_read_secrets(raw.get("secret_files") or {}))
+    secrets = _read_secrets(raw.get("secret_files") or {})
+    env.update(secrets)
     if recipe.progress.json_prefix:
         env[PREFIX_ENV] = recipe.progress.json_prefix
     total = recipe.progress.total
@@ -109,6 +111,7 @@ def build_job(raw: dict[str, Any], run_dir: Path) -> DeclaredJob:
         argv=argv,
         cwd=Path(workdir_view) if workdir_view else run_dir,
         env=env,
+        secrets=tuple(secrets.values()),
         checkpoint_root=root,
         total=total,
         resumed_from=None if resume_from is None else str(resume_from),

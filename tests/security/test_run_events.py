@@ -239,6 +239,7 @@ metrics = ['val (?P<val_loss>[\\d.eE+-]+)']
         argv=["python3", "x.py"],
         cwd=tmp_path,
         env={},
+        secrets=(),
         checkpoint_root=tmp_path,
         total=None,
         resumed_from=None,

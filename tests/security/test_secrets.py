@@ -10,6 +10,7 @@ every request the model's server received are searched for each value.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
@@ -61,9 +62,13 @@ TOKENS = {
 PLANTED = {"configured": CONFIGURED, "bare bearer jwt": BEARER_JWT, **TOKENS}
 
 LEAK_SCRIPT = """
-import os, sys
-print("starting with HF_TOKEN=" + os.environ["HF_TOKEN"], flush=True)
-print("the value again: " + os.environ["HF_TOKEN"], flush=True)
+import hashlib, os, sys, time
+token = os.environ["HF_TOKEN"]
+print("got sha256 " + hashlib.sha256(token.encode()).hexdigest(), flush=True)
+print("starting with HF_TOKEN=" + token, flush=True)
+sys.stdout.write("split " + token[:6]); sys.stdout.flush(); time.sleep(0.1)
+print(token[6:] + " across two writes", flush=True)
+print("the value again: " + token, flush=True)
 sys.exit(3)
 """
 
@@ -238,10 +243,11 @@ async def test_a_secret_handed_to_a_run_is_masked_in_logs_reports_and_the_model(
         )
         host_written = [p for p in ("spec.json", "control.json") if (run_dir / p).exists()]
 
-    assert f"HF_TOKEN={RUN_SECRET}" in stdout  # the run really printed it
-    # Only the run's own output holds it: what it printed, and the agent's quotes of that
-    # (log events, the failure's last lines). Nothing the host wrote there does.
-    assert set(holding) <= {"stdout.log", "events.jsonl", "result.json"}, holding
+    # The run got the value (its hash), printed it (whole, and split over two writes), and
+    # the agent wrote its output masked: no file in the run dir holds it.
+    assert f"got sha256 {hashlib.sha256(RUN_SECRET.encode()).hexdigest()}" in stdout
+    assert "HF_TOKEN=[REDACTED]" in stdout and "split [REDACTED] across" in stdout, stdout
+    assert holding == [], holding
     assert "spec.json" in host_written
     places = {
         "database": dump,
