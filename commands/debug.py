@@ -306,6 +306,9 @@ async def _report(ctx: CommandContext) -> str:
             else "no row dropped"
         )
     )
+    monitor_note = s.monitor.health_note()
+    if monitor_note is not None:
+        lines.append(monitor_note)
     return "\n".join(lines)
 
 

@@ -77,6 +77,9 @@ async def dashboard(ctx: CommandContext) -> str:
             f" ({format_local(moment, s.settings.zone)}, id {due.id})"
         )
     lines.append(task_line)
+    monitor_note = s.monitor.health_note()
+    if monitor_note is not None:
+        lines.append(monitor_note)
     writer = s.log.stats
     lines.append(
         f"Event log: {writer.written:,} rows written, {s.log.pending:,} pending"

@@ -165,6 +165,15 @@ class RunMonitor:
                 if trouble is not None:
                     trouble.failures, trouble.failed_at = 0, None
 
+    def health_note(self) -> str | None:
+        """What /status and /debug report say of runs' unreadable output; None: nothing."""
+        if not (self.lines_skipped or self.pass_failures):
+            return None
+        return (
+            f"Run monitor: {self.lines_skipped:,} event line(s) skipped,"
+            f" {self.pass_failures:,} failed pass(es) since start; /debug run <id> shows each"
+        )
+
     async def _follow_failed(self, run: RunRecord, exc: Exception) -> None:
         """Log it, tell the run's chat once, and past SKIP_AFTER tries skip what it read.
 

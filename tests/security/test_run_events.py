@@ -329,6 +329,8 @@ async def test_a_poisoned_run_leaves_its_neighbour_and_a_restart_alone(
         (show,) = await channel.say(ADMIN, f"/run show {poisoned}")
         assert "running" in show
         await wait_until(lambda: step_of(repo, poisoned), 8)
+        status = "\n".join(await channel.say(ADMIN, "/status"))
+        assert "Run monitor: " in status and " event line(s) skipped" in status, status
         await orch.services.log.flush()
     told = [t for _, t in channel.sent if f"Run {poisoned}" in t and "was skipped" in t]
     assert len(told) == 1, told
@@ -386,3 +388,5 @@ async def test_a_run_whose_lines_make_its_pass_fail_is_skipped_past_alone(
         await channel.wait_for(f"Run {broken} (hostile) succeeded", timeout=120)
         assert (await step_of(repo, broken)) >= 1
         assert orch.services.monitor.pass_failures >= 3
+        report = "\n".join(await channel.say(ADMIN, "/debug report"))
+        assert "Run monitor: " in report and " failed pass(es) since start" in report, report
