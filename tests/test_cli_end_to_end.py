@@ -3,69 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "assistant", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env_for(home),
-    )
-
-
-def env_for(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
-    env.update(
-        ASSISTANT_HOME=str(home),
-        ASSISTANT_LOCAL_PORT="0",
-        ASSISTANT_TIMEZONE="Europe/Berlin",
-        ASSISTANT_SECRETS="sesame-1234-open",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+from tests.service_process import ROOT, cli, env_for, running_service
 
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     home = tmp_path / "home"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "assistant", "up"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env=env_for(home),
-    )
-    endpoint = home / "local-channel.json"
-    deadline = time.monotonic() + 20
-    while not endpoint.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"assistant up did not start: {err}")
-        time.sleep(0.05)
-    try:
+    with running_service(home) as proc:
         yield home, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def test_send_gets_answers_from_a_running_service(

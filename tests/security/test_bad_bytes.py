@@ -9,7 +9,6 @@ rows around it are written and the writer keeps committing.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
@@ -28,8 +27,8 @@ from assistant.orchestrator import Orchestrator
 from assistant.redaction import Redactor
 from storage.db import Database
 from tests.assistant.recording import RecordingChannel
+from tests.service_process import ROOT, env_for, running_service
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "tg:1001"
 POISON = "poison \udcff here"
 
@@ -160,41 +159,11 @@ async def test_status_and_debug_report_show_dropped_rows(settings: Settings) -> 
 # ---- the whole path: `assistant send` with a non-UTF-8 byte ------------------------------
 
 
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
-    env.update(
-        ASSISTANT_HOME=str(home),
-        ASSISTANT_LOCAL_PORT="0",
-        ASSISTANT_TIMEZONE="Europe/Berlin",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     home = tmp_path / "home"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "assistant", "up"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env=_env(home),
-    )
-    deadline = time.monotonic() + 20
-    while not (home / "local-channel.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"assistant up did not start: {err}")
-        time.sleep(0.05)
-    try:
+    with running_service(home) as proc:
         yield home, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def _send(home: Path, arg: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -203,7 +172,7 @@ def _send(home: Path, arg: bytes) -> subprocess.CompletedProcess[bytes]:
         capture_output=True,
         timeout=30,
         cwd=ROOT,
-        env=_env(home),
+        env=env_for(home),
     )
 
 

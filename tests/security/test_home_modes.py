@@ -14,7 +14,7 @@ from pathlib import Path
 
 from storage.db import Database
 from tests.security.test_one_service_per_home import start
-from tests.test_cli_end_to_end import cli
+from tests.service_process import cli
 
 
 def modes(home: Path) -> dict[str, int]:

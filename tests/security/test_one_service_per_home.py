@@ -9,34 +9,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_cli_end_to_end import ROOT, cli, env_for
+from tests.service_process import cli, start_service, up
+
+LOCAL = {"ASSISTANT_RUNNER": "process", "ASSISTANT_GPUS": "none"}
 
 
 def start(home: Path) -> subprocess.Popen[str]:
-    """`assistant up` on `home`, returned once its local channel is listening."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "assistant", "up"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**env_for(home), "ASSISTANT_RUNNER": "process", "ASSISTANT_GPUS": "none"},
-    )
-    deadline = time.monotonic() + 30
-    while not (home / "local-channel.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"assistant up did not start: {err}")
-        time.sleep(0.05)
-    return proc
+    return start_service(home, **LOCAL)
 
 
 @pytest.fixture
@@ -57,14 +41,7 @@ def test_a_second_service_on_the_same_home_is_refused(
     home, proc = first
     endpoint = home / "local-channel.json"
     before = json.loads(endpoint.read_text())
-    second = subprocess.Popen(
-        [sys.executable, "-m", "assistant", "up"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**env_for(home), "ASSISTANT_RUNNER": "process", "ASSISTANT_GPUS": "none"},
-    )
+    second = up(home, **LOCAL)
     try:
         _, err = second.communicate(timeout=30)
     except subprocess.TimeoutExpired:
@@ -120,16 +97,10 @@ def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path: Path) -> Non
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
     (home / "assistant.lock").symlink_to(target)
-    result = subprocess.run(
-        [sys.executable, "-m", "assistant", "up"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**env_for(home), "ASSISTANT_RUNNER": "process", "ASSISTANT_GPUS": "none"},
-    )
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.startswith(f"assistant: cannot open the lock file {home}/assistant.lock")
-    assert "Traceback" not in result.stderr
+    result = up(home, **LOCAL)
+    _, err = result.communicate(timeout=60)
+    assert result.returncode == 1, err
+    assert err.startswith(f"assistant: cannot open the lock file {home}/assistant.lock")
+    assert "Traceback" not in err
     assert target.read_text() == "keep me"
     assert not (home / "assistant.db").exists()  # stopped before anything was opened
