@@ -92,11 +92,17 @@ class Orchestrator:
             raise RuntimeError("an orchestrator is opened once")
         self._state = State.OPENED
         settings = self.settings
-        # Decided before anything is opened: a required engine that is missing stops here.
+        # The database first: a file the service cannot use is the one line a failed start
+        # says. Then the runner, before anything else: a required engine that is missing
+        # stops here too.
+        db = await Database.open(settings.db_path)
         host = HostStats()
         inventory = gpu_inventory(settings, host)
-        runner = self._runner or await choose_runner(settings, len(inventory))
-        db = await Database.open(settings.db_path)
+        try:
+            runner = self._runner or await choose_runner(settings, len(inventory))
+        except BaseException:
+            await db.aclose()
+            raise
         redactor = self.redact
         event_log = EventLog(db, redactor, flush_interval=settings.event_flush_interval_s)
         await event_log.start()
