@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     event_flush_interval_s: float = Field(
         default=0.1, gt=0, le=5, validation_alias="ASSISTANT_EVENT_FLUSH_INTERVAL"
     )
+    # the HTTP listener for /healthz and /metrics: host:port, loopback by default (port 0:
+    # any free port, written to ASSISTANT_HOME/http.json); "off" disables it
+    http_address: str = Field(default="127.0.0.1:9477", validation_alias="ASSISTANT_HTTP")
+    # OpenTelemetry traces of the event chain over OTLP/HTTP (e.g. http://127.0.0.1:4318);
+    # none: no tracing (needs the `otel` extra)
+    otlp_endpoint: str | None = Field(default=None, validation_alias="ASSISTANT_OTLP_ENDPOINT")
+    # the service log: "text" lines, or one JSON object a line
+    log_format: Literal["text", "json"] = Field(
+        default="text", validation_alias="ASSISTANT_LOG_FORMAT"
+    )
     # extra strings to redact from logs (comma-separated), beside the known secrets below
     secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), validation_alias="ASSISTANT_SECRETS"
