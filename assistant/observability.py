@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from assistant import log_context
 from assistant.jobs.text import valid_text
 from assistant.redaction import Redactor, to_json
 from storage.db import Database
@@ -461,6 +462,7 @@ class ActionScope:
         self.content: object = None
         self.error: str | None = None
         self._token: Any = None
+        self._log_token: Any = None
 
     def fail(self, error: str) -> None:
         """Mark the action failed without raising (e.g. a refused request)."""
@@ -468,6 +470,7 @@ class ActionScope:
 
     def __enter__(self) -> ActionScope:
         self._token = current_action.set(self.id)
+        self._log_token = log_context.enter(self.triggered_by, self.id)
         return self
 
     def __exit__(
@@ -476,6 +479,7 @@ class ActionScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        log_context.leave(self._log_token)
         current_action.reset(self._token)
         if exc is not None and self.error is None:
             self.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
@@ -513,10 +517,12 @@ class ToolCallScope:
         self.action_id = action_id
         self.output: object = None
         self._started = 0.0
+        self._log_token: Any = None
 
     async def __aenter__(self) -> ToolCallScope:
         if self.action_id is None:
             self.action_id = current_action.get()
+        self._log_token = log_context.enter(None, self.action_id)
         self._started = time.perf_counter()
         return self
 
@@ -527,6 +533,7 @@ class ToolCallScope:
         tb: TracebackType | None,
     ) -> None:
         duration_ms = (time.perf_counter() - self._started) * 1000
+        log_context.leave(self._log_token)
         error = None if exc is None else (str(exc) or type(exc).__name__)
         self._log.log_tool_call(
             self.action_id,
