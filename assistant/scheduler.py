@@ -76,6 +76,19 @@ class TaskSummary:
     next_due: Task | None
 
 
+@dataclass
+class TaskCounts:
+    """Firings since start, for /metrics: task_runs rows are pruned, these only grow.
+
+    fired: each firing that ran (schedule, manual or catch-up); failed: those that raised
+    or were refused; missed: firings recorded missed while the service was down.
+    """
+
+    fired: int = 0
+    failed: int = 0
+    missed: int = 0
+
+
 # ---- fire times ----------------------------------------------------------------------
 
 
@@ -250,6 +263,7 @@ class TaskScheduler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self.counts = TaskCounts()
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -568,6 +582,7 @@ class TaskScheduler:
     ) -> None:
         """Run a claimed firing, record how it went, and tell the chat."""
         started = to_iso(self._clock.now())
+        self.counts.fired += 1
         event_id = self._log.log_event(
             "scheduled_task",
             task.id,
@@ -592,6 +607,7 @@ class TaskScheduler:
                 reply = await self._runner.run_task(task, event_id)
                 act.content = {"task": task.id, "reply": reply[:500]}
         except Exception as exc:
+            self.counts.failed += 1
             error = str(exc) or type(exc).__name__
             finished = to_iso(self._clock.now())
             await self._repo.finish(run_id, "failed", error, finished_at=finished)
@@ -611,6 +627,7 @@ class TaskScheduler:
         one whose rights were taken away).
         """
         now = to_iso(self._clock.now())
+        self.counts.failed += 1
         action_id = self._log.log_action(
             event_id,
             "task_refused",
@@ -651,6 +668,7 @@ class TaskScheduler:
         await self._advance(task, now)
         if not recorded:
             return
+        self.counts.missed += 1
         fresh = await self._repo.get(task.id)
         upcoming = fresh.next_run if fresh is not None else None
         following = (

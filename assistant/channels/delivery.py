@@ -67,6 +67,33 @@ def split_text(text: str, limit: int) -> list[str]:
 
 
 @dataclass
+class SendStats:
+    """What one send queue went through since start, for /metrics (counts only grow).
+
+    failures: messages that finally failed (retries used up, or an error retrying cannot
+    fix); retries: sends tried again after a transient error; rate_limited: waits the
+    platform asked for.
+    """
+
+    sent: int = 0
+    failures: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+
+
+def send_stats(channel: object) -> SendStats | None:
+    """The send counters of a channel's queue, or None for a channel without one.
+
+    The platform channels keep their queue to themselves; this finds it without each of
+    them growing an accessor.
+    """
+    for value in getattr(channel, "__dict__", {}).values():
+        if isinstance(value, SendQueue):
+            return value.stats
+    return None
+
+
+@dataclass
 class _Job:
     send: Callable[[], Awaitable[object]]
     done: asyncio.Future[object]
@@ -88,6 +115,7 @@ class SendQueue:
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self.waiting_until: float | None = None  # loop time a rate limit ends, for /status
+        self.stats = SendStats()
 
     async def submit(self, send: Callable[[], Awaitable[T]]) -> T:
         if self._worker is None or self._worker.done():
@@ -108,7 +136,9 @@ class SendQueue:
             while not job.done.done():
                 try:
                     job.done.set_result(await job.send())
+                    self.stats.sent += 1
                 except RetryAfter as exc:
+                    self.stats.rate_limited += 1
                     self.waiting_until = loop.time() + exc.seconds
                     log.info("%s: rate limited, waiting %.1fs", self.name, exc.seconds)
                     await asyncio.sleep(exc.seconds)
@@ -116,10 +146,13 @@ class SendQueue:
                 except TransientError as exc:
                     failures += 1
                     if failures >= self._attempts:
+                        self.stats.failures += 1
                         job.done.set_exception(exc)
                     else:
+                        self.stats.retries += 1
                         await asyncio.sleep(self._backoff_s * 2 ** (failures - 1))
                 except Exception as exc:
+                    self.stats.failures += 1
                     job.done.set_exception(exc)
 
     async def aclose(self) -> None:
