@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 import click
 
+from assistant import log_context
 from assistant.access import Access
 from assistant.channels.local import LocalChannel
 from assistant.config import Settings, load_settings
@@ -24,6 +27,7 @@ from assistant.redaction import Redactor
 from assistant.services import shared_redactor
 from storage.chats import ChatRepo
 from storage.db import Database, DatabaseOpenError
+from storage.ids import encode
 
 
 class RedactingFormatter(logging.Formatter):
@@ -37,9 +41,65 @@ class RedactingFormatter(logging.Formatter):
         return self.redactor(super().format(record))
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log collectors (journald, Loki, a compose json-file log).
+
+    Keys: `time` (UTC, ms), `level`, `logger`, `message`, `exc` (the traceback, when there
+    is one), and `event_id` / `action_id` (as `/debug` prints them) when the line was
+    logged inside an event-log action or tool call. Each text is redacted before it is
+    encoded: the redactor sees what was written, so a secret holding a quote or a backslash
+    is found (escaped in the encoded line, it would no longer match), and a mask can never
+    cut an escape sequence in two.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        clean = self.redactor
+        entry: dict[str, str] = {
+            "time": _utc_ms(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": clean(record.getMessage()),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = clean(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = clean(self.formatStack(record.stack_info))
+        context = log_context.current()
+        if context is not None:
+            if context.event_id is not None:
+                entry["event_id"] = encode(context.event_id)
+            if context.action_id is not None:
+                entry["action_id"] = encode(context.action_id)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _utc_ms(epoch_s: float) -> str:
+    """ISO 8601 in UTC with milliseconds: 2025-01-31T09:15:02.123Z."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
 def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"assistant: {message}", err=True)
     sys.exit(code)
+
+
+def _say(settings: Settings, message: str, level: int = logging.INFO) -> None:
+    """A line for whoever started the service: plain on stderr, or a JSON log line.
+
+    In the JSON format every line of stderr is JSON, so a collector never meets a line it
+    cannot parse; these lines are shown whatever the log level, as the plain ones are.
+    """
+    if settings.log_format != "json":
+        click.echo(message if level < logging.ERROR else f"assistant: {message}", err=True)
+        return
+    logger = logging.getLogger("assistant")
+    logger.handle(logger.makeRecord(logger.name, level, __file__, 0, message, (), None))
 
 
 def _settings() -> Settings:
@@ -50,11 +110,15 @@ def _settings() -> Settings:
 
 
 def _setup_logging(settings: Settings) -> None:
+    """The service log on stderr, in the configured format, through the one redactor."""
     handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter(shared_redactor(settings)))
+    redactor = shared_redactor(settings)
+    formatter = JsonFormatter(redactor) if settings.log_format == "json" else None
+    handler.setFormatter(formatter or RedactingFormatter(redactor))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    logging.captureWarnings(True)  # Python's warnings too: redacted, and in the same format
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # httpx logs every request URL, and the Bot API's URLs carry the token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -76,13 +140,20 @@ def up() -> None:
         prepare_home(settings.assistant_home)
         lock.acquire()
     except HomeError as exc:
-        _fail(str(exc), code=1)
+        _say(settings, str(exc), logging.ERROR)
+        sys.exit(1)
     try:
         asyncio.run(_serve(settings))
-    except ChannelError as exc:
-        _fail(str(exc))
+    except (ChannelError, ConfigError) as exc:  # a port taken, a required engine absent
+        _say(settings, str(exc), logging.ERROR)
+        sys.exit(2)
     except DatabaseOpenError as exc:
-        _fail(str(exc), code=1)
+        _say(settings, str(exc), logging.ERROR)
+        sys.exit(1)
+    except Exception:
+        # Through the log, not Python's own print: redacted, and one JSON line in that format.
+        logging.getLogger("assistant").critical("the service stopped on an error", exc_info=True)
+        sys.exit(1)
     finally:
         lock.release()
 
@@ -94,15 +165,15 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     local = LocalChannel(settings.endpoint_path, port=settings.local_port)
     async with Orchestrator(settings, channels=[local], platforms=True) as orch:
-        click.echo(
+        _say(
+            settings,
             f"assistant is up: data in {settings.assistant_home},"
             f" local channel on 127.0.0.1:{local.port};"
             f" channels: {', '.join(c.name for c in orch.channels)}."
             ' Talk to it with: assistant send "/status"  (Ctrl-C stops)',
-            err=True,
         )
         await stop.wait()
-        click.echo("assistant: stopping", err=True)
+        _say(settings, "assistant: stopping")
 
 
 @main.command()
