@@ -2,7 +2,8 @@
 # Builds the run image with no registry at all, in three idempotent steps:
 #   1. base   assistant-base:bookworm, imported from a Debian rootfs (debootstrap)
 #   2. wheels build/wheelhouse: torch (CPU build where the host's pip offers it), numpy,
-#             scikit-learn, aiohttp (the benchmark client), fetched by the host's pip
+#             scikit-learn, aiohttp (the benchmark client), prometheus-client (the
+#             benchmark reads the server's /metrics with its parser), fetched by the host's pip
 #             for the base's Python (3.11)
 #   3. image  assistant-run:latest from deploy/run-image/Dockerfile
 # Each step is skipped when its output is already there, so re-running costs seconds.
@@ -20,7 +21,7 @@ base_tag=${ASSISTANT_BASE_IMAGE:-assistant-base:bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 python=${PYTHON:-python3}
 wheelhouse=build/wheelhouse
-requirements=(torch==2.13.0 numpy scikit-learn aiohttp)
+requirements=(torch==2.13.0 numpy scikit-learn aiohttp prometheus-client)
 target_python=3.11 # bookworm's python3
 
 say() { printf '== %s\n' "$*"; }

@@ -1,9 +1,12 @@
 """What a benchmark run's chat gets at the end, and the server statistics shown meanwhile.
 
-The report: the table per profile, whether the run counts as comparable (and why not), a
-chart, where the result files are, and the change against the last comparable run of the
-same model. A change worse than ASSISTANT_BENCH_REGRESSION_PCT opens the report with a
-line in capitals: nightly benchmark tasks are read by someone skimming a phone.
+The report: the table per profile, whether the run counts as comparable (and why not), the
+server's own counts from its /metrics beside the client's, a chart, where the result files
+are, and the change against the last comparable run of the same model. The server's log
+lines (vLLM's periodic statistics) are read only where /metrics gave nothing: they vanish
+with `--disable-log-stats` and exist only for a server the host started. A change worse
+than ASSISTANT_BENCH_REGRESSION_PCT opens the report with a line in capitals: nightly
+benchmark tasks are read by someone skimming a phone.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from assistant.jobs import protocol
 from assistant.jobs.bench.engine_stats import parse_engine_line
+from assistant.jobs.bench.server_metrics import SCRAPES_METRIC
 from assistant.runs.bench_report import (
     change_text,
     changes,
     comparable_text,
+    has_server_metrics,
     load_results,
     profile_chart,
     regressions,
+    server_text,
     table_text,
 )
 from assistant.runs.report import summary_text
@@ -57,6 +63,30 @@ def engine_metrics(lines: Iterable[str]) -> dict[str, float]:
     return out
 
 
+def reads_server_metrics(run: RunRecord) -> bool:
+    """Whether the benchmark job reads the server's /metrics itself (its log is then not read)."""
+    scrapes = run.metrics.get(SCRAPES_METRIC)
+    return isinstance(scrapes, int | float) and scrapes > 0
+
+
+def log_stats_text(run: RunRecord) -> str | None:
+    """The server's latest log-line statistics, for a run whose server had no /metrics."""
+    shown = []
+    for name, label, unit in (
+        ("engine_gen_tok_s", "generation", " tok/s"),
+        ("engine_prompt_tok_s", "prompt", " tok/s"),
+        ("kv_cache_pct", "KV cache", "%"),
+        ("prefix_hit_pct", "prefix hits", "%"),
+        ("engine_running", "running", ""),
+    ):
+        value = run.metrics.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            shown.append(f"{label} {value:,.1f}{unit}")
+    if not shown:
+        return None
+    return "Server (its last log statistics, no /metrics): " + ", ".join(shown)
+
+
 def comparable_only(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: r for name, r in results.items() if r.get("comparable")}
 
@@ -81,6 +111,13 @@ async def bench_report(
     parts = [summary_text(run, cause, run_dir) if run.state != "succeeded" else _head(run)]
     if results:
         parts += [table_text(results), comparable_text(results)]
+        server = server_text(results)
+        if server is not None:
+            parts.append(server)
+        if not has_server_metrics(results):
+            fallback = log_stats_text(run)
+            if fallback is not None:
+                parts.append(fallback)
         parts.append(f"Result files: {run_dir / protocol.ARTIFACTS / BENCH_DIR}")
         found = await baseline(manager, run)
         threshold = manager.settings.bench_regression_pct

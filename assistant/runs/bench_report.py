@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from assistant.jobs.bench.server_metrics import server_line
 from assistant.runs import rundir
 from assistant.runs.events import valid_json
 from assistant.runs.report import save_figure
@@ -202,6 +203,36 @@ def comparable_text(results: Results) -> str:
     if not failing:
         return "comparable"
     return "not comparable: " + "; ".join(f"{name}: {reason}" for name, reason in failing)
+
+
+def has_server_metrics(results: Results) -> bool:
+    """Whether any profile carries figures from the server's own /metrics."""
+    return any(_server_block(r).get("available") is True for r in results.values())
+
+
+def _server_block(result: Mapping[str, Any]) -> Mapping[str, Any]:
+    block = result.get("server_metrics")
+    return block if isinstance(block, Mapping) else {}
+
+
+def server_text(results: Results) -> str | None:
+    """One line per profile: the server's own counts from /metrics beside the client's.
+
+    `custom-32x16-c4 server: 192 generated tokens (server count) vs 192 client count; ...`;
+    a profile whose server published none says why. None when no result has the block
+    (results from before the benchmark read /metrics).
+    """
+    lines = []
+    for name in _ordered(results):
+        result = results[name]
+        block = _server_block(result)
+        if not block:
+            continue
+        line = server_line(
+            block, result.get("total_output_tokens"), result.get("total_input_tokens")
+        )
+        lines.append(f"{name} {line}")
+    return "\n".join(lines) or None
 
 
 # ----------------------------------------------------------------------------- one run: chart

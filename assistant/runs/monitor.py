@@ -25,7 +25,7 @@ from assistant.jobs.declared import from_json
 from assistant.jobs.recipes import RECIPES, lower_is_better
 from assistant.jobs.text import valid_text
 from assistant.runs import rundir
-from assistant.runs.bench_outcome import bench_report, engine_metrics
+from assistant.runs.bench_outcome import bench_report, engine_metrics, reads_server_metrics
 from assistant.runs.events import read_new, valid_json
 from assistant.runs.manager import SECRETS_DIR, RunManager
 from assistant.runs.report import eta, plot, read_events, summary_text
@@ -312,10 +312,14 @@ class RunMonitor:
         return rundir.checkpoint_problem(root, path)
 
     async def _engine_stats(self, run: RunRecord, live: Live) -> dict[str, float]:
-        """A benchmark server's own statistics from its log, every ENGINE_READ_S."""
+        """A benchmark server's own statistics from its log, every ENGINE_READ_S.
+
+        Only while the job has not read the server's /metrics: those figures come as the
+        job's own metric events, and the log would overwrite them with coarser ones.
+        """
         servers, ref = self.manager.servers, (run.server or {}).get("ref")
         now = time.time()
-        if servers is None or not ref or run.state != "running":
+        if servers is None or not ref or run.state != "running" or reads_server_metrics(run):
             return {}
         if live.engine_read_at is not None and now - live.engine_read_at < ENGINE_READ_S:
             return {}

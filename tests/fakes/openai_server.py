@@ -11,7 +11,11 @@ output exactly `max_tokens` long; `stream_options.include_usage` adds vLLM's fin
 the server does not serve get vLLM's 404. Failures on demand: every k-th request an
 HTTP 500, or a stream cut off half-way. `GET /health` answers 503 until `start_delay_s`
 has passed, then 200; `GET /v1/models` lists the served models. Every `stats_interval_s`
-it prints a vLLM engine statistic line with real counts.
+it prints a vLLM engine statistic line with real counts, and `GET /metrics` publishes
+vLLM's Prometheus series (V1 names, or V0's with `metrics="v0"`) that move with the
+requests served: token counters, running/waiting gauges, KV-cache usage. `metrics="off"`
+answers 404 there (a server without /metrics), `"garbage"` sends text that is not the
+Prometheus format, `"huge"` an endless body.
 
 In tests:
 
@@ -68,6 +72,7 @@ class FakeConfig:
     # (status, raw body bytes), sent as is in small pieces; () = behave like vLLM.
     scripted: tuple[tuple[int, bytes], ...] = ()
     models_body: bytes | None = None  # a raw /v1/models answer (status 200) instead
+    metrics: str = "vllm"  # GET /metrics: vllm | v0 | off (404) | garbage | huge
 
 
 @dataclass
@@ -88,6 +93,10 @@ class _Counters:
     prompt_tokens: int = 0  # since the last statistic line
     generated: int = 0  # since the last statistic line
     requests: int = 0
+    # as /metrics publishes them: since start, never reset
+    prompt_total: int = 0
+    generation_total: int = 0
+    peak_kv_tokens: int = 0
 
 
 class BadRequest(ValueError):
@@ -118,6 +127,7 @@ class FakeOpenAIServer:
         self._runner: web.AppRunner | None = None
         self._stats: asyncio.Task[None] | None = None
         self._ready_at = 0.0
+        self.started_at = time.time()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application()
@@ -125,6 +135,7 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -176,6 +187,57 @@ class FakeOpenAIServer:
             for m in self.config.models
         ]
         return web.json_response({"object": "list", "data": data})
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        mode = self.config.metrics
+        if mode == "off":
+            return web.Response(status=404, text="404: Not Found")
+        if mode == "garbage":
+            text = '<html>not metrics</html>\nvllm:num_requests_running{engine="0"} many\n'
+            return web.Response(text=text, content_type="text/plain")
+        if mode == "huge":
+            return await _raw_answer(request, 200, b"# " + b"x" * (5 * 1024 * 1024) + b"\n")
+        return web.Response(text=self.exposition(), content_type="text/plain", charset="utf-8")
+
+    def exposition(self) -> str:
+        """vLLM's series in the Prometheus text format, with this server's counts."""
+        c = self.config
+        v0 = c.metrics == "v0"
+        labels = f'{{engine="0",model_name={json.dumps(c.models[0])}}}'
+        kv = self.counters.kv_tokens / max(1, c.kv_capacity_tokens)
+        hits = "vllm:gpu_prefix_cache_hits" if v0 else "vllm:prefix_cache_hits"
+        queries = "vllm:gpu_prefix_cache_queries" if v0 else "vllm:prefix_cache_queries"
+        series = (
+            ("vllm:num_requests_running", "gauge", self.counters.running),
+            ("vllm:num_requests_waiting", "gauge", 0),
+            ("vllm:gpu_cache_usage_perc" if v0 else "vllm:kv_cache_usage_perc", "gauge", kv),
+            ("vllm:prompt_tokens", "counter", self.counters.prompt_total),
+            ("vllm:generation_tokens", "counter", self.counters.generation_total),
+            (hits, "counter", 0),
+            (queries, "counter", self.counters.prompt_total),
+            ("vllm:num_preemptions", "counter", 0),
+            # a histogram, as vLLM has dozens: the reader must pass over it
+            ("vllm:e2e_request_latency_seconds", "histogram", self.counters.requests),
+        )
+        lines = [
+            "# HELP python_gc_objects_collected_total Objects collected during gc",
+            "# TYPE python_gc_objects_collected_total counter",
+            'python_gc_objects_collected_total{generation="0"} 1234.0',
+        ]
+        for name, kind, value in series:
+            lines += [f"# HELP {name} {name} of the fake server.", f"# TYPE {name} {kind}"]
+            if kind == "counter":
+                lines.append(f"{name}_total{labels} {float(value)}")
+                lines.append(f"{name}_created{labels} {self.started_at}")
+            elif kind == "histogram":
+                inner = labels[1:-1]
+                lines.append(f'{name}_bucket{{{inner},le="1.0"}} {float(value)}')
+                lines.append(f'{name}_bucket{{{inner},le="+Inf"}} {float(value)}')
+                lines.append(f"{name}_count{labels} {float(value)}")
+                lines.append(f"{name}_sum{labels} 0.5")
+            else:
+                lines.append(f"{name}{labels} {float(value)}")
+        return "\n".join(lines) + "\n"
 
     # ---- generation --------------------------------------------------------------------
 
@@ -231,6 +293,7 @@ class FakeOpenAIServer:
         self.counters.running += 1
         self.counters.peak_running = max(self.counters.peak_running, self.counters.running)
         self.counters.prompt_tokens += prompt_tokens
+        self.counters.prompt_total += prompt_tokens
         self.counters.kv_tokens += prompt_tokens
         written = 0
         try:
@@ -238,6 +301,7 @@ class FakeOpenAIServer:
                 await _sleep_until(loop, deadlines[-1] if deadlines else arrived)
                 written = tokens
                 self.counters.generated += tokens
+                self.counters.generation_total += tokens
                 self.counters.kv_tokens += tokens
                 return web.json_response(chunks.whole(tokens, usage))
             response = web.StreamResponse(headers=_SSE_HEADERS)
@@ -252,7 +316,11 @@ class FakeOpenAIServer:
                     recorded.first_token_at = loop.time()
                 written += 1
                 self.counters.generated += 1
+                self.counters.generation_total += 1
                 self.counters.kv_tokens += 1
+                self.counters.peak_kv_tokens = max(
+                    self.counters.peak_kv_tokens, self.counters.kv_tokens
+                )
             if usage is not None:
                 await response.write(chunks.usage(usage))
             await response.write(b"data: [DONE]\n\n")
@@ -456,6 +524,9 @@ def _parse(argv: Sequence[str]) -> tuple[str, int, FakeConfig]:
     parser.add_argument("--eos-after", type=int, default=0)
     parser.add_argument("--no-usage", action="store_true")
     parser.add_argument(
+        "--metrics", default="vllm", choices=("vllm", "v0", "off", "garbage", "huge")
+    )
+    parser.add_argument(
         "--model", action="append", help="a served model id (repeatable; default fake-model)"
     )
     # vLLM's own options, so the host starts this exactly as it starts vLLM's image
@@ -475,6 +546,7 @@ def _parse(argv: Sequence[str]) -> tuple[str, int, FakeConfig]:
         models=tuple(a.served_model_name or a.model or ("fake-model",)),
         eos_after=a.eos_after,
         usage=not a.no_usage,
+        metrics=a.metrics,
         record=False,  # a long-lived server must not keep every body
     )
     return a.host, a.port, config

@@ -133,11 +133,14 @@ class BenchClient:
         profile: Profile,
         progress: ProgressFn | None = None,
         stop: asyncio.Event | None = None,
+        before_clock: Callable[[], Awaitable[None]] | None = None,
     ) -> ProfileRun:
         """Warm up, then send every prompt of `profile` and time it.
 
         A set `stop` ends the profile early: requests in flight are cancelled and recorded
         as failed, prompts not yet sent are left out, and the run says `stopped`.
+        `before_clock` is awaited after the warm-up, just before the clock starts (the
+        server's counters are read there, so the warm-up is not in their difference).
         """
         if profile.concurrency > self.config.connections:
             raise ValueError(
@@ -162,6 +165,8 @@ class BenchClient:
         records: list[RequestRecord] = []
         if stop is not None and stop.is_set():
             return ProfileRun(profile, records, 0.0, self.input_lengths_exact, True)
+        if before_clock is not None:
+            await before_clock()
         started = time.perf_counter()
         ticker = None
         if progress is not None:

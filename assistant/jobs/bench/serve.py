@@ -9,6 +9,10 @@ replacement), and writes `artifacts/bench/<profile>.json` (vLLM's field names pl
 `assistant.jobs.protocol`: progress counts requests over all profiles, one `metric`
 event per headline figure as `<profile>/<name>`, one `log` line per profile, and a
 `result` whose `bench` block says where the files are and whether the set is comparable.
+Each profile's file also holds `server_metrics`: the server's own counts from its
+Prometheus `/metrics` (see `server_metrics`), read before and after the profile and every
+second during it; those readings also come as the live `metric` events the progress line
+shows (server generation tok/s, KV cache %).
 SIGTERM stops it between or during profiles: what finished is kept, marked not
 comparable, and the result is `stopped`.
 
@@ -27,7 +31,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from assistant.jobs.bench.client import (
     ClientConfig,
     ProgressFn,
     served_models,
+    server_root,
     wait_healthy,
 )
 from assistant.jobs.bench.profiles import (
@@ -54,6 +59,7 @@ from assistant.jobs.bench.results import (
     write_requests,
     write_result,
 )
+from assistant.jobs.bench.server_metrics import SCRAPES_METRIC, ServerMetrics, server_line
 from assistant.jobs.protocol import (
     ARTIFACTS,
     EXIT_FAILED,
@@ -69,6 +75,7 @@ EXIT_USAGE = 2  # bad arguments, as argparse and the training recipes use
 TRACEBACK_LINES = 20
 MAX_LABEL = 100
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+LIVE_EVERY_S = 5.0  # the server's live figures as metric events, at most this often
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,9 @@ class _Run:
         self.final: dict[str, Any] = {}
         self.ran: list[str] = []
         self.reasons: list[str] = []
+        self.live_at = -LIVE_EVERY_S
+        self.told_no_metrics = False
+        self.scrapes = 0
 
     def emit(self, type_: str, **fields: Any) -> None:
         self.writer.emit(type_, **fields)
@@ -199,6 +209,32 @@ class _Run:
             )
 
         return report
+
+    def live(self, figures: Mapping[str, float]) -> None:
+        """The server's own figures from /metrics as metric events, every LIVE_EVERY_S."""
+        now = time.monotonic()
+        if now - self.live_at < LIVE_EVERY_S:
+            return
+        self.live_at = now
+        for name, value in figures.items():
+            self.emit("metric", step=self.step, name=name, value=round(value, 3))
+
+    def tell_server_metrics(self, profile: str, result: Mapping[str, Any]) -> None:
+        """A log line per profile; the first profile without /metrics says what follows."""
+        block = result["server_metrics"]
+        if block.get("available"):
+            line = server_line(block, result["total_output_tokens"], result["total_input_tokens"])
+            self.emit("log", level="info", message=f"{profile}: {line}")
+            self.scrapes += int(block.get("samples") or 0)
+            self.emit("metric", step=self.step, name=SCRAPES_METRIC, value=self.scrapes)
+        elif not self.told_no_metrics:
+            self.told_no_metrics = True
+            self.emit(
+                "log",
+                level="warning",
+                message=f"{profile}: no server metrics ({block.get('reason')});"
+                " the server's log lines are read instead where the server was started here",
+            )
 
     def finish(self, status: str, error: str | None = None, trace: Sequence[str] = ()) -> int:
         """The error event (when failed), the result event, and the exit code."""
@@ -278,7 +314,7 @@ async def _bench(run: _Run, stop: asyncio.Event) -> int:
     )
     out_dir = job.run_dir / BENCH_DIR
     dead: list[str] = []
-    async with BenchClient(config) as client:
+    async with BenchClient(config) as client, ServerMetrics(server_root(job.url)) as server:
         for profile in job.profiles:
             if stop.is_set():
                 break
@@ -289,9 +325,12 @@ async def _bench(run: _Run, stop: asyncio.Event) -> int:
                 f" {profile.output_len} out, concurrency {profile.concurrency},"
                 f" rate {profile.rate_label}",
             )
-            measured = await client.run(profile, run.progress(profile), stop)
+            reads = server.profile(run.live)
+            measured = await client.run(profile, run.progress(profile), stop, reads.start)
+            block = await reads.finish()
             run.step += len(measured.records)
             result = build_result(measured, meta)
+            result["server_metrics"] = block
             ok, reason = comparable(result, profile)
             result["comparable"] = ok  # the verdict travels with the file
             result["comparable_reason"] = reason
@@ -306,6 +345,7 @@ async def _bench(run: _Run, stop: asyncio.Event) -> int:
                 level="info" if ok else "warning",
                 message=summary_line(profile.name, result, reason),
             )
+            run.tell_server_metrics(profile.name, result)
             run.ran.append(profile.name)
             if reason is not None:
                 run.reasons.append(f"{profile.name}: {reason}")
