@@ -153,10 +153,39 @@ async def test_the_server_runs_in_a_container_and_goes_with_the_run(
         run = await orch.services.runs.repo.get(run_id)
         assert run is not None and run.server is not None and run.server["ref"]
         assert "--served-model-name" in run.server["args"]
+        # the live figures come from the server's /metrics, read by the benchmark itself
+        assert run.metrics.get("server_metrics_scrapes", 0) > 0, run.metrics
         assert "engine_gen_tok_s" in run.metrics, run.metrics
         log = (orch.services.runs.run_dir(run_id) / "artifacts/server.log").read_text()
         assert "Avg generation throughput" in log
     assert "comparable" in report and "custom-32x16-c2" in report
+    assert (
+        "custom-32x16-c2 server: 640 generated tokens (server count) vs 640 client count"
+    ) in report, report
+    assert "log statistics" not in report
+    left = docker_engine.containers.list(all=True, filters={"label": f"{SERVER_OF_LABEL}={run_id}"})
+    assert left == []
+
+
+async def test_without_metrics_the_servers_log_lines_are_read(
+    docker_settings: Settings, docker_engine: docker.DockerClient
+) -> None:
+    """A server started with /metrics off (vLLM behind a proxy that hides it): log lines."""
+    s = docker_settings.model_copy(update={"bench_server_args": "--metrics off"})
+    channel = RecordingChannel()
+    runner = DockerRunner(_docker_host(), image=RUN_IMAGE)
+    async with Orchestrator(s, channels=[channel], runner=runner) as orch:
+        run_id = await bench(
+            channel, "/run bench serve model=fake-model profiles=none in=32 out=16 c=2 n=40 gpus=0"
+        )
+        report = await channel.wait_for(f"Benchmark {run_id} (fake-model) succeeded", timeout=120)
+        run = await orch.services.runs.repo.get(run_id)
+        assert run is not None
+        assert "server_metrics_scrapes" not in run.metrics, run.metrics
+        assert "engine_gen_tok_s" in run.metrics, run.metrics
+    assert "custom-32x16-c2 server: no metrics (" in report and "HTTP 404" in report, report
+    assert "Server (its last log statistics, no /metrics): generation" in report, report
+    assert "not comparable" not in report
     left = docker_engine.containers.list(all=True, filters={"label": f"{SERVER_OF_LABEL}={run_id}"})
     assert left == []
 
