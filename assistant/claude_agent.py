@@ -350,6 +350,7 @@ class ClaudeAgent:
             **tokens,
             "cost_usd": round(cost, 6),
             "stop_reason": message.stop_reason,
+            "model": model,  # as answered: the trace's gen_ai.response.model
         }
         call = ModelCall(model, **tokens, cost_usd=cost, chat_id=request.chat_id, action_id=act.id)
         try:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
 from assistant import log_context
 from assistant.jobs.text import valid_text
@@ -64,6 +64,19 @@ _REASON_CHARS = 200  # of a dropped row's reason, as /status shows it
 EventRow = tuple[int, str, str | None, int | None, str, str | None]
 ActionRow = tuple[int, int | None, str, str | None, str | None, bool, str | None]
 ToolRow = tuple[int, int | None, str, str | None, str | None, float, bool, str | None]
+RowKind = Literal["event", "action", "tool"]
+
+
+class RowTap(Protocol):
+    """Sees every row as it is logged (the trace exporter, assistant/tracing.py).
+
+    `take` runs on the event loop for each row: it must only hand the row on, and never
+    raise. `at_ns` is when the row was logged (an action's end, a tool call's end).
+    """
+
+    def take(self, kind: RowKind, row: EventRow | ActionRow | ToolRow, at_ns: int) -> None: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass
@@ -113,6 +126,7 @@ class EventLog:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = WriterStats()
+        self.tap: RowTap | None = None  # set by tracing.start_tracing when it is on
 
     # ---- the public, never-raising API -------------------------------------------------
 
@@ -131,8 +145,11 @@ class EventLog:
         """Record something that happened; returns its id at once."""
         event_id = self._ids.next()
         try:
-            self._events.append((event_id, source, source_id, caused_by, summary, _stored(content)))
+            row = (event_id, source, source_id, caused_by, summary, _stored(content))
+            self._events.append(row)
             self._note_pending()
+            if self.tap is not None:
+                self.tap.take("event", row, time.time_ns())
         except Exception as exc:  # pragma: no cover - only on memory exhaustion
             log.debug("event not buffered: %s", exc)
         return event_id
@@ -152,10 +169,11 @@ class EventLog:
         if action_id is None:
             action_id = self._ids.next()
         try:
-            self._actions.append(
-                (action_id, triggered_by, action_type, target, _stored(content), ok, error)
-            )
+            row = (action_id, triggered_by, action_type, target, _stored(content), ok, error)
+            self._actions.append(row)
             self._note_pending()
+            if self.tap is not None:
+                self.tap.take("action", row, time.time_ns())
         except Exception as exc:  # pragma: no cover
             log.debug("action not buffered: %s", exc)
         return action_id
@@ -173,19 +191,20 @@ class EventLog:
     ) -> int:
         call_id = self._ids.next()
         try:
-            self._tools.append(
-                (
-                    call_id,
-                    action_id,
-                    tool_name,
-                    _stored(input),
-                    _stored(output),
-                    duration_ms,
-                    ok,
-                    error,
-                )
+            tool_row = (
+                call_id,
+                action_id,
+                tool_name,
+                _stored(input),
+                _stored(output),
+                duration_ms,
+                ok,
+                error,
             )
+            self._tools.append(tool_row)
             self._note_pending()
+            if self.tap is not None:
+                self.tap.take("tool", tool_row, time.time_ns())
         except Exception as exc:  # pragma: no cover
             log.debug("tool call not buffered: %s", exc)
         return call_id

@@ -33,6 +33,7 @@ from assistant.runs.runner import Runner
 from assistant.runs.select import choose_runner, gpu_inventory
 from assistant.scheduler import TaskScheduler
 from assistant.services import Services, shared_redactor
+from assistant.tracing import start_tracing, stop_tracing
 from commands import build_router
 from commands.registry import (
     CommandContext,
@@ -106,6 +107,7 @@ class Orchestrator:
         redactor = self.redact
         event_log = EventLog(db, redactor, flush_interval=settings.event_flush_interval_s)
         await event_log.start()
+        start_tracing(settings, event_log, redactor)  # when ASSISTANT_OTLP_ENDPOINT is set
         if self._platforms:
             try:
                 self.channels.extend(platform_channels(settings, KeyValue(db)))
@@ -192,6 +194,7 @@ class Orchestrator:
             await services.agent.aclose()  # the one _model_agent made
         services.log.log_event("system", None, summary="assistant stopped")
         await services.log.aclose()
+        await asyncio.to_thread(stop_tracing, services.log)  # after the last rows
         services.host.aclose()
         await services.db.aclose()
 

@@ -306,6 +306,8 @@ async def _report(ctx: CommandContext) -> str:
             else "no row dropped"
         )
     )
+    if s.log.tap is not None:  # traces exported (ASSISTANT_OTLP_ENDPOINT)
+        lines.append(s.log.tap.describe())
     monitor_note = s.monitor.health_note()
     if monitor_note is not None:
         lines.append(monitor_note)

@@ -1,0 +1,336 @@
+"""Traces of the event chain: span shapes (the SDK's in-memory exporter), the export path to
+a real OTLP/HTTP receiver on loopback, and a collector that is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from assistant.config import Settings
+from assistant.orchestrator import Orchestrator
+from assistant.runs.process_runner import ProcessRunner
+from assistant.tracing import ChainTracer, traces_url
+from commands import build_router
+from storage.ids import encode
+from tests.agent.conftest import MODEL, model_settings
+from tests.assistant.recording import RecordingChannel
+from tests.fakes.anthropic_server import FakeAnthropic, ToolUse, Usage
+from tests.fakes.anthropic_server import Reply as Answer
+from tests.fakes.otlp_server import OtlpReceiver, ReceivedSpan
+
+ADMIN = "tg:1001"
+
+
+@asynccontextmanager
+async def traced_service(
+    settings: Settings, **kwargs: object
+) -> AsyncIterator[tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer]]:
+    """A running service whose event log is traced into the SDK's in-memory exporter."""
+    channel = RecordingChannel()
+    async with Orchestrator(settings, channels=[channel], router=build_router()) as orch:
+        exporter = InMemorySpanExporter()
+        tracer = ChainTracer(exporter, orch.redact, poll_s=0.02)
+        tracer.attach(orch.services.log)
+        yield orch, channel, exporter, tracer
+
+
+@pytest.fixture
+async def traced(
+    settings: Settings,
+) -> AsyncIterator[tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer]]:
+    async with traced_service(settings) as running:
+        yield running
+
+
+async def spans_of(tracer: ChainTracer, exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    assert await asyncio.to_thread(tracer.flush)
+    return list(exporter.get_finished_spans())
+
+
+def parent_of(span: ReadableSpan, spans: Sequence[ReadableSpan]) -> ReadableSpan | None:
+    if span.parent is None:
+        return None
+    (parent,) = [s for s in spans if s.context.span_id == span.parent.span_id]
+    return parent
+
+
+def one(spans: Sequence[ReadableSpan], name: str, **attributes: object) -> ReadableSpan:
+    found = [
+        s
+        for s in spans
+        if s.name == name and all((s.attributes or {}).get(k) == v for k, v in attributes.items())
+    ]
+    assert len(found) == 1, (name, attributes, [s.name for s in spans])
+    return found[0]
+
+
+async def test_a_command_is_one_trace_event_command_tool_call_and_reply(
+    traced: tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer],
+) -> None:
+    orch, channel, exporter, tracer = traced
+    (reply,) = await channel.say(ADMIN, "/task add every 1h /status")
+    assert "every 1h" in reply
+    spans = await spans_of(tracer, exporter)
+
+    root = one(spans, "event telegram")
+    command = one(spans, "command", **{"assistant.action.target": "/task"})
+    add = one(spans, "task.add")
+    sent = one(spans, "message_sent")
+    send = one(spans, "telegram.send")
+    assert root.parent is None
+    assert parent_of(command, spans) is root and parent_of(sent, spans) is root
+    assert parent_of(add, spans) is command and parent_of(send, spans) is sent
+    assert {s.context.trace_id for s in (root, command, add, sent, send)} == {root.context.trace_id}
+    assert command.status.status_code is StatusCode.OK and add.status.status_code is StatusCode.OK
+    assert root.status.status_code is StatusCode.UNSET  # an event is neither ok nor failed
+    # the ids are the event log's, as /debug prints them; times nest
+    assert command.attributes is not None and root.attributes is not None
+    assert command.attributes["assistant.triggered_by"] == root.attributes["assistant.id"]
+    await orch.services.log.flush()
+    (stored,) = await orch.services.db.fetchall(
+        "SELECT id FROM action_log WHERE action_type = 'command'"
+    )
+    assert command.attributes["assistant.id"] == encode(stored["id"])
+    assert command.start_time is not None and command.end_time is not None
+    assert add.start_time is not None and add.end_time is not None
+    assert command.start_time <= add.start_time <= add.end_time <= command.end_time
+    assert root.resource.attributes["service.name"] == "gpu-chatops-assistant"
+
+
+async def test_a_failed_tool_call_is_an_error_span_with_the_redacted_error(
+    traced: tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer],
+) -> None:
+    orch, channel, exporter, tracer = traced
+    (reply,) = await channel.say(ADMIN, "/task pause hunter2-secret-value")
+    assert "hunter2-secret-value" not in reply
+    spans = await spans_of(tracer, exporter)
+    pause = one(spans, "task.pause")
+    command = one(spans, "command")
+    assert pause.status.status_code is StatusCode.ERROR
+    assert command.status.status_code is StatusCode.ERROR
+    description = pause.status.description or ""
+    assert description and "hunter2-secret-value" not in description
+    assert "hunter2" not in str(command.attributes) + (command.status.description or "")
+    assert parent_of(pause, spans) is command
+
+    # what reaches the tracer unmasked (a tool's own error text) is masked in the span
+    log = orch.services.log
+    act = log.log_action(None, "probe", target="to hunter2-secret-value")
+    log.log_tool_call(act, "probe.call", ok=False, error="refused hunter2-secret-value")
+    spans = await spans_of(tracer, exporter)
+    probe, call = one(spans, "probe"), one(spans, "probe.call")
+    assert call.status.status_code is StatusCode.ERROR and parent_of(call, spans) is probe
+    assert call.status.description and call.status.description.startswith("refused ")
+    assert probe.attributes is not None
+    assert str(probe.attributes["assistant.action.target"]).startswith("to ")
+    assert "hunter2" not in str(probe.attributes) + call.status.description
+
+
+async def test_a_model_call_is_a_genai_chat_span_with_its_token_counts(
+    settings: Settings,
+) -> None:
+    async with FakeAnthropic() as fake:
+        fake.add(
+            Answer(
+                [ToolUse("tu_1", "status", {})],
+                usage=Usage(
+                    input_tokens=1200,
+                    output_tokens=30,
+                    cache_read_input_tokens=500,
+                    cache_creation_input_tokens=40,
+                ),
+            ),
+            Answer("All quiet.", usage=Usage(input_tokens=7, output_tokens=3)),
+        )
+        async with traced_service(model_settings(settings, fake)) as (_, channel, exporter, tracer):
+            assert await channel.say(ADMIN, "how is the host?") == ["All quiet."]
+            spans = await spans_of(tracer, exporter)
+
+    first, second = sorted(
+        (s for s in spans if s.name == f"chat {MODEL}"), key=lambda s: s.start_time or 0
+    )
+    assert first.kind is SpanKind.CLIENT
+    attributes = dict(first.attributes or {})
+    assert {k: v for k, v in attributes.items() if k.startswith("gen_ai.")} == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "anthropic",
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.request.model": MODEL,
+        "gen_ai.response.model": MODEL,
+        # every input token, cached ones included; the cache's share on its own
+        "gen_ai.usage.input_tokens": 1200 + 500 + 40,
+        "gen_ai.usage.output_tokens": 30,
+        "gen_ai.usage.cache_read.input_tokens": 500,
+        "gen_ai.usage.cache_creation.input_tokens": 40,
+        "gen_ai.response.finish_reasons": ("tool_use",),
+    }
+    assert attributes["assistant.cost_usd"] > 0
+    assert second.attributes is not None
+    assert second.attributes["gen_ai.usage.input_tokens"] == 7
+    assert second.attributes["gen_ai.usage.output_tokens"] == 3
+    # message -> stored -> batch -> the model calls, with the tool call under the first
+    status = one(spans, "status")
+    assert parent_of(status, spans) is first
+    batch = parent_of(first, spans)
+    assert batch is not None and batch.name == "event message_batch"
+    assert parent_of(second, spans) is batch
+    stored = parent_of(batch, spans)
+    assert stored is not None and stored.name == "message_stored"
+    message = parent_of(stored, spans)
+    assert message is not None and message.name == "event telegram" and message.parent is None
+    assert {s.context.trace_id for s in (first, second, status, stored)} == {
+        message.context.trace_id
+    }
+
+
+def chain(span: ReceivedSpan, spans: Sequence[ReceivedSpan]) -> list[str]:
+    """Names from the root down to `span`, following parent ids."""
+    by_id = {s.span_id: s for s in spans}
+    names = [span.name]
+    while span.parent_span_id:
+        span = by_id[span.parent_span_id]
+        names.append(span.name)
+    return names[::-1]
+
+
+async def test_a_run_is_one_trace_at_a_real_otlp_receiver(settings: Settings) -> None:
+    async with OtlpReceiver() as receiver:
+        run_settings = settings.model_copy(
+            update={"otlp_endpoint": receiver.url, "gpus": "0", "monitor_interval_s": 0.1}
+        )
+        channel = RecordingChannel()
+        runner = ProcessRunner(run_settings.runs_dir)
+        async with Orchestrator(run_settings, channels=[channel], runner=runner) as orch:
+            (reply,) = await channel.say(ADMIN, "/run train classifier steps=5 gpus=0")
+            run_id = reply.split(":", 1)[0].removeprefix("Run ")
+            await channel.wait_for(f"Run {run_id} (classifier) succeeded", timeout=120)
+
+            def reported(spans: list[ReceivedSpan]) -> bool:
+                return any(
+                    s.name == "telegram.send" and s.parent_span_id in report_ids(spans)
+                    for s in spans
+                )
+
+            def report_ids(spans: list[ReceivedSpan]) -> set[str]:
+                finished = {
+                    s.span_id
+                    for s in spans
+                    if s.name == "event run"
+                    and s.attributes.get("assistant.event.source_id") == run_id
+                }
+                return {
+                    s.span_id
+                    for s in spans
+                    if s.name == "message_sent" and s.parent_span_id in finished
+                }
+
+            spans = await receiver.wait_for(reported, timeout=30)
+            (report,) = [s for s in spans if s.span_id in report_ids(spans)][-1:]
+            tracer = orch.services.log.tap
+            assert isinstance(tracer, ChainTracer)
+            assert tracer.stats.dropped == 0 and tracer.stats.exported > 0
+
+    assert receiver.refused == 0
+    (send,) = [s for s in spans if s.parent_span_id == report.span_id]
+    # the message, the run it queued, the run starting, launched, finishing, the report
+    assert chain(send, spans) == [
+        "event telegram",
+        "run_queued",
+        "event run",
+        "run_launched",
+        "event run",
+        "message_sent",
+        "telegram.send",
+    ]
+    by_id = {s.span_id: s for s in spans}
+    hop = send
+    while hop.parent_span_id:  # every ancestor in the same trace, up to the message
+        hop = by_id[hop.parent_span_id]
+        assert hop.trace_id == send.trace_id
+    assert hop.name == "event telegram" and hop.attributes["assistant.event.source"] == "telegram"
+    # the command's own span, its run.submit tool call and the launch are in that trace too
+    same = [s for s in spans if s.trace_id == send.trace_id]
+    names = {s.name for s in same}
+    assert {"command", "run.submit", "process.launch", "event run"} <= names
+    command = next(s for s in same if s.name == "command")
+    assert by_id[command.parent_span_id] is hop  # the command hangs off the same message
+    submit = next(s for s in same if s.name == "run.submit")
+    assert by_id[submit.parent_span_id] is command
+    launch = next(s for s in same if s.name == "process.launch")
+    assert by_id[launch.parent_span_id].name == "run_launched"
+    assert all(s.status != "ERROR" for s in same)
+    assert same[0].resource["service.name"] == "gpu-chatops-assistant"
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_collector_that_is_down_drops_and_counts_spans_and_commands_still_answer(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = settings.model_copy(update={"otlp_endpoint": f"http://127.0.0.1:{closed_port()}"})
+    channel = RecordingChannel()
+    with caplog.at_level(logging.WARNING, logger="assistant.tracing"):
+        async with Orchestrator(down, channels=[channel], router=build_router()) as orch:
+            for n in range(3):
+                (reply,) = await channel.say(ADMIN, f"/task add every {n + 1}h /status")
+                assert f"every {n + 1}h" in reply
+            tracer = orch.services.log.tap
+            assert isinstance(tracer, ChainTracer)
+            for _ in range(300):
+                if tracer.stats.dropped >= 5:
+                    break
+                await asyncio.sleep(0.05)
+            assert tracer.stats.dropped >= 5 and tracer.stats.exported == 0
+            assert tracer.stats.failed_exports >= 1
+            (report,) = await channel.say(ADMIN, "/debug report")
+            (line,) = [x for x in report.splitlines() if x.startswith("Traces:")]
+            assert f"{tracer.stats.dropped:,} dropped" in line or "dropped" in line
+            assert "has not taken spans since" in line
+            (listing,) = await channel.say(ADMIN, "/task list")
+            assert "every 3h" in listing
+    warned = [r.getMessage() for r in caplog.records if r.name == "assistant.tracing"]
+    assert len([w for w in warned if "did not take" in w]) == 1  # said once, not per batch
+
+
+async def test_a_full_queue_drops_and_counts_instead_of_waiting(
+    traced: tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer],
+) -> None:
+    orch, _channel, exporter, tracer = traced
+    tracer.shutdown()
+    small = ChainTracer(exporter, orch.redact, intake_rows=10, poll_s=60)
+    log = orch.services.log
+    small.attach(log)  # replaces the stopped tracer as the log's tap
+    for n in range(25):
+        log.log_event("system", None, summary=f"row {n}")
+    assert small.stats.intake_dropped == 15 and small.stats.dropped == 15
+    assert "15 dropped (15 while the queue was full)" in small.describe()
+    small.shutdown()
+    assert small.stats.exported == 10  # what was taken is exported at shutdown
+
+
+async def test_an_endpoint_that_is_not_a_url_is_one_line_and_no_tracing(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert traces_url("http://127.0.0.1:4318") == "http://127.0.0.1:4318/v1/traces"
+    assert traces_url("https://otel.example:4318/v1/traces/") == (
+        "https://otel.example:4318/v1/traces"
+    )
+    assert traces_url("127.0.0.1:4318") is None and traces_url("http://") is None
+    bad = settings.model_copy(update={"otlp_endpoint": "collector:4318"})
+    with caplog.at_level(logging.WARNING, logger="assistant.tracing"):
+        async with Orchestrator(bad, channels=[RecordingChannel()]) as orch:
+            assert orch.services.log.tap is None
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "assistant.tracing"]
+    assert "not an http(s) URL" in line and "http://127.0.0.1:4318" in line
