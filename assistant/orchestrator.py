@@ -22,7 +22,9 @@ from assistant.claude_agent import ClaudeAgent, build_claude_agent
 from assistant.clock import Clock, SystemClock
 from assistant.config import Settings
 from assistant.errors import CommandError
+from assistant.health import HealthChecks
 from assistant.hoststats import HostStats
+from assistant.http_server import HttpServer
 from assistant.observability import EventLog
 from assistant.pruner import Pruner
 from assistant.queue import GroupQueue
@@ -153,6 +155,10 @@ class Orchestrator:
         )
         self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
         try:
+            # /healthz now; other routes (/metrics) are added on services.http before start
+            self.services.http = HttpServer.from_settings(settings)
+            if self.services.http is not None:
+                self.services.http.add_get("/healthz", HealthChecks(self.services).handle)
             event_log.log_event("system", None, summary="assistant started")
             await access.load()
             await self.pruner.start()
@@ -162,6 +168,8 @@ class Orchestrator:
             await self.services.monitor.start()
             for chat_id in await self.messages.chats_with_pending():
                 queue.enqueue(chat_id)  # conversation that arrived before a crash
+            if self.services.http is not None:  # last: healthy means every service is up
+                await self.services.http.start()
         except BaseException:
             await self._shutdown()
             raise
@@ -180,6 +188,8 @@ class Orchestrator:
             return
         self._state = State.CLOSED
         services = self.services
+        if services.http is not None:  # first: a supervisor sees the stop at once
+            await services.http.aclose()
         await services.monitor.aclose()
         await services.runs.runner.aclose()
         await services.scheduler.aclose()

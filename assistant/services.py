@@ -22,6 +22,7 @@ from storage.chats import ChatRepo
 from storage.db import Database
 
 if TYPE_CHECKING:
+    from assistant.http_server import HttpServer
     from assistant.runs.manager import RunManager
     from assistant.runs.monitor import RunMonitor
     from assistant.scheduler import TaskScheduler
@@ -50,6 +51,9 @@ class Services:
     runs: RunManager
     monitor: RunMonitor
     redactor: Redactor
+    # the HTTP listener (/healthz, /metrics); None when ASSISTANT_HTTP=off. Routes are
+    # added before the orchestrator starts it, once every service above exists.
+    http: HttpServer | None = None
 
 
 def shared_redactor(settings: Settings) -> Redactor:

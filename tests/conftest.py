@@ -18,6 +18,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         assistant_home=tmp_path / "home",
         local_port=0,
+        http_address="127.0.0.1:0",  # parallel orchestrators never collide
         tz="Europe/Berlin",
         admin_chats=("tg:1001",),
         secrets=("hunter2-secret-value",),

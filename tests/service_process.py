@@ -21,6 +21,7 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
     env.update(
         ASSISTANT_HOME=str(home),
         ASSISTANT_LOCAL_PORT="0",
+        ASSISTANT_HTTP="127.0.0.1:0",
         ASSISTANT_TIMEZONE="Europe/Berlin",
         ASSISTANT_SECRETS="sesame-1234-open",
         PYTHONUNBUFFERED="1",

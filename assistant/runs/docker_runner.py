@@ -430,6 +430,33 @@ class DockerRunner(Runner):
             client, self._client = self._client, None
             await asyncio.to_thread(client.close)
 
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        """Does the engine answer `GET /_ping` within `timeout_s`? For /healthz.
+
+        Bounded twice: the request's own socket timeout, and the wait for its thread (a
+        black-holed engine that accepts and never answers costs `timeout_s`, no more).
+        Never connects a runner that is not connected.
+
+        :raises RunStartError: no answer, or not an OK one; the message names the address.
+        """
+        client = self._client
+        if client is None:
+            raise RunStartError(f"not connected to the engine at {self.base_url}")
+        api = client.api
+
+        def call() -> None:
+            if self.host.path is not None:  # docker-py would leak the socket of a refusal
+                _probe_socket(self.host.path, timeout_s)
+            api.get(f"{api.base_url}/_ping", timeout=timeout_s).raise_for_status()
+
+        try:
+            async with asyncio.timeout(timeout_s + 0.5):
+                await asyncio.to_thread(call)
+        except TimeoutError:
+            raise RunStartError(f"{self.base_url}: no answer within {timeout_s:g} s") from None
+        except Exception as exc:
+            raise RunStartError(f"{self.base_url}: {_first_line(exc)}") from None
+
     async def engine_call(self, fn: Callable[[], Any], image: str | None = None) -> Any:
         """A blocking docker-py call for a neighbour (the serving containers), mapped alike.
 
@@ -468,13 +495,13 @@ class DockerRunner(Runner):
         return f"the Docker engine at {self.base_url} refused: {text}"
 
 
-def _probe_socket(path: str) -> None:
-    """Connect once ourselves: docker-py leaks the socket of a failed first connect.
+def _probe_socket(path: str, timeout_s: float = 5) -> None:
+    """Connect once ourselves: docker-py leaks the socket of a failed connect.
 
     :raises OSError: nothing listens there.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
+        sock.settimeout(timeout_s)
         sock.connect(path)
 
 
