@@ -253,6 +253,9 @@ async def test_sigterm_stops_during_a_profile_and_keeps_partial_results(tmp_path
     saved = json.loads((run_dir / "artifacts/bench/custom-8x50-c2.json").read_text())
     assert saved["run_metadata"]["stopped"] is True and saved["comparable"] is False
     assert saved["completed"] < 40
+    # a stop does not wait on the server's /metrics: the cut-off profile has no counts
+    assert saved["server_metrics"]["available"] is False
+    assert saved["server_metrics"]["reason"] == "stopped before the profile finished"
 
 
 @pytest.mark.parametrize(

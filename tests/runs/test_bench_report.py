@@ -386,3 +386,45 @@ def test_compare_chart_writes_a_png(tmp_path: Path) -> None:
     kept.parents[1].mkdir(parents=True)
     out = br.compare_chart(three_runs(), kept)
     assert is_png(out) and is_png(kept)
+
+
+def test_server_counts_are_shown_beside_the_clients_and_odd_blocks_stay_harmless() -> None:
+    good = {
+        "total_output_tokens": 51200,
+        "total_input_tokens": 204800,
+        "server_metrics": {
+            "available": True,
+            "generation_tokens": 51200,
+            "prompt_tokens": 204800,
+            "kv_cache_usage_pct_peak": 37.04,
+            "prefix_cache_hit_pct": 12.4,
+            "running_peak": 16,
+            "waiting_peak": 3,
+            "preemptions": 0,
+        },
+    }
+    odd = {
+        "total_output_tokens": 10,
+        "server_metrics": {
+            "available": True,
+            "generation_tokens": "lots",
+            "kv_cache_usage_pct_peak": float("nan"),
+            "note": "x\n" * 500,
+        },
+    }
+    absent = {"server_metrics": {"available": False, "reason": "GET h/metrics -> HTTP 404"}}
+    old = {"total_output_tokens": 10}  # a result from before /metrics was read
+    text = br.server_text(
+        {"serve-1024x256-c16": good, "custom-1x1-c1": odd, "custom-2x2-c1": absent, "x": old}
+    )
+    assert text is not None
+    lines = text.splitlines()
+    assert lines[0] == (
+        "serve-1024x256-c16 server: 51,200 generated tokens (server count) vs 51,200 client"
+        " count; 204,800 prompt tokens (server count) vs 204,800 client count;"
+        " KV cache peak 37.0%; prefix hits 12%; max running 16; max waiting 3"
+    )
+    assert lines[1].startswith("custom-1x1-c1 server: x x x") and len(lines[1]) < 250
+    assert lines[2] == "custom-2x2-c1 server: no metrics (GET h/metrics -> HTTP 404)"
+    assert len(lines) == 3
+    assert br.server_text({"x": old}) is None

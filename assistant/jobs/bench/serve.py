@@ -327,7 +327,7 @@ async def _bench(run: _Run, stop: asyncio.Event) -> int:
             )
             reads = server.profile(run.live)
             measured = await client.run(profile, run.progress(profile), stop, reads.start)
-            block = await reads.finish()
+            block = await reads.finish(stopped=measured.stopped)
             run.step += len(measured.records)
             result = build_result(measured, meta)
             result["server_metrics"] = block

@@ -282,10 +282,16 @@ class ServerMetrics:
         self._sampler = asyncio.create_task(self._sample(watch, live))
         return watch
 
-    async def end(self, watch: Watch) -> dict[str, Any]:
-        """The reading after the profile's last answer, and the profile's block."""
+    async def end(self, watch: Watch, read: bool = True) -> dict[str, Any]:
+        """The reading after the profile's last answer, and the profile's block.
+
+        `read=False` (the run is stopping) skips the reading: a stop must not wait on a
+        slow server, and a cut-off profile's differences would mean little anyway.
+        """
         await self._stop_sampler()
-        if watch.before is not None:
+        if not read:
+            watch.before, watch.reason = None, "stopped before the profile finished"
+        elif watch.before is not None:
             try:
                 watch.after = await self._read()
             except MetricsError as exc:
@@ -345,14 +351,14 @@ class ProfileReads:
     async def start(self) -> None:
         self.watch = await self.server.begin(self.live)
 
-    async def finish(self) -> dict[str, Any]:
+    async def finish(self, stopped: bool = False) -> dict[str, Any]:
         if self.watch is None:
             return {
                 "available": False,
                 "url": self.server.url,
                 "reason": "stopped before the profile started",
             }
-        return await self.server.end(self.watch)
+        return await self.server.end(self.watch, read=not stopped)
 
 
 # ----------------------------------------------------------------------------- in words
