@@ -78,6 +78,11 @@ class RowTap(Protocol):
 
     def describe(self) -> str: ...
 
+    @property
+    def dropped(self) -> int:
+        """Rows whose span was lost (queue full, collector down): for /debug and metrics."""
+        ...
+
 
 @dataclass
 class WriterStats:

@@ -202,6 +202,10 @@ class ChainTracer:
             return
         self._intake.append((kind, row, at_ns))
 
+    @property
+    def dropped(self) -> int:
+        return self.stats.dropped
+
     def describe(self) -> str:
         """One line for /debug report."""
         s = self.stats
@@ -212,7 +216,7 @@ class ChainTracer:
         if s.intake_dropped:
             line += f" ({s.intake_dropped:,} while the queue was full)"
         if s.failing_since is not None:
-            since = time.strftime("%H:%M:%S", time.localtime(s.failing_since))
+            since = time.strftime("%H:%M:%S UTC", time.gmtime(s.failing_since))
             line += f"; the collector has not taken spans since {since}: {s.last_error}"
         return line
 

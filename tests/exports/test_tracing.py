@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -334,3 +337,63 @@ async def test_an_endpoint_that_is_not_a_url_is_one_line_and_no_tracing(
             assert orch.services.log.tap is None
     (line,) = [r.getMessage() for r in caplog.records if r.name == "assistant.tracing"]
     assert "not an http(s) URL" in line and "http://127.0.0.1:4318" in line
+
+
+# Without the otel extra: the import of the exporter fails, as in an install without it.
+NO_EXTRA = """
+import asyncio, logging, sys
+# what imports see where the extra (the SDK, the exporter) is absent; the API stays: the
+# anthropic SDK needs it
+sys.modules["opentelemetry.sdk"] = sys.modules["opentelemetry.exporter"] = None
+from pathlib import Path
+from assistant.config import Settings
+from assistant.orchestrator import Orchestrator
+
+logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+settings = Settings(
+    assistant_home=Path(sys.argv[1]),
+    runner="process",
+    gpus="none",
+    http_address="off",
+    otlp_endpoint="http://127.0.0.1:4318",
+    _env_file=None,
+)
+
+async def main() -> None:
+    async with Orchestrator(settings) as orch:
+        print("tap:", orch.services.log.tap)
+
+asyncio.run(main())
+"""
+
+NO_ENDPOINT = """
+import sys
+import assistant.orchestrator, commands.debug
+print(sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.exp"))))
+"""
+
+
+async def test_without_the_extra_the_service_runs_and_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", NO_EXTRA, str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tap: None" in done.stdout
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("assistant.tracing")]
+    assert "OpenTelemetry is not installed" in line and "otel extra" in line
+    # and nothing imports OpenTelemetry unless tracing is asked for
+    quiet = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", NO_ENDPOINT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.strip() == "[]"
