@@ -73,22 +73,35 @@ class ActiveRun:
     queued_since: str | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelUsage:
+    """One model's sums over the usage rows read so far."""
+
     model: str
-    calls: int
-    tokens: dict[str, int]
-    cost_usd: float
+    calls: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
+    cost_usd: float = 0.0
+
+    def add(self, other: ModelUsage) -> None:
+        self.calls += other.calls
+        self.cost_usd += other.cost_usd
+        for kind, n in other.tokens.items():
+            self.tokens[kind] = self.tokens.get(kind, 0) + n
 
 
 @dataclass(frozen=True)
 class StoredFigures:
-    """Everything a scrape needs from the database, read in one go."""
+    """Everything a scrape needs from the database, read in one go.
+
+    `usage` holds only the usage rows after the id the previous scrape stopped at (the
+    table only grows): a scrape reads the new calls, never the whole history again.
+    """
 
     runs_by_state: list[tuple[str, str, int]]  # (state, recipe, count)
     active: list[ActiveRun]
     tasks_by_status: dict[str, int]
-    usage: list[ModelUsage]
+    usage: list[ModelUsage]  # by model, in the order each model first appears
+    usage_last_id: int
 
 
 @dataclass(frozen=True)
@@ -127,11 +140,16 @@ class Snapshot:
     log_last_flush_s: float
     monitor_lines_skipped: int
     host: HostStats
+    usage: list[ModelUsage] = field(default_factory=list)  # sums since the first scrape
     gpus: list[GpuInfo] = field(default_factory=list)  # filled in the worker thread
 
 
-def read_stored(conn: sqlite3.Connection) -> StoredFigures:
-    """The database's part of a scrape; runs on the db thread (Database.read_sync)."""
+def read_stored(conn: sqlite3.Connection, usage_after: int = 0) -> StoredFigures:
+    """The database's part of a scrape; runs on the db thread (Database.read_sync).
+
+    Usage rows are summed from `usage_after` on (their ids only grow, by rowid: a range
+    scan of the new rows).
+    """
     runs = [
         (str(r[0]), str(r[1]), int(r[2]))
         for r in conn.execute(
@@ -162,6 +180,7 @@ def read_stored(conn: sqlite3.Connection) -> StoredFigures:
         str(r[0]): int(r[1])
         for r in conn.execute("SELECT status, count(*) FROM tasks GROUP BY status")
     }
+    last = int(conn.execute("SELECT coalesce(max(id), 0) FROM model_usage").fetchone()[0])
     usage = [
         ModelUsage(
             model=str(r[0]),
@@ -172,11 +191,12 @@ def read_stored(conn: sqlite3.Connection) -> StoredFigures:
         for r in conn.execute(
             "SELECT model, count(*), coalesce(sum(input), 0), coalesce(sum(output), 0),"
             " coalesce(sum(cache_read), 0), coalesce(sum(cache_write), 0),"
-            " coalesce(sum(cost_usd), 0.0) FROM model_usage GROUP BY model"
-            " ORDER BY sum(cost_usd) DESC, model"
+            " coalesce(sum(cost_usd), 0.0) FROM model_usage WHERE id > ? AND id <= ?"
+            " GROUP BY model ORDER BY min(id)",
+            (usage_after, last),
         )
     ]
-    return StoredFigures(runs, active, tasks, usage)
+    return StoredFigures(runs, active, tasks, usage, max(last, usage_after))
 
 
 def _loss(value: Any) -> float | None:
@@ -226,9 +246,9 @@ class ScrapeCollector(Collector):
         yield from _event_log_families(snap)
         yield from _task_families(snap)
         yield from _gpu_families(snap.gpus)
+        yield from _usage_families(snap.usage)
         if snap.stored is not None:
             yield from _run_families(snap, snap.stored)
-            yield from _usage_families(snap.stored.usage)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -524,6 +544,8 @@ class Metrics:
             self.command_seconds.labels(name)
             self.command_errors.labels(name)
         ProcessCollector(registry=self.registry)
+        self._usage: dict[str, ModelUsage] = {}  # by model, summed over the rows read
+        self._usage_last_id = 0
         self._scrape = ScrapeCollector()
         self.registry.register(self._scrape)
         self._lock = asyncio.Lock()
@@ -545,7 +567,12 @@ class Metrics:
         worker thread renders them.
         """
         async with self._lock:
-            snapshot = await gather(services)
+            snapshot = await gather(services, self._usage_last_id)
+            if snapshot.stored is not None:
+                for row in snapshot.stored.usage:
+                    self._usage.setdefault(row.model, ModelUsage(row.model)).add(row)
+                self._usage_last_id = snapshot.stored.usage_last_id
+            snapshot.usage = list(self._usage.values())
             self._scrape.snapshot = snapshot
             try:
                 return await asyncio.to_thread(_render, self.registry, snapshot)
@@ -568,10 +595,10 @@ def _render(registry: CollectorRegistry, snapshot: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-async def gather(services: Services) -> Snapshot:
+async def gather(services: Services, usage_after: int = 0) -> Snapshot:
     """A scrape's figures: one read on the db thread, the rest copied from memory."""
     try:
-        stored: StoredFigures | None = await services.db.read_sync(read_stored)
+        stored: StoredFigures | None = await services.db.read_sync(read_stored, usage_after)
     except Exception as exc:  # a scrape reports what it can; the gauge says what is missing
         log.warning("metrics: the database could not be read: %s", exc)
         stored = None

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import time
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -25,6 +26,7 @@ from assistant.errors import CommandError
 from assistant.health import HealthChecks
 from assistant.hoststats import HostStats
 from assistant.http_server import HttpServer
+from assistant.metrics import Metrics
 from assistant.observability import EventLog
 from assistant.pruner import Pruner
 from assistant.queue import GroupQueue
@@ -152,6 +154,7 @@ class Orchestrator:
             runs=run_manager,
             monitor=RunMonitor(run_manager),
             redactor=redactor,
+            metrics=Metrics(self.router.commands),
         )
         self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
         try:
@@ -159,6 +162,7 @@ class Orchestrator:
             self.services.http = HttpServer.from_settings(settings)
             if self.services.http is not None:
                 self.services.http.add_get("/healthz", HealthChecks(self.services).handle)
+                self.services.http.add_get("/metrics", self.services.metrics.handler(self.services))
             event_log.log_event("system", None, summary="assistant started")
             await access.load()
             await self.pruner.start()
@@ -327,10 +331,16 @@ class Orchestrator:
     ) -> tuple[Reply, str | None]:
         spec = self.router.find(parsed.name)
         if spec is None:
+            self.services.metrics.observe_command(None, 0.0, ok=False)
             problem = f"Unknown command /{parsed.name}. /help lists the commands."
             return Reply(problem), problem
         ctx = CommandContext(chat_id, sender, self.services, event_id)
-        result = await spec.handler(ctx, parsed)
+        started, ok = time.perf_counter(), False
+        try:
+            result = await spec.handler(ctx, parsed)
+            ok = True
+        finally:
+            self.services.metrics.observe_command(spec.name, time.perf_counter() - started, ok=ok)
         return (result if isinstance(result, Reply) else Reply(result)), None
 
     async def handle_command(

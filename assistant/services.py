@@ -23,6 +23,7 @@ from storage.db import Database
 
 if TYPE_CHECKING:
     from assistant.http_server import HttpServer
+    from assistant.metrics import Metrics
     from assistant.runs.manager import RunManager
     from assistant.runs.monitor import RunMonitor
     from assistant.scheduler import TaskScheduler
@@ -51,6 +52,7 @@ class Services:
     runs: RunManager
     monitor: RunMonitor
     redactor: Redactor
+    metrics: Metrics  # the instance's own registry: /metrics and the command histogram
     # the HTTP listener (/healthz, /metrics); None when ASSISTANT_HTTP=off. Routes are
     # added before the orchestrator starts it, once every service above exists.
     http: HttpServer | None = None
