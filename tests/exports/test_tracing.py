@@ -397,3 +397,29 @@ async def test_without_the_extra_the_service_runs_and_says_so_in_one_line(
     )
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stdout.strip() == "[]"
+
+
+async def test_a_row_whose_parent_never_comes_becomes_a_root_naming_it(
+    traced: tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer],
+) -> None:
+    orch, _channel, exporter, tracer = traced
+    tracer.shutdown()
+    patient = ChainTracer(exporter, orch.redact, max_wait_s=1.0, poll_s=0.02)
+    log = orch.services.log
+    patient.attach(log)
+    log.log_event("run", "r1", summary="from before the restart", caused_by=1)
+    ghost = log.new_id()  # an action that is never logged (the process died in it)
+    log.log_tool_call(ghost, "orphan.call", ok=True)
+    spans = await spans_of(patient, exporter)
+    old = one(spans, "event run")  # at once: its cause predates tracing, it never comes
+    assert old.parent is None and old.attributes is not None
+    assert old.attributes["assistant.parent_missing"] == encode(1)
+    assert not [s for s in spans if s.name == "orphan.call"]  # still waiting for its action
+    for _ in range(100):
+        if any(s.name == "orphan.call" for s in exporter.get_finished_spans()):
+            break
+        await asyncio.sleep(0.05)
+    call = one(list(exporter.get_finished_spans()), "orphan.call")
+    assert call.parent is None and call.attributes is not None
+    assert call.attributes["assistant.parent_missing"] == encode(ghost)
+    patient.shutdown()
