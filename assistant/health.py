@@ -15,14 +15,24 @@ dependency never makes the probe itself hang:
 
 The answer is 200 when every check is "ok" (a channel "connected"), else 503; the body is
 always JSON: {"status": "ok" | "unhealthy", "checks": {...}}, each problem one short line.
+
+`python -m assistant.health [--wait SECONDS]` asks a running service from outside (a
+compose or Dockerfile healthcheck, systemd's ExecStartPost): it finds the listener through
+ASSISTANT_HOME/http.json, prints the body (or why there is none) and exits 0 when healthy,
+1 otherwise; `--wait` keeps asking until healthy or the time is up (a service starting).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import secrets
 import sqlite3
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +40,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aiohttp import web
 
+from assistant.config import load_settings
+from assistant.errors import ConfigError
+from assistant.http_server import ENDPOINT_FILE
 from assistant.observability import EventLog
 
 if TYPE_CHECKING:
@@ -222,3 +235,62 @@ def _describe(exc: BaseException) -> str:
 def _short(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= PROBLEM_CHARS else line[: PROBLEM_CHARS - 1] + "…"
+
+
+# ---- asking a running service from outside -------------------------------------------------
+
+
+def probe(home: Path, *, wait_s: float = 0, timeout_s: float = 5) -> tuple[bool, str]:
+    """(healthy?, the body or why there is none), asking until healthy or `wait_s` passed.
+
+    http.json is read again on each try: a service starting writes it once it listens,
+    and one killed left a stale port behind that a new start replaces.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        healthy, said = _probe_once(home / ENDPOINT_FILE, timeout_s)
+        if healthy or time.monotonic() >= deadline:
+            return healthy, said
+        time.sleep(0.5)
+
+
+def _probe_once(endpoint: Path, timeout_s: float) -> tuple[bool, str]:
+    try:
+        url = str(json.loads(endpoint.read_text())["url"]) + "/healthz"
+    except FileNotFoundError:
+        return False, f"no {endpoint}: the service is not up, or ASSISTANT_HTTP=off"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return False, f"{endpoint} is not readable: {_describe(exc)}"
+    # Never through a proxy from the environment: the listener is this host's.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout_s) as response:
+            return response.status == 200, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:  # 503: the body says what is not well
+        return False, exc.read().decode("utf-8", "replace")
+    except (OSError, ValueError) as exc:
+        return False, f"{url}: {_describe(exc)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m assistant.health",
+        description="Ask the running service's /healthz; exit 0 when healthy, else 1.",
+    )
+    parser.add_argument(
+        "--wait", type=float, default=0, help="seconds to keep asking until healthy"
+    )
+    parser.add_argument("--timeout", type=float, default=5, help="seconds per request")
+    args = parser.parse_args(argv)
+    try:
+        home = load_settings().assistant_home
+    except ConfigError as exc:
+        print(f"assistant.health: {exc}", file=sys.stderr)
+        return 1
+    healthy, said = probe(home, wait_s=args.wait, timeout_s=args.timeout)
+    print(said.strip(), file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

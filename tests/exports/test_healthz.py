@@ -12,6 +12,7 @@ import json
 import socket
 import sqlite3
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from storage.db import Database
 from storage.kv import KeyValue
 from tests.exports.engine_proxy import EngineProxy, engine_proxy
 from tests.fakes.telegram_server import FakeTelegram
-from tests.service_process import up
+from tests.service_process import ROOT, env_for, up
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=15)  # a hung /healthz fails the test
 
@@ -285,3 +286,49 @@ def test_a_taken_port_stops_up_with_one_line(tmp_path: Path) -> None:
     ], err
     assert "Traceback" not in err
     assert not (tmp_path / "home" / "local-channel.json").exists()  # nothing left running
+
+
+# ---- the probe the healthchecks and the systemd unit run -------------------------------
+
+
+async def health_probe(home: Path, *args: str) -> tuple[int, str, str]:
+    """`python -m assistant.health` as a real subprocess (what compose and systemd run)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "assistant.health",
+        *args,
+        cwd=ROOT,
+        env=env_for(home),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_probe_waits_for_the_service_and_reports_its_health(
+    settings: Settings,
+) -> None:
+    home = settings.assistant_home
+    code, _, err = await health_probe(home)
+    assert code == 1 and "the service is not up" in err
+
+    waiting = asyncio.create_task(health_probe(home, "--wait", "60"))  # ExecStartPost's way
+    await asyncio.sleep(0.5)
+    async with Orchestrator(settings):
+        code, out, _ = await waiting
+        assert code == 0 and json.loads(out)["status"] == "ok"
+
+        other = sqlite3.connect(settings.db_path, isolation_level=None, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the database is not writable now
+            code, _, err = await health_probe(home)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert code == 1
+        assert json.loads(err)["checks"]["database"].startswith("not writable: ")
+    code, _, err = await health_probe(home)  # stopped: http.json is gone with it
+    assert code == 1 and "the service is not up" in err
