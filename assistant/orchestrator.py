@@ -111,7 +111,6 @@ class Orchestrator:
         redactor = self.redact
         event_log = EventLog(db, redactor, flush_interval=settings.event_flush_interval_s)
         await event_log.start()
-        start_tracing(settings, event_log, redactor)  # when ASSISTANT_OTLP_ENDPOINT is set
         if self._platforms:
             try:
                 self.channels.extend(platform_channels(settings, KeyValue(db)))
@@ -156,6 +155,7 @@ class Orchestrator:
             redactor=redactor,
             metrics=Metrics(self.router.commands),
         )
+        start_tracing(settings, event_log, redactor)  # when ASSISTANT_OTLP_ENDPOINT is set
         self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
         try:
             # /healthz now; other routes (/metrics) are added on services.http before start

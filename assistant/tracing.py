@@ -285,7 +285,8 @@ class ChainTracer:
             if not (final or too_many or now - oldest.arrived > self._max_wait_s):
                 return
             assert oldest.parent is not None
-            for child_id in self._children.pop(oldest.parent, [oldest.id]):
+            siblings = self._children.pop(oldest.parent, [])
+            for child_id in (oldest.id, *siblings):
                 child = self._waiting.pop(child_id, None)
                 if child is not None:
                     self._emit(child, None)
