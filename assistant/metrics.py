@@ -138,7 +138,9 @@ class Snapshot:
     log_failures: int
     log_pending: int
     log_last_flush_s: float
+    log_lag_s: float
     monitor_lines_skipped: int
+    trace_spans_dropped: int | None  # None: tracing is off
     host: HostStats
     usage: list[ModelUsage] = field(default_factory=list)  # sums since the first scrape
     gpus: list[GpuInfo] = field(default_factory=list)  # filled in the worker thread
@@ -362,6 +364,17 @@ def _event_log_families(snap: Snapshot) -> Iterator[Metric]:
         "How long the writer's latest batch took to store.",
         snap.log_last_flush_s,
     )
+    yield _gauge(
+        "assistant_event_log_lag_seconds",
+        "Age of the oldest event waiting to be written (0 when the writer is caught up).",
+        snap.log_lag_s,
+    )
+    if snap.trace_spans_dropped is not None:
+        yield _counter(
+            "assistant_trace_spans_dropped",
+            "Spans of the event chain dropped (collector down or slow, queue full).",
+            snap.trace_spans_dropped,
+        )
     yield _counter(
         "assistant_run_monitor_lines_skipped",
         "Run event lines the monitor could not read and skipped.",
@@ -628,7 +641,9 @@ async def gather(services: Services, usage_after: int = 0) -> Snapshot:
         log_failures=writer.failures,
         log_pending=services.log.pending,
         log_last_flush_s=writer.last_flush_ms / 1000,
+        log_lag_s=services.log.lag_s(time.time_ns() // 1_000_000),
         monitor_lines_skipped=services.monitor.lines_skipped,
+        trace_spans_dropped=None if services.log.tap is None else services.log.tap.dropped,
         host=services.host,
     )
 

@@ -232,6 +232,17 @@ class EventLog:
     def pending(self) -> int:
         return len(self._events) + len(self._actions) + len(self._tools)
 
+    def lag_s(self, now_ms: int) -> float:
+        """Age of the oldest event waiting to be written (0 when none waits): writer lag.
+
+        Events are queued as they are logged, under a time-ordered id, so the first one
+        waiting tells how far behind the writer is; actions and tool calls are queued when
+        they end and would count their own duration.
+        """
+        if not self._events:
+            return 0.0
+        return max(0.0, (now_ms - time_of(self._events[0][0])) / 1000)
+
     def _note_pending(self) -> None:
         if self.pending >= self._batch_rows:
             self._wake.set()

@@ -17,7 +17,7 @@ import pytest
 from assistant.observability import EventLog, current_action
 from assistant.redaction import Redactor
 from storage.db import Database
-from storage.ids import IdGenerator
+from storage.ids import IdGenerator, time_of
 
 
 async def test_ids_return_at_once_and_rows_land_within_the_flush_window(
@@ -212,3 +212,18 @@ def test_kill_9_loses_at_most_the_flush_window_and_never_corrupts(tmp_path: Path
         assert n >= 20000 and top == n - 1
     finally:
         conn.close()
+
+
+async def test_writer_lag_is_the_age_of_the_oldest_event_waiting(db: Database) -> None:
+    log = EventLog(db, Redactor(), flush_interval=10)  # not started: nothing is written
+    assert log.lag_s(time.time_ns() // 1_000_000) == 0.0
+    log.log_action(None, "reply")  # an action alone does not count: it is queued at its end
+    assert log.lag_s(time.time_ns() // 1_000_000) == 0.0
+    first = log.log_event("system", None, summary="first")
+    log.log_event("system", None, summary="second")
+    later_ms = time_of(first) + 2_500
+    assert log.lag_s(later_ms) == pytest.approx(2.5)
+    await log.start()
+    assert await log.flush()
+    assert log.lag_s(later_ms) == 0.0
+    await log.aclose()

@@ -73,6 +73,8 @@ async def test_a_running_service_exports_its_run_commands_model_and_channels(
     assert found[("assistant_run_total_steps", run)] == 2000
     assert ("assistant_run_loss", run) in found
     assert found[("assistant_runs", (("recipe", "gpt"), ("state", "running")))] == 1
+    assert 0 <= found[("assistant_event_log_lag_seconds", ())] < 60
+    assert ("assistant_trace_spans_dropped_total", ()) not in found  # tracing is off
     assert found[("assistant_run_queue_length", ())] == 0
 
     status = (("command", "status"),)
@@ -271,7 +273,9 @@ def test_gpu_figures_are_bytes_and_ratios_per_device_and_per_run_holding_it() ->
         log_failures=0,
         log_pending=0,
         log_last_flush_s=0.0,
+        log_lag_s=0.0,
         monitor_lines_skipped=0,
+        trace_spans_dropped=7,
         host=HostStats(),
         gpus=[GpuInfo(0, "H200", 0, 0, 143_771), GpuInfo(1, "H200", 87, 40_960, 143_771)],
     )
@@ -279,6 +283,7 @@ def test_gpu_figures_are_bytes_and_ratios_per_device_and_per_run_holding_it() ->
     registry.register(collector)
     text = generate_latest(registry).decode()
     found = samples(text)
+    assert found[("assistant_trace_spans_dropped_total", ())] == 7
     device = (("gpu", "1"), ("name", "H200"))
     assert found[("assistant_gpu_memory_used_bytes", device)] == 40_960 * 1024 * 1024
     assert found[("assistant_gpu_memory_total_bytes", device)] == 143_771 * 1024 * 1024
