@@ -1,92 +1,119 @@
 """OpenTelemetry traces of the event chain, exported over OTLP/HTTP (ASSISTANT_OTLP_ENDPOINT).
 
-Optional: the `otel` extra. Nothing here imports OpenTelemetry until tracing is started,
-so the service runs without the extra; asked to trace without it, it says so in one line.
+Optional: the `otel` extra. Nothing here imports OpenTelemetry: the spans are built and
+exported in a process of their own (`assistant.tracing_worker`), so the service runs
+without the extra; asked to trace without it, it says so in one line.
 
-The event log hands every row to `ChainTracer.take` as it is logged (the EventLog's
-`tap`), which only appends to a bounded queue: the event loop never builds, waits for or
-exports a span. One thread turns the rows into spans and exports them:
+Why another process: the OpenTelemetry SDK builds spans in pure Python, and in the
+service's interpreter that work held the GIL against the event loop and the database
+writer (an ingest burst went at half the rate). Here the service's part is small:
 
-- an event is a trace root, or a span under the action that caused it;
-- an action is a span under the event that triggered it; a `model_call` action is a GenAI
-  "chat <model>" span with the `gen_ai.*` attributes;
-- a tool call is a span under its action;
-- ok/failed is the span status (ERROR with the redacted error text).
+- the event log hands every row to `ChainTracer.take` as it is logged (the EventLog's
+  `tap`), which only appends it to a bounded queue (full: the row's span is dropped and
+  counted);
+- one thread wakes every `poll_s`, keeps of each row what a span shows (ids, names,
+  times, ok, the redacted target, source id and error: never message text, tool inputs
+  or outputs), and writes them, pickled in batches, down a pipe to the exporter process;
+- the exporter process (started with only the endpoint and its own settings in its
+  environment) builds the spans, waits for parents, exports, and reports what it did.
 
-Rows come before their parents (an action's row is logged when it ends, after its tool
-calls and the events it caused), so a row whose parent is not known yet waits for it, at
-most `max_wait_s`; one whose parent never comes (logged before tracing started, pruned,
-too old to remember) becomes a root carrying the parent's id. Spans get the rows' times:
-an action starts when its id was issued and ends when its row was logged; a tool call
-ends when logged and lasted its duration.
-
-Exporting never blocks or fails the service: a full queue, or a batch the collector did
-not take (down, slow, refusing), drops those spans and counts them (`stats`).
+Exporting never blocks or fails the service: a full queue, a pipe that does not drain, an
+exporter process that ends, or a batch the collector did not take (down, slow, refusing)
+drops those spans and counts them (`stats`). An exporter process that ends is started
+again after a pause, a few times; then tracing is off, said in one line, and the rows are
+counted as dropped.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import importlib.util
 import logging
 import os
+import select
+import subprocess
+import sys
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from assistant.observability import ActionRow, EventLog, EventRow, RowKind, ToolRow
 from assistant.redaction import Redactor
-from storage.ids import encode, time_of
+from assistant.tracing_worker import (
+    ACTION,
+    EVENT,
+    FATAL_EXIT,
+    MODEL_CALL,
+    TOOL,
+    Stats,
+    frame,
+    read_frame,
+)
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-    from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import SpanContext
-
     from assistant.config import Settings
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "gpu-chatops-assistant"
 TRACES_PATH = "/v1/traces"
 EXPORT_TIMEOUT_S = 2.0  # per batch, retries included: a dead collector costs this, no more
-INTAKE_ROWS = 20_000  # rows waiting to become spans; beyond, a row's span is dropped
+INTAKE_ROWS = 20_000  # rows waiting to be shipped (and, in the exporter, to become spans)
 KNOWN_IDS = 50_000  # events and actions remembered as parents of rows still to come
 WAITING_ROWS = 10_000  # rows waiting for their parent
 MAX_WAIT_S = 1800.0  # the longest an action is waited for (the longest an action lasts)
-BATCH_SPANS = 512
-MODEL_CALL = "model_call"  # the Claude agent's action: see assistant/claude_agent.py
+FRAME_ROWS = 4096  # rows per write down the pipe
+SEND_TIMEOUT_S = 5.0  # a pipe that takes no bytes this long: the exporter process is stuck
+RESTARTS = 3  # times an exporter process that ended is started again, then tracing is off
+RESTART_PAUSE_S = 1.0  # doubled at each restart
+HEALTHY_S = 600.0  # an exporter process that lived this long earns its restarts back
+PIPE_BYTES = 1 << 20
 _ERROR_CHARS = 500
+_ROOT = str(Path(__file__).resolve().parents[1])  # where `assistant` is imported from
+# What the exporter process gets of the service's environment: what finds Python, the
+# locale, and what an HTTPS request to the collector needs (proxies, certificates), plus
+# OpenTelemetry's own settings (OTEL_*: the service name, headers for the collector).
+# Never the service's secrets (tokens, API keys, ASSISTANT_*).
+_PASSED_ENV = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "TMPDIR",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        *(p + s for p in ("HTTP", "HTTPS", "ALL", "NO") for s in ("_PROXY",)),
+        *(p + s for p in ("http", "https", "all", "no") for s in ("_proxy",)),
+    }
+)
 
 
 @dataclass
 class TraceStats:
-    """What the exporter has done; /debug report shows it, metrics may export it."""
+    """What tracing has done; /debug report shows it, metrics may export it."""
 
     exported: int = 0
     intake_dropped: int = 0  # the queue was full (written on the event loop only)
-    export_dropped: int = 0  # the collector did not take them (written on the thread only)
+    export_dropped: int = 0  # the exporter process dropped them: the collector did not
+    #   take them, or more came than it keeps waiting (written by the reading thread only)
+    lost: int = 0  # never reached an exporter process, or went with one that ended
+    #   (written by the shipping thread only)
     failed_exports: int = 0
     last_error: str | None = None
     failing_since: float | None = None  # time.time() of the first failure of a bad stretch
+    restarts: int = 0
 
     @property
     def dropped(self) -> int:
         """Spans lost, for whatever reason: the figure to watch."""
-        return self.intake_dropped + self.export_dropped
-
-
-@dataclass(slots=True)
-class _Row:
-    kind: RowKind
-    id: int
-    parent: int | None
-    row: tuple[Any, ...]
-    at_ns: int
-    arrived: float
+        return self.intake_dropped + self.export_dropped + self.lost
 
 
 def traces_url(endpoint: str) -> str | None:
@@ -98,6 +125,13 @@ def traces_url(endpoint: str) -> str | None:
         return None
     base = endpoint.rstrip("/")
     return base if base.endswith(TRACES_PATH) else base + TRACES_PATH
+
+
+def worker_env() -> dict[str, str]:
+    """The exporter process's environment: see `_PASSED_ENV`."""
+    env = {k: v for k, v in os.environ.items() if k in _PASSED_ENV or k.startswith("OTEL_")}
+    env["PYTHONPATH"] = _ROOT
+    return env
 
 
 def start_tracing(settings: Settings, event_log: EventLog, redactor: Redactor) -> None:
@@ -117,21 +151,29 @@ def start_tracing(settings: Settings, event_log: EventLog, redactor: Redactor) -
             endpoint,
         )
         return
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError as exc:
+    missing = _missing_extra()
+    if missing is not None:
         log.warning(
             "ASSISTANT_OTLP_ENDPOINT is set but OpenTelemetry is not installed (%s; install"
             " the otel extra: pip install 'gpu-chatops-assistant[otel]'): no traces",
-            exc.name or exc,
+            missing,
         )
         return
-    # The exporter logs every failed batch; the tracer counts them and says it once.
-    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
-    exporter = OTLPSpanExporter(endpoint=url, timeout=EXPORT_TIMEOUT_S)
-    tracer = ChainTracer(exporter, redactor, destination=url)
-    tracer.attach(event_log)
-    log.info("tracing the event chain to %s", url)
+    tracer = ChainTracer(url, redactor, destination=redactor(url))
+    if tracer.attach(event_log):
+        log.info("tracing the event chain to %s", tracer.destination)
+
+
+def _missing_extra() -> str | None:
+    """The module of the otel extra that cannot be imported, if any (found, not imported:
+    the exporter process imports them)."""
+    for name in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ImportError as exc:
+            return exc.name or name
+    return None
 
 
 def stop_tracing(event_log: EventLog, timeout_s: float = 5.0) -> None:
@@ -143,11 +185,12 @@ def stop_tracing(event_log: EventLog, timeout_s: float = 5.0) -> None:
 
 
 class ChainTracer:
-    """Rows of the event log in, spans out; see the module's docstring."""
+    """Rows of the event log in, shipped to the exporter process; see the module's
+    docstring."""
 
     def __init__(
         self,
-        exporter: SpanExporter,
+        url: str,
         redactor: Redactor,
         *,
         destination: str = "",
@@ -156,44 +199,52 @@ class ChainTracer:
         waiting_rows: int = WAITING_ROWS,
         max_wait_s: float = MAX_WAIT_S,
         poll_s: float = 0.2,
+        restarts: int = RESTARTS,
     ) -> None:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-
         self.stats = TraceStats()
-        self.destination = destination
-        self._exporter = exporter
+        self.destination = destination or url
         self._clean = redactor
         self._intake: deque[tuple[RowKind, tuple[Any, ...], int]] = deque()
         self._intake_rows = intake_rows
-        self._known: OrderedDict[int, tuple[SpanContext, int]] = OrderedDict()
-        self._known_ids = known_ids
-        self._forgotten = 0  # the largest id evicted from _known
-        self._floor = 0  # ids below were logged before tracing started: never seen
-        self._waiting: dict[int, _Row] = {}  # insertion-ordered: the oldest first
-        self._children: dict[int, list[int]] = {}
-        self._waiting_rows = waiting_rows
-        self._max_wait_s = max_wait_s
+        self._config: dict[str, Any] = {
+            "url": url,
+            "destination": self.destination,
+            "export_timeout_s": EXPORT_TIMEOUT_S,
+            "known_ids": known_ids,
+            "waiting_rows": waiting_rows,
+            "max_wait_s": max_wait_s,
+            "poll_s": poll_s,
+            "queue_rows": intake_rows,
+        }
         self._poll_s = poll_s
-        self._ended: list[ReadableSpan] = []
-        attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": SERVICE_NAME}
-        self._provider = TracerProvider(
-            resource=Resource.create(attributes), shutdown_on_exit=False
-        )
-        self._provider.add_span_processor(_collector(self._ended))
-        self._tracer = self._provider.get_tracer("assistant.event_chain")
+        self._restarts = restarts
+        self._floor = 0  # ids below were logged before tracing started
+        self._last_id = 0  # the last row shipped: a new exporter process starts after it
+        self._worker: _Worker | None = None
+        self._done = _Done()  # what exporter processes that ended had done
+        self._restart_at = 0.0
+        self._off: str | None = None  # why tracing is off, once it is
         self._closed = False
-        self._busy = threading.Lock()  # held while a pass runs: flush() waits for it
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="trace-exporter", daemon=True)
+        self._deadline = 0.0  # of the shutdown
+        self._wake = threading.Event()
+        self._flushes = threading.Condition()
+        self._flush_asked = 0
+        self._flush_sent = 0
+        self._flushed = 0
+        self._thread = threading.Thread(target=self._run, name="trace-shipper", daemon=True)
 
     # ---- the event loop's side ---------------------------------------------------------
 
-    def attach(self, event_log: EventLog) -> None:
-        """Start seeing the log's rows (after `EventLog.start`: ids continue the stored ones)."""
+    def attach(self, event_log: EventLog) -> bool:
+        """Start seeing the log's rows (after `EventLog.start`: ids continue the stored
+        ones). False, with one line in the log, if the exporter process cannot start."""
         self._floor = event_log.new_id()
+        self._worker = self._spawn()
+        if self._worker is None:
+            return False
         event_log.tap = self
         self._thread.start()
+        return True
 
     def take(self, kind: RowKind, row: EventRow | ActionRow | ToolRow, at_ns: int) -> None:
         """A row just logged; never blocks, never raises."""
@@ -206,283 +257,350 @@ class ChainTracer:
     def dropped(self) -> int:
         return self.stats.dropped
 
+    @property
+    def worker_pid(self) -> int | None:
+        """The exporter process's pid, while there is one."""
+        worker = self._worker
+        return None if worker is None or worker.gone.is_set() else worker.pid
+
     def describe(self) -> str:
         """One line for /debug report."""
         s = self.stats
         line = f"Traces: to {self.destination or 'an exporter'}, {s.exported:,} spans exported"
+        if self._off is not None:
+            line += f"; tracing is off: {self._off}"
         if not s.dropped:
             return line + ", none dropped"
         line += f", {s.dropped:,} dropped"
+        why = []
         if s.intake_dropped:
-            line += f" ({s.intake_dropped:,} while the queue was full)"
+            why.append(f"{s.intake_dropped:,} while the queue was full")
+        if s.lost:
+            why.append(f"{s.lost:,} lost with the exporter process")
+        if why:
+            line += f" ({', '.join(why)})"
         if s.failing_since is not None:
             since = time.strftime("%H:%M:%S UTC", time.gmtime(s.failing_since))
             line += f"; the collector has not taken spans since {since}: {s.last_error}"
         return line
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Trace what is left (rows still waiting for a parent become roots), export, stop."""
+        """Ship what is left, let the exporter process export it (rows still waiting for a
+        parent become roots) and end; within `timeout_s`, then it is stopped."""
         if self._closed:
             return
+        self._deadline = time.monotonic() + timeout_s
         self._closed = True
-        self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout_s)
-        if self._thread.is_alive():  # stuck exporting: drop the rest, the process goes on
-            log.warning("traces: the exporter did not finish within %.0f s", timeout_s)
-            return
-        self._provider.shutdown()  # also shuts the exporter down
+            self._thread.join(timeout_s + 1.0)
+        elif self._worker is not None:  # never attached: nothing to ship
+            self._worker.kill()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every row taken so far is exported or dropped (rows waiting for a
-        parent excepted); for tests and shutdown. False if that took longer."""
-        deadline = time.monotonic() + timeout_s
-        while self._intake or self._ended:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        with self._busy:
-            return True
+        parent excepted); for tests. False if that took longer."""
+        with self._flushes:
+            self._flush_asked += 1
+            token = self._flush_asked
+        self._wake.set()
+        with self._flushes:
+            return self._flushes.wait_for(lambda: self._flushed >= token, timeout_s)
 
-    # ---- the thread --------------------------------------------------------------------
+    # ---- the shipping thread -----------------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._poll_s):
-            self._pass()
-        self._pass(final=True)
-
-    def _pass(self, final: bool = False) -> None:
-        try:
-            with self._busy:
-                while self._intake:
-                    kind, row, at_ns = self._intake.popleft()
-                    self._place(_row(kind, row, at_ns))
-                self._expire(final)
-                self._export()
-        except Exception:  # a bug here must never end tracing, let alone the service
-            log.exception("traces: a pass failed")
-
-    def _place(self, row: _Row) -> None:
-        parent = row.parent
-        if parent is None:
-            self._emit(row, None)
-            return
-        known = self._known.get(parent)
-        if known is not None:
-            self._emit(row, known)
-        elif parent < self._floor or (parent <= self._forgotten and parent not in self._waiting):
-            self._emit(row, None)  # before tracing started, or forgotten: it never comes
-        else:
-            self._waiting[row.id] = row
-            self._children.setdefault(parent, []).append(row.id)
-
-    def _expire(self, final: bool) -> None:
-        """Rows that waited too long (or too many) become roots, with their siblings."""
-        now = time.monotonic()
-        while self._waiting:
-            oldest = next(iter(self._waiting.values()))
-            too_many = len(self._waiting) > self._waiting_rows
-            if not (final or too_many or now - oldest.arrived > self._max_wait_s):
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+            closing = self._closed
+            try:
+                self._tick(closing)
+            except Exception:  # a bug here must never end tracing, let alone the service
+                log.exception("traces: shipping rows failed")
+            if closing:
                 return
-            assert oldest.parent is not None
-            siblings = self._children.pop(oldest.parent, [])
-            for child_id in (oldest.id, *siblings):
-                child = self._waiting.pop(child_id, None)
-                if child is not None:
-                    self._emit(child, None)
 
-    def _emit(self, row: _Row, parent: tuple[SpanContext, int] | None) -> None:
-        """The row's span, then every row that waited for it (an explicit stack: chains
-        can be long)."""
-        stack: list[tuple[_Row, tuple[SpanContext, int] | None]] = [(row, parent)]
-        while stack:
-            current, above = stack.pop()
-            made = self._span(current, above)
-            if current.kind == "tool":
-                continue  # never a parent
-            self._known[current.id] = made
-            if len(self._known) > self._known_ids:
-                gone, _ = self._known.popitem(last=False)
-                self._forgotten = max(self._forgotten, gone)
-            for child_id in self._children.pop(current.id, ()):
-                child = self._waiting.pop(child_id, None)
-                if child is not None:
-                    stack.append((child, made))
+    def _tick(self, closing: bool) -> None:
+        worker = self._worker
+        if worker is not None and worker.gone.is_set():  # it ended on its own
+            self._bury(worker)
+            self._worker = None
+            if not closing:
+                self._after_end(*worker.ending)
+            worker = None
+        restart = worker is None and self._off is None and not closing
+        if restart and time.monotonic() >= self._restart_at:
+            worker = self._worker = self._spawn()
+        pop = self._intake.popleft
+        rows = [pop() for _ in range(len(self._intake))]
+        if rows:
+            self._ship(worker, rows)
+        if self._flush_asked > self._flush_sent:
+            self._flush_sent = self._flush_asked
+            if worker is None or not worker.send(frame("flush", self._flush_sent), self._limit()):
+                self._answer_flushes()  # nobody to export them: they were counted as lost
+        if closing:
+            self._finish()
 
-    def _span(self, row: _Row, parent: tuple[SpanContext, int] | None) -> tuple[SpanContext, int]:
-        from opentelemetry.context import Context
-        from opentelemetry.trace import NonRecordingSpan, SpanKind, set_span_in_context
+    def _limit(self) -> float:
+        limit = time.monotonic() + SEND_TIMEOUT_S
+        return min(limit, self._deadline) if self._closed else limit
 
-        shape = _shape(row, self._clean)
-        start = shape.start_ns
-        if parent is not None:
-            context = set_span_in_context(NonRecordingSpan(parent[0]))
-            start = max(start, parent[1])  # ids have millisecond times: never before the parent
-        else:
-            context = Context()
-            if row.parent is not None:  # its parent is not in the trace: say which it was
-                shape.attributes["assistant.parent_missing"] = encode(row.parent)
-        span = self._tracer.start_span(
-            shape.name,
-            context=context,
-            kind=SpanKind.CLIENT if shape.client else SpanKind.INTERNAL,
-            attributes=shape.attributes,
-            start_time=start,
-        )
-        if shape.ok is not None:
-            span.set_status(_status(shape.ok, shape.error))
-        span.end(end_time=max(shape.end_ns, start))
-        return span.get_span_context(), start
-
-    def _export(self) -> None:
-        """Export what ended, in batches; once one fails, the rest of this pass is dropped
-        too (the collector is down: trying each batch would only hold up the queue)."""
-        ended, self._ended[:] = list(self._ended), []
-        for first in range(0, len(ended), BATCH_SPANS):
-            batch = ended[first : first + BATCH_SPANS]
-            if self.stats.failing_since is not None and first > 0:
-                self.stats.export_dropped += len(ended) - first
-                return
-            self._export_batch(batch)
-
-    def _export_batch(self, batch: Sequence[ReadableSpan]) -> None:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        stats = self.stats
-        try:
-            result = self._exporter.export(batch)
-            error = None if result is SpanExportResult.SUCCESS else "the export failed"
-        except Exception as exc:  # an exporter must not raise; this one did
-            error = f"{type(exc).__name__}: {exc}"
-        if error is None:
-            stats.exported += len(batch)
-            if stats.failing_since is not None:
-                log.info("traces: the collector at %s takes spans again", self.destination)
-                stats.failing_since = None
+    def _ship(
+        self, worker: _Worker | None, rows: list[tuple[RowKind, tuple[Any, ...], int]]
+    ) -> None:
+        if worker is None:
+            self.stats.lost += len(rows)
             return
-        stats.export_dropped += len(batch)
-        stats.failed_exports += 1
-        stats.last_error = self._clean(error)
-        if stats.failing_since is None:
-            stats.failing_since = time.time()
-            log.warning(
-                "traces: the collector at %s did not take %d spans (%s); spans are dropped"
-                " and counted until it does (/debug report)",
-                self.destination,
-                len(batch),
-                stats.last_error,
+        slim = _slim(rows, self._clean)
+        for first in range(0, len(slim), FRAME_ROWS):
+            part = slim[first : first + FRAME_ROWS]
+            if not worker.send(frame("rows", part), self._limit()):
+                # dead, or stuck for SEND_TIMEOUT_S: a torn frame cannot be resumed
+                self.stats.lost += len(slim) - first
+                worker.kill()
+                return
+            worker.sent += len(part)
+        self._last_id = slim[-1][1]
+
+    def _spawn(self) -> _Worker | None:
+        config = dict(self._config, floor=max(self._floor, self._last_id))
+        try:
+            return _Worker(config, self._on_message)
+        except OSError as exc:
+            self._switch_off(f"the exporter process could not start ({exc})")
+            return None
+
+    def _bury(self, worker: _Worker) -> None:
+        """Fold an ended process's counts into the totals; what it had not accounted for
+        (rows waiting for a parent, in its queue, in the pipe) is lost."""
+        worker.wait(1.0)
+        if worker.alive():  # its reports stopped making sense: end it
+            worker.kill()
+            worker.wait(1.0)
+        s = worker.stats
+        self._done.add(s)
+        self.stats.lost += max(0, worker.sent - s.exported - s.export_dropped - s.queue_dropped)
+        self._answer_flushes()
+
+    def _after_end(self, fatal: str | None, code: int | None, lived_s: float) -> None:
+        """Start it again after a pause, a few times; or switch tracing off."""
+        if fatal is not None or code == FATAL_EXIT:
+            self._switch_off(f"the exporter process cannot trace: {fatal or 'it says so'}")
+            return
+        if lived_s >= HEALTHY_S:
+            self.stats.restarts = 0
+        if self.stats.restarts >= self._restarts:
+            self._switch_off(
+                f"the exporter process ended {self.stats.restarts + 1} times (last exit code"
+                f" {code})"
             )
+            return
+        pause = RESTART_PAUSE_S * 2**self.stats.restarts
+        self.stats.restarts += 1
+        self._restart_at = time.monotonic() + pause
+        log.warning(
+            "traces: the exporter process ended (exit code %s); its spans are dropped and"
+            " counted, and it starts again in %.0f s",
+            code,
+            pause,
+        )
 
+    def _switch_off(self, why: str) -> None:
+        self._off = why
+        log.warning("traces: %s; tracing is off, spans are dropped and counted", why)
 
-def _collector(ended: list[ReadableSpan]) -> SpanProcessor:
-    """The span processor: ended spans go to the tracer's own export list (one thread
-    makes and exports them, so nothing is shared)."""
-    from opentelemetry.sdk.trace import SpanProcessor
+    def _finish(self) -> None:
+        """Closing: the exporter process exports what it has and ends, within the limit."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        if worker.send(frame("stop", None), self._limit()):
+            worker.wait(max(0.0, self._deadline - time.monotonic()))
+        if worker.alive():
+            log.warning(
+                "traces: the exporter process did not finish in time; what it held is dropped"
+            )
+            worker.kill()
+        self._bury(worker)
 
-    class Collect(SpanProcessor):
-        def on_end(self, span: ReadableSpan) -> None:
-            ended.append(span)
+    def _answer_flushes(self) -> None:
+        with self._flushes:
+            self._flushed = self._flush_sent
+            self._flushes.notify_all()
 
-    return Collect()
+    # ---- the reading thread (one per exporter process) ---------------------------------
+
+    def _on_message(self, worker: _Worker, tag: str, value: Any) -> None:
+        if tag == "stats":
+            worker.stats = Stats(*value)
+            self._publish(worker.stats)
+        elif tag == "log":
+            level, text = value
+            log.log(int(level), "%s", self._clean(str(text)))
+        elif tag == "flushed":
+            with self._flushes:
+                self._flushed = max(self._flushed, int(value))
+                self._flushes.notify_all()
+        elif tag == "fatal":
+            worker.fatal = self._clean(str(value))
+        elif tag == "gone":
+            self._wake.set()
+
+    def _publish(self, current: Stats) -> None:
+        done, st = self._done, self.stats
+        st.exported = done.exported + current.exported
+        st.export_dropped = done.export_dropped + current.export_dropped + current.queue_dropped
+        st.failed_exports = done.failed_exports + current.failed_exports
+        if current.last_error is not None:
+            st.last_error = self._clean(current.last_error)
+        st.failing_since = current.failing_since
 
 
 @dataclass
-class _Shape:
-    name: str
-    start_ns: int
-    end_ns: int
-    attributes: dict[str, Any]
-    ok: bool | None = None  # None: no status (events)
-    error: str | None = None
-    client: bool = False
+class _Done:
+    """The summed counts of exporter processes that ended, and how the last one ended."""
+
+    exported: int = 0
+    export_dropped: int = 0
+    failed_exports: int = 0
+
+    def add(self, s: Stats) -> None:
+        self.exported += s.exported
+        self.export_dropped += s.export_dropped + s.queue_dropped
+        self.failed_exports += s.failed_exports
 
 
-def _row(kind: RowKind, row: tuple[Any, ...], at_ns: int) -> _Row:
-    parent = row[3] if kind == "event" else row[1]  # caused_by / triggered_by / action_id
-    return _Row(kind, row[0], parent, row, at_ns, time.monotonic())
+class _Worker:
+    """One exporter process: its pipes, and the thread that reads what it reports."""
+
+    def __init__(self, config: dict[str, Any], on_message: Any) -> None:
+        self.sent = 0  # rows written to it
+        self.stats = Stats()
+        self.fatal: str | None = None
+        self.gone = threading.Event()
+        self._on_message = on_message
+        self._started = time.monotonic()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "assistant.tracing_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=worker_env(),
+            cwd=_ROOT,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._in = self._proc.stdin.fileno()
+        self._out = self._proc.stdout.fileno()
+        with contextlib.suppress(OSError, AttributeError):  # Linux: room for bursts
+            import fcntl
+
+            fcntl.fcntl(self._in, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        os.set_blocking(self._in, False)
+        self._reader = threading.Thread(target=self._read, name="trace-reports", daemon=True)
+        self._reader.start()
+        self.send(frame("config", config), time.monotonic() + SEND_TIMEOUT_S)
+
+    def send(self, data: bytes, deadline: float) -> bool:
+        """Write one whole frame by `deadline`; False if the process is gone or stuck
+        (then a part may have been written: the caller must end the process)."""
+        view = memoryview(data)
+        while view:
+            if self.gone.is_set():
+                return False
+            try:
+                view = view[os.write(self._in, view) :]
+            except BlockingIOError:
+                pass
+            except OSError:  # BrokenPipeError: it ended
+                return False
+            if view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                select.select([], [self._in], [], min(left, 0.1))
+        return True
+
+    def _read(self) -> None:
+        try:
+            while True:
+                try:
+                    message = read_frame(self._out)
+                except Exception:  # a torn report: it is ending
+                    message = None
+                if message is None:
+                    return
+                try:
+                    self._on_message(self, *message)
+                except Exception:
+                    log.exception("traces: a report of the exporter process was not understood")
+        finally:
+            self.gone.set()
+            self._on_message(self, "gone", None)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def wait(self, timeout_s: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout_s)
+        if self._proc.poll() is not None:
+            self._reader.join(1.0)
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._proc.kill()
+
+    @property
+    def ending(self) -> tuple[str | None, int | None, float]:
+        return self.fatal, self._proc.returncode, time.monotonic() - self._started
 
 
-def _shape(row: _Row, clean: Redactor) -> _Shape:
-    """Name, times, attributes and status of a row's span; text passes the redactor."""
-    if row.kind == "event":
-        _, source, source_id, caused_by, _summary, _raw = row.row
-        attributes: dict[str, Any] = {
-            "assistant.id": encode(row.id),
-            "assistant.event.source": source,
-        }
-        if source_id is not None:
-            attributes["assistant.event.source_id"] = clean(str(source_id))
-        if caused_by is not None:
-            attributes["assistant.caused_by"] = encode(caused_by)
-        return _Shape(f"event {source}", row.at_ns, row.at_ns, attributes)
-    if row.kind == "action":
-        _, triggered_by, action_type, target, content, ok, error = row.row
-        attributes = {"assistant.id": encode(row.id), "assistant.action.type": action_type}
-        if target is not None:
-            attributes["assistant.action.target"] = clean(str(target))
-        if triggered_by is not None:
-            attributes["assistant.triggered_by"] = encode(triggered_by)
-        start = time_of(row.id) * 1_000_000  # issued as the action began
-        shape = _Shape(action_type, start, row.at_ns, attributes, bool(ok), _text(error, clean))
-        if action_type == MODEL_CALL:
-            _model_call(shape, target, content)
-        return shape
-    _, action_id, tool_name, _input, _output, duration_ms, ok, error = row.row
-    attributes = {
-        "assistant.id": encode(row.id),
-        "assistant.tool.name": tool_name,
-        "assistant.tool.duration_ms": float(duration_ms),
-    }
-    if action_id is not None:
-        attributes["assistant.action_id"] = encode(action_id)
-    start = row.at_ns - int(float(duration_ms) * 1_000_000)
-    return _Shape(tool_name, start, row.at_ns, attributes, bool(ok), _text(error, clean))
+def _slim(
+    rows: list[tuple[RowKind, tuple[Any, ...], int]], clean: Redactor
+) -> list[tuple[Any, ...]]:
+    """What a span shows of each row (see `assistant.tracing_worker`), texts redacted.
 
-
-def _model_call(shape: _Shape, model: str | None, content: str | None) -> None:
-    """The OpenTelemetry GenAI conventions for a chat call to Anthropic's Messages API.
-
-    `gen_ai.usage.input_tokens` counts every input token, cached ones included (the
-    conventions' rule for Anthropic, whose own `input_tokens` leaves them out); the cache
-    reads and writes are also given on their own.
+    The per-row work of tracing that stays in the service: kept to tuple building and one
+    dict look-up per text (a value seen earlier in the batch is not redacted again; the
+    memo lives one batch, so a secret the redactor learns applies from the next).
     """
-    try:
-        usage = json.loads(content) if content else {}
-    except ValueError:
-        usage = {}
-    usage = usage if isinstance(usage, dict) else {}
-    shape.name = f"chat {model}" if model else "chat"
-    shape.client = True
-    a = shape.attributes
-    a["gen_ai.operation.name"] = "chat"
-    a["gen_ai.system"] = "anthropic"
-    a["gen_ai.provider.name"] = "anthropic"
-    if model:
-        a["gen_ai.request.model"] = model
-    if isinstance(usage.get("model"), str):
-        a["gen_ai.response.model"] = usage["model"]
-    counts = [usage.get(k) for k in ("input", "output", "cache_read", "cache_write")]
-    match counts:
-        case [int(fresh), int(output), int(cache_read), int(cache_write)]:
-            a["gen_ai.usage.input_tokens"] = fresh + cache_read + cache_write
-            a["gen_ai.usage.output_tokens"] = output
-            a["gen_ai.usage.cache_read.input_tokens"] = cache_read
-            a["gen_ai.usage.cache_creation.input_tokens"] = cache_write
-    if isinstance(usage.get("stop_reason"), str):
-        a["gen_ai.response.finish_reasons"] = (usage["stop_reason"],)
-    if isinstance(usage.get("cost_usd"), int | float):
-        a["assistant.cost_usd"] = float(usage["cost_usd"])
-    if isinstance(usage.get("turn"), int):
-        a["assistant.model.turn"] = usage["turn"]
-
-
-def _text(value: object, clean: Redactor) -> str | None:
-    return None if value is None else clean(str(value))[:_ERROR_CHARS]
-
-
-def _status(ok: bool, error: str | None) -> Any:
-    from opentelemetry.trace import Status, StatusCode
-
-    if ok:
-        return Status(StatusCode.OK)
-    return Status(StatusCode.ERROR, error or "failed")
+    out: list[tuple[Any, ...]] = []
+    add = out.append
+    seen: dict[str, str] = {}
+    for kind, row, at in rows:
+        if kind == "event":
+            source_id = row[2]
+            if source_id is not None:
+                masked = seen.get(source_id)
+                if masked is None:
+                    masked = seen[source_id] = clean(str(source_id))
+                source_id = masked
+            add((EVENT, row[0], row[1], source_id, row[3], at))
+        elif kind == "action":
+            target, content, error = row[3], None, row[6]
+            if target is not None:
+                masked = seen.get(target)
+                if masked is None:
+                    masked = seen[target] = clean(str(target))
+                target = masked
+            if row[2] == MODEL_CALL and row[4] is not None:
+                content = clean(str(row[4]))  # its usage; one per model turn
+            if error is not None:
+                error = clean(str(error))[:_ERROR_CHARS]
+            add((ACTION, row[0], row[1], row[2], target, content, row[5], error, at))
+        else:
+            error = row[7]
+            if error is not None:
+                error = clean(str(error))[:_ERROR_CHARS]
+            add((TOOL, row[0], row[1], row[2], row[5], row[6], error, at))
+    return out

@@ -1,10 +1,13 @@
-"""Traces of the event chain: span shapes (the SDK's in-memory exporter), the export path to
-a real OTLP/HTTP receiver on loopback, and a collector that is down."""
+"""Traces of the event chain, as a real OTLP/HTTP receiver on loopback gets them from the
+exporter process: span shapes, parents, GenAI attributes, drops, a collector that is down,
+an exporter process that dies."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,9 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
@@ -32,109 +33,109 @@ from tests.fakes.otlp_server import OtlpReceiver, ReceivedSpan
 ADMIN = "tg:1001"
 
 
+Traced = tuple[Orchestrator, RecordingChannel, OtlpReceiver, ChainTracer]
+
+
 @asynccontextmanager
-async def traced_service(
-    settings: Settings, **kwargs: object
-) -> AsyncIterator[tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer]]:
-    """A running service whose event log is traced into the SDK's in-memory exporter."""
+async def traced_service(settings: Settings, **kwargs: object) -> AsyncIterator[Traced]:
+    """A running service whose event log is traced, through an exporter process, to a
+    loopback OTLP/HTTP receiver."""
     channel = RecordingChannel()
-    async with Orchestrator(settings, channels=[channel], router=build_router()) as orch:
-        exporter = InMemorySpanExporter()
-        tracer = ChainTracer(exporter, orch.redact, poll_s=0.02)
-        tracer.attach(orch.services.log)
-        yield orch, channel, exporter, tracer
+    async with (
+        OtlpReceiver() as receiver,
+        Orchestrator(settings, channels=[channel], router=build_router()) as orch,
+    ):
+        tracer = ChainTracer(receiver.url + "/v1/traces", orch.redact, poll_s=0.02)
+        assert tracer.attach(orch.services.log)
+        try:
+            yield orch, channel, receiver, tracer
+        finally:
+            await asyncio.to_thread(tracer.shutdown)
 
 
 @pytest.fixture
-async def traced(
-    settings: Settings,
-) -> AsyncIterator[tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer]]:
+async def traced(settings: Settings) -> AsyncIterator[Traced]:
     async with traced_service(settings) as running:
         yield running
 
 
-async def spans_of(tracer: ChainTracer, exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+async def spans_of(tracer: ChainTracer, receiver: OtlpReceiver) -> list[ReceivedSpan]:
     assert await asyncio.to_thread(tracer.flush)
-    return list(exporter.get_finished_spans())
+    return list(receiver.spans)
 
 
-def parent_of(span: ReadableSpan, spans: Sequence[ReadableSpan]) -> ReadableSpan | None:
-    if span.parent is None:
+def parent_of(span: ReceivedSpan, spans: Sequence[ReceivedSpan]) -> ReceivedSpan | None:
+    if not span.parent_span_id:
         return None
-    (parent,) = [s for s in spans if s.context.span_id == span.parent.span_id]
+    (parent,) = [s for s in spans if s.span_id == span.parent_span_id]
     return parent
 
 
-def one(spans: Sequence[ReadableSpan], name: str, **attributes: object) -> ReadableSpan:
+def one(spans: Sequence[ReceivedSpan], name: str, **attributes: object) -> ReceivedSpan:
     found = [
         s
         for s in spans
-        if s.name == name and all((s.attributes or {}).get(k) == v for k, v in attributes.items())
+        if s.name == name and all(s.attributes.get(k) == v for k, v in attributes.items())
     ]
     assert len(found) == 1, (name, attributes, [s.name for s in spans])
     return found[0]
 
 
-async def test_a_command_is_one_trace_event_command_tool_call_and_reply(
-    traced: tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer],
-) -> None:
-    orch, channel, exporter, tracer = traced
+async def test_a_command_is_one_trace_event_command_tool_call_and_reply(traced: Traced) -> None:
+    orch, channel, receiver, tracer = traced
     (reply,) = await channel.say(ADMIN, "/task add every 1h /status")
     assert "every 1h" in reply
-    spans = await spans_of(tracer, exporter)
+    spans = await spans_of(tracer, receiver)
 
     root = one(spans, "event telegram")
     command = one(spans, "command", **{"assistant.action.target": "/task"})
     add = one(spans, "task.add")
     sent = one(spans, "message_sent")
     send = one(spans, "telegram.send")
-    assert root.parent is None
+    assert root.parent_span_id == ""
     assert parent_of(command, spans) is root and parent_of(sent, spans) is root
     assert parent_of(add, spans) is command and parent_of(send, spans) is sent
-    assert {s.context.trace_id for s in (root, command, add, sent, send)} == {root.context.trace_id}
-    assert command.status.status_code is StatusCode.OK and add.status.status_code is StatusCode.OK
-    assert root.status.status_code is StatusCode.UNSET  # an event is neither ok nor failed
+    assert {s.trace_id for s in (root, command, add, sent, send)} == {root.trace_id}
+    assert command.status == "OK" and add.status == "OK"
+    assert root.status == "UNSET"  # an event is neither ok nor failed
     # the ids are the event log's, as /debug prints them; times nest
-    assert command.attributes is not None and root.attributes is not None
     assert command.attributes["assistant.triggered_by"] == root.attributes["assistant.id"]
     await orch.services.log.flush()
     (stored,) = await orch.services.db.fetchall(
         "SELECT id FROM action_log WHERE action_type = 'command'"
     )
     assert command.attributes["assistant.id"] == encode(stored["id"])
-    assert command.start_time is not None and command.end_time is not None
-    assert add.start_time is not None and add.end_time is not None
-    assert command.start_time <= add.start_time <= add.end_time <= command.end_time
-    assert root.resource.attributes["service.name"] == "gpu-chatops-assistant"
+    assert command.start_ns <= add.start_ns <= add.end_ns <= command.end_ns
+    assert root.resource["service.name"] == "gpu-chatops-assistant"
+    assert tracer.stats.exported == len(spans) and tracer.stats.dropped == 0
 
 
 async def test_a_failed_tool_call_is_an_error_span_with_the_redacted_error(
-    traced: tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer],
+    traced: Traced,
 ) -> None:
-    orch, channel, exporter, tracer = traced
+    orch, channel, receiver, tracer = traced
     (reply,) = await channel.say(ADMIN, "/task pause hunter2-secret-value")
     assert "hunter2-secret-value" not in reply
-    spans = await spans_of(tracer, exporter)
+    spans = await spans_of(tracer, receiver)
     pause = one(spans, "task.pause")
     command = one(spans, "command")
-    assert pause.status.status_code is StatusCode.ERROR
-    assert command.status.status_code is StatusCode.ERROR
-    description = pause.status.description or ""
+    assert pause.status == "ERROR"
+    assert command.status == "ERROR"
+    description = pause.status_message
     assert description and "hunter2-secret-value" not in description
-    assert "hunter2" not in str(command.attributes) + (command.status.description or "")
+    assert "hunter2" not in str(command.attributes) + command.status_message
     assert parent_of(pause, spans) is command
 
     # what reaches the tracer unmasked (a tool's own error text) is masked in the span
     log = orch.services.log
     act = log.log_action(None, "probe", target="to hunter2-secret-value")
     log.log_tool_call(act, "probe.call", ok=False, error="refused hunter2-secret-value")
-    spans = await spans_of(tracer, exporter)
+    spans = await spans_of(tracer, receiver)
     probe, call = one(spans, "probe"), one(spans, "probe.call")
-    assert call.status.status_code is StatusCode.ERROR and parent_of(call, spans) is probe
-    assert call.status.description and call.status.description.startswith("refused ")
-    assert probe.attributes is not None
+    assert call.status == "ERROR" and parent_of(call, spans) is probe
+    assert call.status_message.startswith("refused ")
     assert str(probe.attributes["assistant.action.target"]).startswith("to ")
-    assert "hunter2" not in str(probe.attributes) + call.status.description
+    assert "hunter2" not in str(probe.attributes) + call.status_message
 
 
 async def test_a_model_call_is_a_genai_chat_span_with_its_token_counts(
@@ -153,15 +154,15 @@ async def test_a_model_call_is_a_genai_chat_span_with_its_token_counts(
             ),
             Answer("All quiet.", usage=Usage(input_tokens=7, output_tokens=3)),
         )
-        async with traced_service(model_settings(settings, fake)) as (_, channel, exporter, tracer):
+        async with traced_service(model_settings(settings, fake)) as (_, channel, receiver, tracer):
             assert await channel.say(ADMIN, "how is the host?") == ["All quiet."]
-            spans = await spans_of(tracer, exporter)
+            spans = await spans_of(tracer, receiver)
 
     first, second = sorted(
-        (s for s in spans if s.name == f"chat {MODEL}"), key=lambda s: s.start_time or 0
+        (s for s in spans if s.name == f"chat {MODEL}"), key=lambda s: s.start_ns
     )
-    assert first.kind is SpanKind.CLIENT
-    attributes = dict(first.attributes or {})
+    assert first.kind == Span.SpanKind.SPAN_KIND_CLIENT
+    attributes = dict(first.attributes)
     assert {k: v for k, v in attributes.items() if k.startswith("gen_ai.")} == {
         "gen_ai.operation.name": "chat",
         "gen_ai.system": "anthropic",
@@ -176,7 +177,6 @@ async def test_a_model_call_is_a_genai_chat_span_with_its_token_counts(
         "gen_ai.response.finish_reasons": ("tool_use",),
     }
     assert attributes["assistant.cost_usd"] > 0
-    assert second.attributes is not None
     assert second.attributes["gen_ai.usage.input_tokens"] == 7
     assert second.attributes["gen_ai.usage.output_tokens"] == 3
     # message -> stored -> batch -> the model calls, with the tool call under the first
@@ -188,10 +188,9 @@ async def test_a_model_call_is_a_genai_chat_span_with_its_token_counts(
     stored = parent_of(batch, spans)
     assert stored is not None and stored.name == "message_stored"
     message = parent_of(stored, spans)
-    assert message is not None and message.name == "event telegram" and message.parent is None
-    assert {s.context.trace_id for s in (first, second, status, stored)} == {
-        message.context.trace_id
-    }
+    assert message is not None and message.name == "event telegram"
+    assert message.parent_span_id == ""
+    assert {s.trace_id for s in (first, second, status, stored)} == {message.trace_id}
 
 
 def chain(span: ReceivedSpan, spans: Sequence[ReceivedSpan]) -> list[str]:
@@ -307,20 +306,70 @@ async def test_a_collector_that_is_down_drops_and_counts_spans_and_commands_stil
     assert len([w for w in warned if "did not take" in w]) == 1  # said once, not per batch
 
 
-async def test_a_full_queue_drops_and_counts_instead_of_waiting(
-    traced: tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer],
-) -> None:
-    orch, _channel, exporter, tracer = traced
-    tracer.shutdown()
-    small = ChainTracer(exporter, orch.redact, intake_rows=10, poll_s=60)
+async def test_a_full_queue_drops_and_counts_instead_of_waiting(traced: Traced) -> None:
+    orch, _channel, receiver, tracer = traced
+    await asyncio.to_thread(tracer.shutdown)
+    small = ChainTracer(receiver.url + "/v1/traces", orch.redact, intake_rows=10, poll_s=60)
     log = orch.services.log
-    small.attach(log)  # replaces the stopped tracer as the log's tap
+    assert small.attach(log)  # replaces the stopped tracer as the log's tap
     for n in range(25):
         log.log_event("system", None, summary=f"row {n}")
     assert small.stats.intake_dropped == 15 and small.stats.dropped == 15
     assert "15 dropped (15 while the queue was full)" in small.describe()
-    small.shutdown()
+    before = len(receiver.spans)
+    await asyncio.to_thread(small.shutdown)
     assert small.stats.exported == 10  # what was taken is exported at shutdown
+    assert len(receiver.spans) - before == 10
+    assert small.stats.dropped == 15 and small.worker_pid is None
+
+
+async def test_an_exporter_process_that_dies_is_started_again_then_tracing_is_off(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    orch, channel, receiver, tracer = traced
+    await asyncio.to_thread(tracer.shutdown)
+    fragile = ChainTracer(receiver.url + "/v1/traces", orch.redact, poll_s=0.02, restarts=1)
+    log = orch.services.log
+    assert fragile.attach(log)
+    first = fragile.worker_pid
+    assert first is not None
+    # an action whose tool call reached the exporter process, which dies before the action
+    action = log.new_id()
+    log.log_tool_call(action, "doomed.call", ok=True)
+    assert await asyncio.to_thread(fragile.flush)
+    with caplog.at_level(logging.WARNING, logger="assistant.tracing"):
+        os.kill(first, signal.SIGKILL)
+        for _ in range(200):  # started again after a pause of a second
+            if fragile.worker_pid not in (None, first):
+                break
+            await asyncio.sleep(0.05)
+        second = fragile.worker_pid
+        assert second not in (None, first)
+        assert fragile.stats.lost == 1 and fragile.stats.dropped == 1  # the waiting call
+        (reply,) = await channel.say(ADMIN, "/task add every 2h /status")
+        assert "every 2h" in reply
+        spans = await spans_of(fragile, receiver)
+        assert one(spans, "task.add").status == "OK"  # traced by the new process
+        assert not [s for s in spans if s.name == "doomed.call"]
+        # dies again: no more restarts, tracing is off, rows are counted, commands answer
+        assert second is not None
+        os.kill(second, signal.SIGKILL)
+        for _ in range(200):
+            if "tracing is off" in fragile.describe():
+                break
+            await asyncio.sleep(0.05)
+        dropped = fragile.stats.dropped
+        (reply,) = await channel.say(ADMIN, "/task add every 3h /status")
+        assert "every 3h" in reply
+        assert await asyncio.to_thread(fragile.flush)
+        assert fragile.stats.dropped > dropped and fragile.worker_pid is None
+        (report,) = await channel.say(ADMIN, "/debug report")
+        (line,) = [x for x in report.splitlines() if x.startswith("Traces:")]
+        assert "tracing is off" in line and "lost with the exporter process" in line
+    warned = [r.getMessage() for r in caplog.records if r.name == "assistant.tracing"]
+    assert len([w for w in warned if "starts again in 1 s" in w]) == 1
+    assert len([w for w in warned if "tracing is off" in w]) == 1
+    await asyncio.to_thread(fragile.shutdown)
 
 
 async def test_an_endpoint_that_is_not_a_url_is_one_line_and_no_tracing(
@@ -399,27 +448,25 @@ async def test_without_the_extra_the_service_runs_and_says_so_in_one_line(
     assert quiet.stdout.strip() == "[]"
 
 
-async def test_a_row_whose_parent_never_comes_becomes_a_root_naming_it(
-    traced: tuple[Orchestrator, RecordingChannel, InMemorySpanExporter, ChainTracer],
-) -> None:
-    orch, _channel, exporter, tracer = traced
-    tracer.shutdown()
-    patient = ChainTracer(exporter, orch.redact, max_wait_s=1.0, poll_s=0.02)
+async def test_a_row_whose_parent_never_comes_becomes_a_root_naming_it(traced: Traced) -> None:
+    orch, _channel, receiver, tracer = traced
+    await asyncio.to_thread(tracer.shutdown)
+    patient = ChainTracer(receiver.url + "/v1/traces", orch.redact, max_wait_s=1.0, poll_s=0.02)
     log = orch.services.log
-    patient.attach(log)
+    assert patient.attach(log)
     log.log_event("run", "r1", summary="from before the restart", caused_by=1)
     ghost = log.new_id()  # an action that is never logged (the process died in it)
     log.log_tool_call(ghost, "orphan.call", ok=True)
-    spans = await spans_of(patient, exporter)
+    spans = await spans_of(patient, receiver)
     old = one(spans, "event run")  # at once: its cause predates tracing, it never comes
-    assert old.parent is None and old.attributes is not None
+    assert old.parent_span_id == ""
     assert old.attributes["assistant.parent_missing"] == encode(1)
     assert not [s for s in spans if s.name == "orphan.call"]  # still waiting for its action
     for _ in range(100):
-        if any(s.name == "orphan.call" for s in exporter.get_finished_spans()):
+        if any(s.name == "orphan.call" for s in receiver.spans):
             break
         await asyncio.sleep(0.05)
-    call = one(list(exporter.get_finished_spans()), "orphan.call")
-    assert call.parent is None and call.attributes is not None
+    call = one(list(receiver.spans), "orphan.call")
+    assert call.parent_span_id == ""
     assert call.attributes["assistant.parent_missing"] == encode(ghost)
-    patient.shutdown()
+    await asyncio.to_thread(patient.shutdown)
