@@ -26,13 +26,16 @@ counted as dropped.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
 import select
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections import deque
@@ -103,8 +106,8 @@ class TraceStats:
     intake_dropped: int = 0  # the queue was full (written on the event loop only)
     export_dropped: int = 0  # the exporter process dropped them: the collector did not
     #   take them, or more came than it keeps waiting (written by the reading thread only)
-    lost: int = 0  # never reached an exporter process, or went with one that ended
-    #   (written by the shipping thread only)
+    lost: int = 0  # not taken by an exporter process: it was behind (the pipe full),
+    #   stuck, restarting or off, or it ended with them (written by the shipping thread only)
     failed_exports: int = 0
     last_error: str | None = None
     failing_since: float | None = None  # time.time() of the first failure of a bad stretch
@@ -276,7 +279,7 @@ class ChainTracer:
         if s.intake_dropped:
             why.append(f"{s.intake_dropped:,} while the queue was full")
         if s.lost:
-            why.append(f"{s.lost:,} lost with the exporter process")
+            why.append(f"{s.lost:,} not taken by the exporter process")
         if why:
             line += f" ({', '.join(why)})"
         if s.failing_since is not None:
@@ -356,7 +359,11 @@ class ChainTracer:
         slim = _slim(rows, self._clean)
         for first in range(0, len(slim), FRAME_ROWS):
             part = slim[first : first + FRAME_ROWS]
-            if not worker.send(frame("rows", part), self._limit()):
+            data = frame("rows", part)
+            if not worker.has_room(len(data)):  # it is behind: drop these, never wait
+                self.stats.lost += len(part)
+                continue
+            if not worker.send(data, self._limit()):
                 # dead, or stuck for SEND_TIMEOUT_S: a torn frame cannot be resumed
                 self.stats.lost += len(slim) - first
                 worker.kill()
@@ -493,14 +500,26 @@ class _Worker:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._in = self._proc.stdin.fileno()
         self._out = self._proc.stdout.fileno()
-        with contextlib.suppress(OSError, AttributeError):  # Linux: room for bursts
-            import fcntl
-
-            fcntl.fcntl(self._in, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self._pipe_bytes = 0  # the pipe's size, when known (Linux)
+        with contextlib.suppress(OSError, AttributeError):
+            self._pipe_bytes = fcntl.fcntl(self._in, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        with contextlib.suppress(OSError, AttributeError):
+            self._pipe_bytes = self._pipe_bytes or fcntl.fcntl(self._in, fcntl.F_GETPIPE_SZ)
         os.set_blocking(self._in, False)
         self._reader = threading.Thread(target=self._read, name="trace-reports", daemon=True)
         self._reader.start()
         self.send(frame("config", config), time.monotonic() + SEND_TIMEOUT_S)
+
+    def has_room(self, size: int) -> bool:
+        """Whether the pipe takes `size` bytes now (True when that cannot be known)."""
+        if not self._pipe_bytes:
+            return True
+        unread = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._in, termios.FIONREAD, unread)
+        except OSError:
+            return True
+        return self._pipe_bytes - unread[0] >= size
 
     def send(self, data: bytes, deadline: float) -> bool:
         """Write one whole frame by `deadline`; False if the process is gone or stuck

@@ -41,6 +41,7 @@ slow, refusing) costs those spans, counted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ EVENT, ACTION, TOOL = 0, 1, 2
 SERVICE_NAME = "gpu-chatops-assistant"
 BATCH_SPANS = 512
 MODEL_CALL = "model_call"  # the Claude agent's action: see assistant/claude_agent.py
+NICE = 19  # this process's CPU priority: the lowest, below the service's
 FATAL_EXIT = 3  # this process cannot trace (the extra is missing): starting it again is no use
 _HEADER = struct.Struct("!I")
 
@@ -469,6 +471,9 @@ def main() -> int:
     # in a terminal or a signal to the whole group must not lose what is still queued.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Tracing is best effort: where CPUs are short, the service's threads go first.
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     send = _Sender(out_fd)
     first = read_frame(0)
     if first is None or first[0] != "config":

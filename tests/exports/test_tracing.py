@@ -272,6 +272,35 @@ async def test_a_run_is_one_trace_at_a_real_otlp_receiver(settings: Settings) ->
     assert same[0].resource["service.name"] == "gpu-chatops-assistant"
 
 
+async def test_the_exporter_process_holds_none_of_the_services_secrets(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what a service started with its secrets in the environment has there
+    token = "123456789:AAbbCCddEEffGGhhIIjjKKllMMnnOOppQQrr"
+    api_key = "sk-ant-api03-0123456789abcdefghij"
+    monkeypatch.setenv("ASSISTANT_TELEGRAM_TOKEN", token)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", api_key)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "assistant-under-test")  # the exporter's own
+    async with OtlpReceiver() as receiver:
+        traced = settings.model_copy(update={"otlp_endpoint": receiver.url})
+        channel = RecordingChannel()
+        async with Orchestrator(traced, channels=[channel], router=build_router()) as orch:
+            tracer = orch.services.log.tap
+            assert isinstance(tracer, ChainTracer) and tracer.worker_pid is not None
+            proc = Path(f"/proc/{tracer.worker_pid}")
+            seen = (proc / "environ").read_bytes() + (proc / "cmdline").read_bytes()
+            names = {e.split(b"=", 1)[0] for e in (proc / "environ").read_bytes().split(b"\0")}
+            (reply,) = await channel.say(ADMIN, "/task add every 1h /status hunter2-secret-value")
+            assert "every 1h" in reply
+            spans = await receiver.wait_for(lambda got: any(s.name == "task.add" for s in got))
+    for secret in (token, api_key, "hunter2-secret-value"):
+        assert secret.encode() not in seen
+        assert secret not in repr(spans)
+    assert not [n for n in names if n.startswith(b"ASSISTANT_") or b"API_KEY" in n]
+    assert b"OTEL_SERVICE_NAME" in names and b"PATH" in names
+    assert {s.resource["service.name"] for s in spans} == {"assistant-under-test"}
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -365,7 +394,7 @@ async def test_an_exporter_process_that_dies_is_started_again_then_tracing_is_of
         assert fragile.stats.dropped > dropped and fragile.worker_pid is None
         (report,) = await channel.say(ADMIN, "/debug report")
         (line,) = [x for x in report.splitlines() if x.startswith("Traces:")]
-        assert "tracing is off" in line and "lost with the exporter process" in line
+        assert "tracing is off" in line and "not taken by the exporter process" in line
     warned = [r.getMessage() for r in caplog.records if r.name == "assistant.tracing"]
     assert len([w for w in warned if "starts again in 1 s" in w]) == 1
     assert len([w for w in warned if "tracing is off" in w]) == 1
