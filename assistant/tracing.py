@@ -104,8 +104,8 @@ class TraceStats:
 
     exported: int = 0
     intake_dropped: int = 0  # the queue was full (written on the event loop only)
-    export_dropped: int = 0  # the exporter process dropped them: the collector did not
-    #   take them, or more came than it keeps waiting (written by the reading thread only)
+    export_dropped: int = 0  # the collector did not take them (written by the reading
+    #   thread only)
     lost: int = 0  # not taken by an exporter process: it was behind (the pipe full),
     #   stuck, restarting or off, or it ended with them (written by the shipping thread only)
     failed_exports: int = 0
@@ -223,6 +223,7 @@ class ChainTracer:
         self._restarts = restarts
         self._floor = 0  # ids below were logged before tracing started
         self._last_id = 0  # the last row shipped: a new exporter process starts after it
+        self._row_bytes = 32  # a shipped row's size, as last seen
         self._worker: _Worker | None = None
         self._done = _Done()  # what exporter processes that ended had done
         self._restart_at = 0.0
@@ -303,6 +304,8 @@ class ChainTracer:
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every row taken so far is exported or dropped (rows waiting for a
         parent excepted); for tests. False if that took longer."""
+        if self._closed and not self._thread.is_alive():
+            return not self._intake  # shut down: nothing will move any more
         with self._flushes:
             self._flush_asked += 1
             token = self._flush_asked
@@ -356,20 +359,25 @@ class ChainTracer:
         if worker is None:
             self.stats.lost += len(rows)
             return
-        slim = _slim(rows, self._clean)
-        for first in range(0, len(slim), FRAME_ROWS):
-            part = slim[first : first + FRAME_ROWS]
+        for first in range(0, len(rows), FRAME_ROWS):
+            chunk = rows[first : first + FRAME_ROWS]
+            # Behind (its queue full, the pipe too): drop these before any work on them.
+            if not worker.has_room(len(chunk) * self._row_bytes):
+                self.stats.lost += len(chunk)
+                continue
+            part = _slim(chunk, self._clean)
             data = frame("rows", part)
-            if not worker.has_room(len(data)):  # it is behind: drop these, never wait
+            self._row_bytes = len(data) // len(part) + 1
+            if not worker.has_room(len(data)):
                 self.stats.lost += len(part)
                 continue
             if not worker.send(data, self._limit()):
                 # dead, or stuck for SEND_TIMEOUT_S: a torn frame cannot be resumed
-                self.stats.lost += len(slim) - first
+                self.stats.lost += len(rows) - first
                 worker.kill()
                 return
             worker.sent += len(part)
-        self._last_id = slim[-1][1]
+            self._last_id = part[-1][1]
 
     def _spawn(self) -> _Worker | None:
         config = dict(self._config, floor=max(self._floor, self._last_id))
@@ -388,7 +396,7 @@ class ChainTracer:
             worker.wait(1.0)
         s = worker.stats
         self._done.add(s)
-        self.stats.lost += max(0, worker.sent - s.exported - s.export_dropped - s.queue_dropped)
+        self.stats.lost += max(0, worker.sent - s.exported - s.export_dropped)
         self._answer_flushes()
 
     def _after_end(self, fatal: str | None, code: int | None, lived_s: float) -> None:
@@ -458,7 +466,7 @@ class ChainTracer:
     def _publish(self, current: Stats) -> None:
         done, st = self._done, self.stats
         st.exported = done.exported + current.exported
-        st.export_dropped = done.export_dropped + current.export_dropped + current.queue_dropped
+        st.export_dropped = done.export_dropped + current.export_dropped
         st.failed_exports = done.failed_exports + current.failed_exports
         if current.last_error is not None:
             st.last_error = self._clean(current.last_error)
@@ -475,7 +483,7 @@ class _Done:
 
     def add(self, s: Stats) -> None:
         self.exported += s.exported
-        self.export_dropped += s.export_dropped + s.queue_dropped
+        self.export_dropped += s.export_dropped
         self.failed_exports += s.failed_exports
 
 

@@ -77,7 +77,6 @@ class Stats(NamedTuple):
 
     exported: int = 0
     export_dropped: int = 0  # the collector did not take them
-    queue_dropped: int = 0  # more rows came than this process keeps waiting
     failed_exports: int = 0
     last_error: str | None = None
     failing_since: float | None = None  # time.time() of the first failure of a bad stretch
@@ -403,18 +402,16 @@ def _status(ok: bool, error: str | None) -> Any:
 
 
 class _Inbox:
-    """What the service sent, read off the pipe by a thread of its own so the pipe never
-    fills while spans are being built or exported; holds at most `limit` rows (beyond,
-    rows are dropped and counted)."""
+    """What the service sent, read off the pipe by a thread of its own, so the pipe drains
+    while spans are built or exported. Holds about `limit` rows: beyond, it stops reading,
+    the pipe fills, and the service drops rows before doing any work on them."""
 
     def __init__(self, fd: int, limit: int) -> None:
-        self.dropped = 0
         self._fd = fd
         self._limit = limit
         self._rows = 0
         self._items: deque[tuple[str, Any]] = deque()
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
+        self._changed = threading.Condition()
         threading.Thread(target=self._read, name="trace-inbox", daemon=True).start()
 
     def _read(self) -> None:
@@ -423,29 +420,23 @@ class _Inbox:
                 item = read_frame(self._fd)
             except Exception:  # a torn frame: the service is gone or broken
                 item = None
-            with self._lock:
-                if item is None:
-                    self._items.append(("eof", None))
-                elif item[0] == "rows":
-                    rows = item[1]
-                    if self._rows + len(rows) > self._limit:
-                        self.dropped += len(rows)
-                    else:
-                        self._rows += len(rows)
-                        self._items.append(item)
-                else:
-                    self._items.append(item)
-            self._ready.set()
+            with self._changed:
+                if item is not None and item[0] == "rows":
+                    self._changed.wait_for(lambda: self._rows < self._limit)
+                    self._rows += len(item[1])
+                self._items.append(("eof", None) if item is None else item)
+                self._changed.notify_all()
             if item is None:
                 return
 
     def wait(self, timeout: float) -> list[tuple[str, Any]]:
-        self._ready.wait(timeout)
-        with self._lock:
-            self._ready.clear()
+        with self._changed:
+            if not self._items:
+                self._changed.wait(timeout)
             items = list(self._items)
             self._items.clear()
             self._rows = 0
+            self._changed.notify_all()
         return items
 
 
@@ -523,7 +514,6 @@ def main() -> int:
         stats = Stats(
             builder.exported,
             builder.export_dropped,
-            inbox.dropped,
             builder.failed_exports,
             builder.last_error,
             builder.failing_since,
