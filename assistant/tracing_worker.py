@@ -7,13 +7,18 @@ interpreter, so it never takes the service's GIL from the event loop or the data
 writer. This process gets only the endpoint and its own settings (the environment it is
 given holds no secret of the service's, `assistant.tracing.worker_env`).
 
-Both ways the pipe carries frames: a 4-byte length, then a pickled `(tag, value)`.
+It runs at the lowest CPU priority: where CPUs are short, the service goes first, and
+tracing falls behind (then the service drops rows, counted) rather than the service.
+
+Both ways the pipe carries frames: a 4-byte length, then a pickled `(tag, value)` of
+plain data only (tuples, lists, dicts, str, int, float, bool, None).
 
 - service -> here (stdin): `("config", dict)` first, then `("rows", [row, ...])`,
   `("flush", n)` (export everything received so far, answer `("flushed", n)`) and
   `("stop", None)` (rows still waiting for a parent become roots, export, exit);
-- here -> service (stdout): `("stats", Stats)`, `("log", (level, text))` for the service
-  log, `("flushed", n)`, `("fatal", text)` (cannot trace at all: do not start again).
+- here -> service (stdout): `("stats", tuple(Stats))` after each pass that changed them,
+  `("log", (level, text))` for the service log, `("flushed", n)`, `("fatal", text)`
+  (cannot trace at all: do not start again).
 
 Rows, the three kinds (ids as the event log's; texts redacted by the service):
 
