@@ -12,7 +12,7 @@ writer (an ingest burst went at half the rate). Here the service's part is small
   `tap`), which only appends it to a bounded queue (full: the row's span is dropped and
   counted);
 - one thread wakes every `poll_s`, keeps of each row what a span shows (ids, names,
-  times, ok, the redacted target, source id and error: never message text, tool inputs
+  times, ok, the source id, the redacted target and error: never message text, tool inputs
   or outputs), and writes them, pickled in batches, down a pipe to the exporter process;
 - the exporter process (started with only the endpoint and its own settings in its
   environment) builds the spans, waits for parents, exports, and reports what it did.
@@ -606,13 +606,9 @@ def _slim(
     seen: dict[str, str] = {}
     for kind, row, at in rows:
         if kind == "event":
-            source_id = row[2]
-            if source_id is not None:
-                masked = seen.get(source_id)
-                if masked is None:
-                    masked = seen[source_id] = clean(str(source_id))
-                source_id = masked
-            add((EVENT, row[0], row[1], source_id, row[3], at))
+            # A source id (a chat, a run, a platform message id) is stored as it is in
+            # event_log too: an id, never free text, so it is not redacted here either.
+            add((EVENT, row[0], row[1], row[2], row[3], at))
         elif kind == "action":
             target, content, error = row[3], None, row[6]
             if target is not None:
