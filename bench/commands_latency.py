@@ -127,6 +127,7 @@ async def main() -> None:
         settings = Settings(
             assistant_home=home,
             admin_chats=("tg:1",),
+            http_address="off",  # a running service may hold the default port
             _env_file=None,  # type: ignore[call-arg]
         )
         async with Orchestrator(settings, channels=[NullChannel()]) as orch:

@@ -70,6 +70,7 @@ def settings_for(home: Path, runner: str) -> Settings:
         gpus="none",
         monitor_interval_s=0.02,
         run_memory_mb=2048,
+        http_address="off",  # a running service may hold the default port
         _env_file=None,  # type: ignore[call-arg]
     )
 
