@@ -27,6 +27,7 @@ from assistant.services import shared_redactor
 from storage.ids import decode
 from tests.assistant.recording import RecordingChannel
 from tests.service_process import cli, running_service
+from tests.support.service_log import captured_service_log
 
 SECRET = "hunter2-secret-value"  # configured in the settings fixture
 # A secret with a quote and a backslash: in the encoded line it reads `q\"uo\\te`, so
@@ -39,23 +40,8 @@ log = logging.getLogger("tests.exports.json_logs")
 @pytest.fixture
 def json_log() -> Iterator[Callable[[Settings], io.StringIO]]:
     """What `assistant up` would write to stderr in the JSON format, at DEBUG."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-
-    def capture(settings: Settings) -> io.StringIO:
-        _setup_logging(settings.model_copy(update={"log_format": "json", "log_level": "DEBUG"}))
-        out = io.StringIO()
-        (handler,) = root.handlers
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(out)
-        return out
-
-    try:
+    with captured_service_log(log_format="json") as capture:
         yield capture
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
-        logging.captureWarnings(False)
 
 
 def parsed(out: io.StringIO) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from tests.agent.conftest import API_KEY, model_settings
 from tests.assistant.recording import RecordingChannel
 from tests.fakes.anthropic_server import FakeAnthropic, ToolUse
 from tests.fakes.anthropic_server import Reply as Answer
+from tests.support.service_log import captured_service_log
 
 ADMIN = "tg:1001"
 RUN_ID = re.compile(r"^Run ([0-9a-z]{6}):", re.M)
@@ -109,22 +110,8 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 @pytest.fixture
 def service_log() -> Iterator[Callable[[Settings], io.StringIO]]:
     """What `assistant up` would write to stderr: its own logging set-up, at DEBUG."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-
-    def capture(settings: Settings) -> io.StringIO:
-        _setup_logging(settings.model_copy(update={"log_level": "DEBUG"}))
-        out = io.StringIO()
-        (handler,) = root.handlers
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(out)
-        return out
-
-    try:
+    with captured_service_log() as capture:
         yield capture
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
 
 
 def database_dump(path: Path) -> str:
