@@ -308,10 +308,13 @@ async def _show(ctx: CommandContext, run: RunRecord) -> str:
 
 
 def _logs(ctx: CommandContext, run: RunRecord, rest: list[str]) -> str:
+    """The last n lines of the run's output; "yet" only while it may still print some."""
     if rest and (not rest[0].isdigit() or not 1 <= int(rest[0]) <= 200):
         raise CommandError("the line count is a number from 1 to 200")
     n = int(rest[0]) if rest else 20
     lines = log_tail(ctx.services.runs.run_dir(run.id), n)
     if not lines:
-        return f"Run {run.id} has no output yet."
+        if run.state in ACTIVE:
+            return f"Run {run.id} has no output yet."
+        return f"Run {run.id} printed no output."
     return f"Run {run.id}, last {len(lines)} line(s):\n" + "\n".join(lines)

@@ -102,3 +102,38 @@ def test_usage_lists_every_param_with_its_bounds() -> None:
     text = usage(GPT)
     assert text.startswith("python -m assistant.jobs.recipes.gpt --run-dir DIR")
     assert all(f"--{p.name} (" in text for p in GPT.params)
+
+
+def test_rank_zero_prints_each_event_as_a_line_beside_the_event(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What `/run logs` shows: the recipe's own output, one plain line per event."""
+    from assistant.jobs.recipes.common import Dist, Reporter
+
+    report = Reporter(tmp_path, Dist(0, 0, 1, None))
+    report.emit("log", level="warning", message="low memory")
+    report.emit("progress", step=10, total=60, loss=2.3104, lr=6e-4, tokens_per_s=1234.5, mfu=0.123)
+    report.emit("metric", step=10, name="val_loss", value=2.41)
+    report.emit(
+        "checkpoint", step=10, path="checkpoints/ckpt_00000010.pt", best=True, val_loss=2.41
+    )
+    report.emit("heartbeat", step=10)
+    report.emit("result", status="succeeded", step=60, final={"loss": 1.5, "val_loss": None})
+    report.close()
+    assert capfd.readouterr().out.splitlines() == [
+        "warning: low memory",
+        "step 10/60 loss 2.31 lr 0.0006, 1234 tok/s, mfu 12.3%",
+        "eval step 10: val_loss 2.41",
+        "checkpoint step 10: checkpoints/ckpt_00000010.pt (best, val_loss 2.41)",
+        "succeeded at step 60: loss 1.5",
+    ]
+    events = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert len(events) == 6  # the events are written as before
+
+
+def test_other_ranks_print_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from assistant.jobs.recipes.common import Dist, Reporter
+
+    report = Reporter(tmp_path, Dist(1, 1, 2, None))
+    report.emit("progress", step=1, total=2, loss=1.0, lr=0.1)
+    assert capfd.readouterr().out == "" and not (tmp_path / "events.jsonl").exists()

@@ -204,8 +204,85 @@ def stop_status(run_dir: Path) -> tuple[str, int]:
 # ----------------------------------------------------------------------------- reporting
 
 
+def _num(value: Any) -> str:
+    """A number as a log line shows it: four significant digits for floats."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _progress_line(f: dict[str, Any]) -> str:
+    parts = [f"step {f.get('step')}/{f.get('total')}"]
+    parts += [f"{k} {_num(f[k])}" for k in ("loss", "lr") if f.get(k) is not None]
+    line = " ".join(parts)
+    if f.get("tokens_per_s") is not None:
+        line += f", {f['tokens_per_s']:.0f} tok/s"
+    if f.get("mfu") is not None:
+        line += f", mfu {f['mfu']:.1%}"
+    if f.get("elapsed_s") is not None:
+        line += f", {f['elapsed_s']:.1f}s elapsed"
+    return line
+
+
+def _started_line(f: dict[str, Any]) -> str:
+    params = f.get("params") or {}
+    head = f"resumed from {f['resumed_from']} at" if f.get("resumed_from") else "started:"
+    line = f"{head} step {f.get('step')}/{f.get('total')} on {f.get('device')}"
+    if f.get("world_size", 1) > 1:
+        line += f" x {f['world_size']} processes"
+    if "n_params" in params:
+        line += f", {params['n_params']:,} parameters"
+    return line
+
+
+def _checkpoint_line(f: dict[str, Any]) -> str:
+    notes = ["best"] if f.get("best") else []
+    notes += [f"{k} {_num(f[k])}" for k in ("val_loss", "accuracy") if f.get(k) is not None]
+    return f"checkpoint step {f.get('step')}: {f.get('path')}" + (
+        f" ({', '.join(notes)})" if notes else ""
+    )
+
+
+def _result_line(f: dict[str, Any]) -> str:
+    final = {k: v for k, v in (f.get("final") or {}).items() if v is not None}
+    shown = ", ".join(f"{k} {_num(v)}" for k, v in final.items())
+    return f"{f.get('status')} at step {f.get('step')}" + (f": {shown}" if shown else "")
+
+
+def _log_line(f: dict[str, Any]) -> str:
+    level = f.get("level", "info")
+    return str(f.get("message")) if level == "info" else f"{level}: {f.get('message')}"
+
+
+def _metric_line(f: dict[str, Any]) -> str:
+    return f"eval step {f.get('step')}: {f.get('name')} {_num(f.get('value'))}"
+
+
+_LINES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "log": _log_line,
+    "started": _started_line,
+    "progress": _progress_line,
+    "metric": _metric_line,
+    "checkpoint": _checkpoint_line,
+    "result": _result_line,
+}
+
+
+def describe(type_: str, fields: dict[str, Any]) -> str | None:
+    """The human-readable output line for an event, or None for one that has none.
+
+    Errors have none: the interpreter prints their traceback to the same output. ASCII
+    only, so a run image whose locale cannot encode more never fails on a log line.
+    """
+    line = _LINES.get(type_)
+    return None if line is None else line(fields)
+
+
 class Reporter:
-    """Events from rank 0 only; other ranks report nothing but their own errors."""
+    """Events from rank 0 only; other ranks report nothing but their own errors.
+
+    Each event is also printed as a plain line: events.jsonl is for the host, while
+    stdout.log (the recipe's output, which the agent keeps) is what `/run logs` and a
+    failed run's report show a person.
+    """
 
     def __init__(self, run_dir: Path, d: Dist) -> None:
         self.run_dir = run_dir
@@ -214,8 +291,13 @@ class Reporter:
         self._writer = EventWriter(run_dir) if d.is_main else None
 
     def emit(self, type_: str, **fields: Any) -> None:
-        if self._writer is not None:
-            self._writer.emit(type_, **fields)
+        if self._writer is None:
+            return
+        line = describe(type_, fields)
+        if line is not None:
+            # before the event: whoever sees the event's step finds its line already there
+            print(line, flush=True)
+        self._writer.emit(type_, **fields)
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
