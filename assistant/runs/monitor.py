@@ -28,7 +28,7 @@ from assistant.runs import rundir
 from assistant.runs.bench_outcome import bench_report, engine_metrics, reads_server_metrics
 from assistant.runs.events import read_new, valid_json
 from assistant.runs.manager import SECRETS_DIR, RunManager
-from assistant.runs.report import eta, plot, read_events, summary_text
+from assistant.runs.report import eta, plot, rate_text, read_events, summary_text
 from assistant.runs.runner import ExitInfo, RunHandle
 from commands.registry import Reply
 from storage.runs import LIVE, Progress, RunRecord
@@ -55,10 +55,29 @@ class Trouble:
 
 @dataclass
 class Live:
-    """Throughput of a live run, for /status (kept in memory, rebuilt after a restart)."""
+    """Throughput of a live run, for /status (kept in memory, rebuilt after a restart).
 
-    first: tuple[float, int] | None = None
-    last: tuple[float, int] | None = None
+    Its rate is measured on the monitor's clock, between observations at least SPAN_S
+    apart: events of one pass arrive together whatever steps they carry (a backlog after
+    a restart, a burst of a benchmark's requests), so they make one observation. A run's
+    first move says nothing of its speed (warm-up, compiling, a resume's jump to its
+    checkpoint's step): the rate counts from the observation after it. A step going back
+    (a new attempt) starts over, and a rate no new step has confirmed for a while is not
+    given at all: no number is better than a wild one.
+    """
+
+    # not fields (no annotation): the measuring rules
+    SAME_PASS_S = 0.25  # notes closer than this to the first of a pass belong to that pass
+    SPAN_S = 10.0  # the least wall time a rate is measured over
+    WINDOW_S = 120.0  # a training run's rate follows its latest this-many seconds
+    STALE_S = 60.0  # no new step for this long (and 3 usual gaps): no rate, no ETA
+    MAX_SEEN = 512  # observations kept for a benchmark (its rate spans all its profiles)
+
+    seen: tuple[tuple[float, int], ...] = ()  # (monitor clock, step), one per pass
+    moved: bool = False  # the step has moved since the first observation
+    pass_at: float | None = None  # when the pass of the latest observation began
+    total: int | None = None  # the total its progress events state
+    bench: bool = False  # a benchmark: its step is requests done over all its profiles
     tokens_per_s: float | None = None
     mfu: float | None = None
     progress_message: str | None = None  # the chat message edited with progress
@@ -68,11 +87,13 @@ class Live:
     profile_done: int = 0
     profile_total: int = 0
 
-    def note(self, step: int, event: dict[str, Any]) -> None:
-        now = time.monotonic()
-        if self.first is None:
-            self.first = (now, step)
-        self.last = (now, step)
+    def note(self, step: int, event: dict[str, Any], now: float | None = None) -> None:
+        """A progress event, seen by the monitor at `now` (its clock; time.monotonic())."""
+        self.bench = self.bench or event.get("profile") is not None
+        self._observe(time.monotonic() if now is None else now, step)
+        total = event.get("total")
+        if isinstance(total, int) and total > 0:
+            self.total = total
         if event.get("tokens_per_s") is not None:
             self.tokens_per_s = float(event["tokens_per_s"])
         if event.get("mfu") is not None:
@@ -82,11 +103,66 @@ class Live:
             self.profile_done = int(event.get("profile_done") or 0)
             self.profile_total = int(event.get("profile_total") or 0)
 
+    def _observe(self, now: float, step: int) -> None:
+        if self.seen and step < self.seen[-1][1]:
+            self.seen, self.moved = (), False  # a new attempt: the old pace is not its own
+        if self.seen and self.pass_at is not None and now - self.pass_at < self.SAME_PASS_S:
+            self.seen = (*self.seen[:-1], (now, step))  # the pass's latest step stands for it
+        else:
+            self.pass_at = now
+            self.seen = (*self.seen, (now, step))
+        if not self.moved and step != self.seen[0][1]:
+            self.moved, self.seen = True, ((now, step),)  # the first move is not counted
+        if self.bench:
+            if len(self.seen) > self.MAX_SEEN:
+                self.seen = (self.seen[0], *self.seen[2:])
+            return
+        while len(self.seen) > 2 and self.seen[1][0] <= now - self.WINDOW_S:
+            self.seen = self.seen[1:]
+
+    @property
+    def step(self) -> int | None:
+        """The latest step its progress events said (a benchmark: requests done)."""
+        return self.seen[-1][1] if self.seen else None
+
+    @property
+    def unit(self) -> str:
+        return "requests" if self.bench else "steps"
+
+    def rate(self, now: float | None = None) -> float | None:
+        """Steps (a benchmark: requests) per second; None while there is no sound figure."""
+        if not self.moved or len(self.seen) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.seen[0], self.seen[-1]
+        if (
+            t1 - t0 < self.SPAN_S
+            or s1 <= s0
+            or self._stale(time.monotonic() if now is None else now)
+        ):
+            return None
+        return (s1 - s0) / (t1 - t0)
+
+    def _stale(self, now: float) -> bool:
+        """No new step for longer than STALE_S and three of its usual gaps between steps."""
+        changes = len({s for _, s in self.seen}) - 1  # steps only rise within `seen`
+        changed_at = next(t for t, s in self.seen if s == self.seen[-1][1])
+        gap = (self.seen[-1][0] - self.seen[0][0]) / max(1, changes)
+        return now - changed_at > max(self.STALE_S, 3 * gap)
+
     @property
     def steps_per_s(self) -> float | None:
-        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
-            return None
-        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+        return self.rate()
+
+    def counts(self, run: RunRecord) -> tuple[int, int | None]:
+        """Steps done and the total, as the rate counts them.
+
+        A benchmark's progress events say requests done and requested over all its
+        profiles; its run's stored step also follows its metric events, which carry only
+        the requests of the profiles already finished.
+        """
+        if self.step is not None:
+            return self.step, run.total or self.total
+        return run.step, run.total
 
 
 class RunMonitor:
@@ -542,19 +618,23 @@ def _describe(event: dict[str, Any]) -> str:
     return str(kind)
 
 
-def progress_text(run: RunRecord, live: Live) -> str:
-    """The live line: step/total with a bar, loss, throughput, ETA."""
-    total = run.total or 0
-    parts = [f"Run {run.id} ({run.recipe}) · step {run.step}" + (f"/{total}" if total else "")]
+def progress_text(run: RunRecord, live: Live, now: float | None = None) -> str:
+    """The live line: step/total with a bar (a benchmark: requests), loss, throughput, ETA."""
+    done, total = live.counts(run)
+    label = "requests" if live.bench else "step"
+    parts = [f"Run {run.id} ({run.recipe}) · {label} {done}" + (f"/{total}" if total else "")]
     if total:
-        filled = min(10, int(10 * run.step / total))
+        filled = max(0, min(10, int(10 * done / total)))
         parts[0] += f" [{'#' * filled}{'.' * (10 - filled)}]"
-    parts.extend(run_numbers(run, live))
+    parts.extend(run_numbers(run, live, now))
     return " · ".join(parts)
 
 
-def run_numbers(run: RunRecord, live: Live | None) -> list[str]:
-    """Latest loss, throughput and ETA: what both /status and the progress line show."""
+def run_numbers(run: RunRecord, live: Live | None, now: float | None = None) -> list[str]:
+    """Latest loss, throughput and ETA: what both /status and the progress line show.
+
+    `now` is the monitor's clock (time.monotonic()); a rate not sound then is left out.
+    """
     parts = []
     if live is not None and live.profile:
         parts.append(f"profile {live.profile} ({live.profile_done}/{live.profile_total} requests)")
@@ -565,11 +645,13 @@ def run_numbers(run: RunRecord, live: Live | None) -> list[str]:
     if isinstance(loss, int | float):
         parts.append(f"loss {loss:.4g}")
     if live is not None:
+        rate = live.rate(now)
         if live.tokens_per_s:
             parts.append(f"{live.tokens_per_s:,.0f} tok/s")
-        elif live.steps_per_s:
-            parts.append(f"{live.steps_per_s:.2f} steps/s")
-        left = eta(run.step, run.total, live.steps_per_s)
+        if rate is not None and (live.bench or not live.tokens_per_s):
+            parts.append(rate_text(rate, f"{live.unit}/s"))
+        done, total = live.counts(run)
+        left = eta(done, total, rate)
         if left is not None:
             parts.append(f"ETA {format_duration(left)}")
     return parts

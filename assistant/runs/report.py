@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from storage.timestamps import from_iso
 LOG_TAIL = 15
 EVENTS_FOR_PLOT = 32 * 1024 * 1024  # bytes of events.jsonl read for the report's plot
 TAIL_BYTES = 64 * 1024  # of a log, for its last lines
+MAX_ETA = timedelta(days=365)  # beyond it an ETA says only that the rate is off
 OUTBOX = ".outbox"  # beside the run dirs: the host's copies of the images it sends
 
 
@@ -154,6 +156,21 @@ def summary_text(run: RunRecord, cause: str | None, run_dir: Path) -> str:
 
 
 def eta(step: int, total: int | None, steps_per_s: float | None) -> timedelta | None:
-    if not total or not steps_per_s or steps_per_s <= 0 or step >= total:
+    """Time left at `steps_per_s`; None without a sound rate, or when it would be wild."""
+    if not total or not steps_per_s or not math.isfinite(steps_per_s) or steps_per_s <= 0:
         return None
-    return timedelta(seconds=(total - step) / steps_per_s)
+    if step >= total:
+        return None
+    left = (total - step) / steps_per_s
+    return timedelta(seconds=left) if left <= MAX_ETA.total_seconds() else None
+
+
+def rate_text(value: float, unit: str) -> str:
+    """A rate to three figures or so: `3,049,013 steps/s` never shows cents."""
+    if value >= 100:
+        return f"{value:,.0f} {unit}"
+    if value >= 10:
+        return f"{value:.1f} {unit}"
+    if value >= 1:
+        return f"{value:.2f} {unit}"
+    return f"{value:.2g} {unit}"
