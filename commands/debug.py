@@ -13,7 +13,7 @@ from assistant.errors import AmbiguousIdError, NotFoundError
 from commands.formatting import truncate
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 from storage import eventlog
-from storage.eventlog import ActionRow, EventRow, EventTree, RowKind, Step, ToolRow
+from storage.eventlog import ActionRow, EventRow, EventTree, Launch, RowKind, Step, ToolRow
 from storage.ids import encode, is_prefix
 from storage.timestamps import from_iso
 
@@ -29,6 +29,7 @@ USAGE = "\n".join(
     ]
 )
 MIN_PREFIX = 4
+CAUSE_HOPS = 3  # of a launch's cause, the hops nearest to it; /debug why shows them all
 
 
 @router.command("debug", usage=USAGE, summary="trace what happened and why", traced=False)
@@ -315,16 +316,49 @@ async def _report(ctx: CommandContext) -> str:
 
 
 async def _run(ctx: CommandContext, text: str) -> str:
-    """The chain that asked for the run, then every recorded event of the run in order."""
+    """Each launch with what asked for it, then the run's other events once each."""
     s = ctx.services
     run = await s.runs.repo.resolve(text)
     zone, now = s.settings.zone, s.clock.now()
-    start, later = await s.db.read_sync(eventlog.run_story, run.id)
+    story = await s.db.read_sync(eventlog.run_story, run.id, run.launch_action)
     lines = [f"Run {run.id} ({run.recipe}, {run.state})"]
-    if start:
+    if story.launches:
         lines.append("How it started:")
-        lines.extend(_chain_lines(start, zone, now))
-    lines.append(f"Run events ({len(later) + (1 if start else 0)}):")
-    for tree in later:
-        lines.extend(_tree_lines(tree, zone, now, "  "))
+    for n, launch in enumerate(story.launches):
+        if n == 1 and story.launches_left_out:
+            lines.append(f"… {story.launches_left_out} more launch(es) left out")
+        if n > 0:
+            lines.append("Launched again:" if launch.launch.event else "Asked to launch again:")
+        lines.extend(_launch_lines(launch, zone, now))
+    lines.append(f"Run events ({story.events_total}):")
+    for n, tree in enumerate(story.events):
+        if n == story.events_left_out_at and story.events_left_out:
+            lines.append(f"  … {story.events_left_out} more event(s) left out")
+        lines.extend(_run_event_lines(tree, zone, now))
     return "\n".join(lines)
+
+
+def _launch_lines(launch: Launch, zone: ZoneInfo, now: datetime) -> list[str]:
+    """What asked for a launch (its chain), then the launch with its engine calls."""
+    cause = launch.cause[-CAUSE_HOPS:]
+    steps = cause + ([launch.launch] if launch.launch.event else [])
+    if not steps:
+        return ["  (what asked for it is no longer stored)"]
+    lines = _chain_lines(steps, zone, now)
+    first = cause[0].action if cause else None
+    if len(launch.cause) > len(cause) and first is not None:
+        earlier = len(launch.cause) - len(cause)
+        lines.insert(0, f"({earlier} earlier hop(s): /debug why {show_id(first.id)})")
+    return lines
+
+
+def _run_event_lines(tree: EventTree, zone: ZoneInfo, now: datetime) -> list[str]:
+    """A run event on one line, each action it triggered on one more (no content: short)."""
+    lines = [_event_line(tree.event, zone, now, "  ")]
+    for action, _ in tree.actions:
+        target = f" → {action.target}" if action.target else ""
+        lines.append(
+            f"    action {action.action_type}{target} · {_ok(action.ok, action.error)}"
+            f" · id {show_id(action.id)}"
+        )
+    return lines

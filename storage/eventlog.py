@@ -259,19 +259,90 @@ def report(conn: sqlite3.Connection, since_hour: str | None) -> Report:
     )
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One launch of a run (a resume launches again): what asked for it, then the run's
+    event and its `run_launched` action, engine tool calls included."""
+
+    cause: list[Step]
+    launch: Step
+
+
+@dataclass(frozen=True)
+class RunStory:
+    launches: list[Launch]  # the first, then the latest; a waiting one last, not launched
+    launches_left_out: int  # later launches between those shown
+    events: list[EventTree]  # the run's other events, oldest first; without their launches
+    events_total: int
+    events_left_out_at: int  # where in `events` the left-out ones were
+    events_left_out: int
+
+
+def _launch_events(conn: sqlite3.Connection, run_id: str) -> list[tuple[int, sqlite3.Row]]:
+    """The run's events that triggered a `run_launched` action, with that action's row."""
+    rows = conn.execute(
+        "SELECT e.id AS event_id, e.caused_by, a.* FROM event_log e"
+        " JOIN action_log a ON a.triggered_by = e.id AND a.action_type = 'run_launched'"
+        " WHERE e.source = 'run' AND e.source_id = ? ORDER BY a.id",
+        (run_id,),
+    ).fetchall()
+    return [(int(r["event_id"]), r) for r in rows]
+
+
+def _launch(conn: sqlite3.Connection, event_id: int, row: sqlite3.Row) -> Launch | None:
+    event = get_event(conn, event_id)
+    if event is None:
+        return None
+    cause = chain_to(conn, event.caused_by) if event.caused_by is not None else []
+    return Launch(cause, Step(event, None, _action(conn, row)))
+
+
+def _ends(items: list[int], head: int, tail: int) -> tuple[list[int], int]:
+    """The first `head` and last `tail` items, and how many were left out between."""
+    if len(items) <= head + tail:
+        return items, 0
+    return items[:head] + items[len(items) - tail :], len(items) - head - tail
+
+
 def run_story(
-    conn: sqlite3.Connection, run_id: str, limit: int = 200
-) -> tuple[list[Step], list[EventTree]]:
-    """A run's events in one hop: the chain that led to its first event, then each later
-    event with what it triggered."""
+    conn: sqlite3.Connection,
+    run_id: str,
+    launch_action: int | None,
+    *,
+    launches: int = 3,
+    head: int = 4,
+    tail: int = 10,
+    actions_per_event: int = 3,
+) -> RunStory:
+    """A run's chain in one hop, bounded for a phone: each launch with what asked for it,
+    then the run's other events once each, with what each triggered (not what those
+    caused: a resume's launch caused the later events, which are listed on their own).
+
+    `launch_action` is the run's column: while it names no launch (the run waits, queued
+    or resumed), what asked for the next launch is shown as a launch not yet made."""
+    found = _launch_events(conn, run_id)
+    launch_ids = {event_id for event_id, _ in found}
+    picked, launches_left_out = _ends(list(range(len(found))), 1, launches - 1)
+    shown = [_launch(conn, *found[i]) for i in picked]
+    story = [launch for launch in shown if launch is not None]
+    known = {int(row["id"]) for _, row in found} | {row["caused_by"] for _, row in found}
+    if launch_action is not None and launch_action not in known:
+        story.append(Launch(chain_to(conn, launch_action), Step(None, None, None)))
     ids = [
         row[0]
         for row in conn.execute(
-            "SELECT id FROM event_log WHERE source = 'run' AND source_id = ? ORDER BY id LIMIT ?",
-            (run_id, limit),
+            "SELECT id FROM event_log WHERE source = 'run' AND source_id = ? ORDER BY id",
+            (run_id,),
         )
+        if row[0] not in launch_ids
     ]
-    if not ids:
-        return [], []
-    trees = [event_tree(conn, event_id, 1) for event_id in ids[1:]]
-    return chain_to_event(conn, ids[0]), [t for t in trees if t is not None]
+    kept, left_out = _ends(ids, head, tail)
+    trees = [event_tree(conn, event_id, 0, [actions_per_event]) for event_id in kept]
+    return RunStory(
+        launches=story,
+        launches_left_out=launches_left_out,
+        events=[t for t in trees if t is not None],
+        events_total=len(ids),
+        events_left_out_at=min(head, len(kept)),
+        events_left_out=left_out,
+    )
