@@ -264,19 +264,109 @@ def read_tail(path: Path, start: int) -> str:
 
 
 def classify_failure(returncode: int | None, text: str) -> dict[str, Any]:
-    """An `error` event's fields for a recipe that ended without a result."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    """An `error` event's fields for a recipe that ended without a result.
+
+    A declared recipe or a plain script knows nothing of our `error` event: all it leaves
+    is a Python traceback in its output, so the exception it names is the cause.
+    """
+    lines = [_clip(ln) for ln in text.splitlines() if ln.strip()]
     tail = lines[-TAIL_LINES:]
     killed = returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
     if killed or _OOM_TEXT.search(text):
         how = "killed by SIGKILL" if killed else f"exited with code {returncode}"
         return {"kind": "oom", "message": f"out of memory ({how})", "traceback": tail}
-    start = text.rfind("Traceback (most recent call last)")
-    if start >= 0:
-        tb = [ln for ln in text[start:].splitlines() if ln.strip()]
-        message = next((ln for ln in reversed(tb) if not ln.startswith((" ", "\t"))), tb[-1])
-        return {"kind": "exception", "message": message.strip(), "traceback": tb[-TAIL_LINES:]}
+    found = last_exception(text.splitlines())
+    if found is not None:
+        return {"kind": "exception", "message": found.message, "traceback": found.lines}
     return {"kind": "exit", "message": f"exited with code {returncode}", "traceback": tail}
+
+
+_TB_HEADER = "Traceback (most recent call last):"
+# torchrun (and `--tee`) put "[rank1]: " or "[default1]:" before each line of a worker
+_LINE_PREFIX = re.compile(r"\[(?P<tag>[A-Za-z_]*\d+)\]: ?")
+# what ends a traceback: "ValueError: bad", "torch.OutOfMemoryError: x", "KeyboardInterrupt"
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(?::.*)?")
+_TORCHRUN_FAILED = "ChildFailedError"
+_LINE_CHARS = 500  # of one traceback line: the error event must stay one readable line
+
+
+@dataclass
+class FoundException:
+    """The exception line of one traceback in the output, and where it ended."""
+
+    message: str
+    lines: list[str]
+    end: int
+    tag: str
+
+
+def last_exception(lines: list[str]) -> FoundException | None:
+    """The exception the output's last Python traceback names (of a chain: the last one).
+
+    Each worker's lines (by their "[rankN]:" tag) are read apart, so ranks that print at
+    once do not mix. torchrun's own ChildFailedError only says a worker failed: the
+    worker's exception is the cause when the output has it.
+    """
+    streams: dict[str, list[tuple[int, str]]] = {}
+    for number, raw in enumerate(lines):
+        tagged = _LINE_PREFIX.match(raw)
+        tag, body = (tagged["tag"], raw[tagged.end() :]) if tagged else ("", raw)
+        streams.setdefault(tag, []).append((number, body))
+    found = sorted(
+        (hit for tag, stream in streams.items() for hit in _tracebacks(tag, stream)),
+        key=lambda hit: hit.end,
+    )
+    if not found:
+        return None
+    workers = [hit for hit in found if _TORCHRUN_FAILED not in hit.message.split(":")[0]]
+    if not workers:
+        found[-1].message = _TORCHRUN_FAILED + _torchrun_root(lines[found[-1].end :])
+        return found[-1]
+    best = workers[-1]
+    if best.tag:
+        best.message += f" ({best.tag})"
+    return best
+
+
+_ROOT_FIELD = re.compile(r"\s*(?P<key>rank|exitcode)\s*:\s*(?P<value>-?\d+)")
+
+
+def _torchrun_root(summary: list[str]) -> str:
+    """The rank that failed and its exit code, from torchrun's "Root Cause" block ("" if none)."""
+    fields: dict[str, str] = {}
+    roots = [n for n, line in enumerate(summary) if "Root Cause" in line]
+    for line in summary[roots[-1] if roots else 0 :]:
+        field = _ROOT_FIELD.match(line)
+        if field is not None:
+            fields.setdefault(field["key"], field["value"])
+    if "rank" not in fields:
+        return ""
+    code = fields.get("exitcode")
+    return f": rank {fields['rank']} failed" + (f" with exit code {code}" if code else "")
+
+
+def _tracebacks(tag: str, stream: list[tuple[int, str]]) -> list[FoundException]:
+    """Every complete traceback in one stream of lines: header, frames, exception line."""
+    found: list[FoundException] = []
+    start: int | None = None
+    for pos, (number, body) in enumerate(stream):
+        if body.rstrip() == _TB_HEADER:
+            start = pos
+            continue
+        text = body.strip()
+        # frames are indented; an unindented line that is no exception is other output
+        if start is None or not text or body[0].isspace() or not _EXCEPTION_LINE.fullmatch(text):
+            continue
+        frames = [_clip(b) for _, b in stream[start : pos + 1] if b.strip()]
+        found.append(FoundException(_clip(text), frames[-TAIL_LINES:], number, tag))
+        start = None
+    return found
+
+
+def _clip(line: str) -> str:
+    """One output line, cut to a length a report can show."""
+    line = line.rstrip()
+    return line if len(line) <= _LINE_CHARS else line[: _LINE_CHARS - 1] + "…"
 
 
 def write_result(run_dir: Path, result: dict[str, Any]) -> None:

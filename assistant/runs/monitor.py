@@ -560,13 +560,33 @@ def settle(
     if code == protocol.EXIT_PAUSED:
         return "paused", None
     if status == "failed" or error is not None or (code not in (None, 0)):
-        return "failed", _cause(error or (result or {}).get("error"), code)
+        recorded = error or (result or {}).get("error")
+        if recorded is None:
+            # The error event came in an earlier pass than the result event (which has no
+            # error of its own), or was too long to be read: result.json keeps it.
+            found = valid_json(rundir.read_json(run_dir, protocol.RESULT))
+            recorded = found.get("error") if isinstance(found, dict) else None
+        return "failed", _cause(recorded, code, run_dir)
     if code == 0:
         return "succeeded", None
     return "lost", "the run's process is gone and left no result"
 
 
-def _cause(error: object, code: int | None) -> str:
+def _cause(error: object, code: int | None, run_dir: Path) -> str:
+    """What made a run fail: its recorded error, else the traceback its output ends with.
+
+    A run can end with no error recorded (its agent killed, or itself the failing part):
+    the exception its output names still says more than an exit code.
+    """
+    from assistant.jobs.agent import TAIL_BYTES, classify_failure  # the agent's own reading
+
+    if not isinstance(error, dict) and code is not None and 0 < code < 128:
+        try:
+            tail = rundir.read_tail(run_dir, protocol.STDOUT, limit=TAIL_BYTES)
+        except OSError:  # none, or a link / FIFO: not quoted
+            tail = b""
+        found = classify_failure(code, tail.decode(errors="replace"))
+        error = found if found["kind"] != "exit" else None
     if isinstance(error, dict):
         kind = error.get("kind")
         message = valid_text(str(error.get("message", "")))[:2000].strip()
