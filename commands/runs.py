@@ -98,15 +98,18 @@ async def runs_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
 
 
 def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
-    total = f"/{run.total}" if run.total else ""
-    parts = [f"{run.id} {run.recipe} {run.state}", f"step {run.step}{total}"]
+    # a benchmark counts requests over all its profiles, as its progress line does
+    done, planned = live.counts(run) if live is not None else (run.step, run.total)
+    unit = "requests" if live is not None and live.bench else "step"
+    total = f"/{planned}" if planned else ""
+    parts = [f"{run.id} {run.recipe} {run.state}", f"{unit} {done}{total}"]
     key, _ = key_metric(run)
     for name in (key, "loss"):
         if name in run.metrics:
             parts.append(f"{name} {number(run.metrics[name])}")
             break
-    if live is not None and live.steps_per_s:
-        left = eta(run.step, run.total, live.steps_per_s)
+    if live is not None:
+        left = eta(done, planned, live.rate())
         if left is not None:
             parts.append(f"ETA {format_duration(left)}")
     parts.append(time_ago(from_iso(run.created_at), now))

@@ -5,9 +5,11 @@ Times are given explicitly: each `note` is what one monitor pass saw at that mom
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from assistant.runs.monitor import Live, progress_text, run_numbers
+from commands.runs import _run_line
 from tests.runs.test_monitor_units import record
 
 
@@ -115,6 +117,9 @@ def test_a_benchmark_eta_counts_requests_of_every_profile() -> None:
     eta = next(part for part in numbers if part.startswith("ETA"))
     assert eta in ("ETA 38s", "ETA 39s", "ETA 40s", "ETA 41s", "ETA 42s")  # 160 left at ~4/s
     assert "profile long (40/100 requests)" in numbers
+    # /runs counts the same requests, not the lagging stored step
+    line = _run_line(run, datetime.now(UTC), live)
+    assert "requests 140/300" in line and "step 100" not in line, line
 
 
 def test_the_progress_text_of_a_benchmark_counts_requests() -> None:
