@@ -72,15 +72,24 @@ class OutputMasker:
 
 
 def copy_masked(source: IO[bytes], out: IO[bytes], patterns: list[bytes]) -> threading.Thread:
-    """Copy `source` (a pipe) to `out` in a thread, masked; the thread ends at EOF."""
+    """Copy `source` (a pipe) to `out` in a thread, masked; the thread ends at EOF.
+
+    If `out` stops taking data (closed, disk full), the pipe is still read to its end and
+    the rest dropped: a command must never block on a full pipe because its log failed.
+    """
     masker = OutputMasker(patterns)
     fd = source.fileno()
 
     def pump() -> None:
+        writable = True
         try:
             while chunk := os.read(fd, CHUNK):
-                _write_all(out, masker.feed(chunk))
-            _write_all(out, masker.close())
+                if writable:
+                    writable = _write_all(out, masker.feed(chunk))
+            if writable:
+                _write_all(out, masker.close())
+        except OSError:
+            return  # the pipe itself failed: nothing more will come
         finally:
             source.close()
 
@@ -89,8 +98,15 @@ def copy_masked(source: IO[bytes], out: IO[bytes], patterns: list[bytes]) -> thr
     return thread
 
 
-def _write_all(out: IO[bytes], data: bytes) -> None:
+def _write_all(out: IO[bytes], data: bytes) -> bool:
+    """Write all of `data`; False when `out` cannot take it (closed, full, no progress)."""
     view = memoryview(data)
-    while view:
-        written = out.write(view)
-        view = view[written or 0 :] if written is not None else view[len(view) :]
+    try:
+        while view:
+            written = out.write(view)
+            if not written:
+                return False
+            view = view[written:]
+    except (OSError, ValueError):  # ValueError: the file was closed under us
+        return False
+    return True

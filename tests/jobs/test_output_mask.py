@@ -72,3 +72,16 @@ def test_copy_masked_drains_a_real_pipe(tmp_path: Path) -> None:
     data = log.read_bytes()
     assert SECRET.encode() not in data
     assert data == b"a " + MARK + b" b\n" + b"x" * 200000 + MARK + b"\n"
+
+
+def test_a_log_that_stops_taking_data_never_blocks_the_command(tmp_path: Path) -> None:
+    """The log is closed while the command still prints 4 MiB: the pipe is drained anyway."""
+    script = "import sys\nfor _ in range(64):\n    sys.stdout.write('y' * 65536)\n"
+    out = (tmp_path / "stdout.log").open("ab", buffering=0)
+    out.close()  # as if the log went away (closed, disk full) before the first write
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    thread = copy_masked(proc.stdout, out, secret_patterns([SECRET]))
+    assert proc.wait(30) == 0  # a blocked writer would never exit
+    thread.join(10)
+    assert not thread.is_alive()
