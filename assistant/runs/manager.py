@@ -142,7 +142,10 @@ class RunManager:
     async def stop(self, run: RunRecord, triggered_by: int | None) -> RunRecord:
         """Cancel a queued run, or ask a live one to stop (it checkpoints first).
 
-        :raises StateError: if the run has ended or is paused.
+        A paused run is cancelled at once: nothing of it is running, and its checkpoint
+        stays in its run dir (`/run retry` starts the same spec afresh).
+
+        :raises StateError: if the run has ended.
         """
         return await self._halt(run, "stop", triggered_by)
 
@@ -165,11 +168,17 @@ class RunManager:
         return run.recipe in RECIPES and RECIPES[run.recipe].supports_resume
 
     async def _halt(self, run: RunRecord, action: str, triggered_by: int | None) -> RunRecord:
-        if run.state == "queued":
+        if run.state in ("queued", "paused"):
             if action == "pause":
+                if run.state == "paused":
+                    raise StateError(f"run {run.id} is already paused; /run resume {run.id}")
                 raise StateError(f"run {run.id} has not started; /run stop {run.id} cancels it")
             await self.repo.set_state(
-                run.id, "cancelled", self._now(), "cancelled while queued", ended_at=self._now()
+                run.id,
+                "cancelled",
+                self._now(),
+                f"cancelled while {run.state}",
+                ended_at=self._now(),
             )
             self._changed(run, "cancelled", triggered_by)
             await self.dispatch()

@@ -104,6 +104,30 @@ async def test_pause_then_resume_continues_at_the_saved_step(
     assert done is not None and done.step == 60
 
 
+async def test_a_paused_run_can_be_stopped_for_good(
+    service: tuple[Orchestrator, RecordingChannel],
+) -> None:
+    orch, channel = service
+    run_id = await launch(
+        channel, "/run train gpt steps=200 gpus=0 sleep_per_step=0.1 eval_every=10"
+    )
+    repo = orch.services.runs.repo
+    await wait_until(lambda: step_of(repo, run_id), 12)
+    await channel.say(ADMIN, f"/run pause {run_id}")
+    await channel.wait_for(f"Run {run_id} (gpt) paused", timeout=60)
+    (again,) = await channel.say(ADMIN, f"/run pause {run_id}")
+    assert f"already paused; /run resume {run_id}" in again
+    paused = await repo.get(run_id)
+    assert paused is not None and paused.checkpoint is not None
+    (reply,) = await channel.say(ADMIN, f"/run stop {run_id}")
+    assert reply == f"Run {run_id}: cancelled."
+    run = await repo.get(run_id)
+    assert run is not None and run.state == "cancelled" and run.ended_at is not None
+    assert run.checkpoint == paused.checkpoint  # kept: /run retry or a look at it
+    (resume,) = await channel.say(ADMIN, f"/run resume {run_id}")
+    assert "cancelled" in resume and "resumes from" not in resume
+
+
 async def test_stop_cancels_and_failures_name_their_cause(
     service: tuple[Orchestrator, RecordingChannel],
 ) -> None:
