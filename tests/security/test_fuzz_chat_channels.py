@@ -34,6 +34,20 @@ SEED = 411
 ODD: list[Any] = [None, 0, -1, 2**70, 1.5, True, "", "x", "\udcff", "\x00", "é" * 50_000, [], {}]
 
 
+async def rows_written(log: EventLog) -> int:
+    """Rows the writer has stored once everything logged so far is written."""
+    await log.flush()
+    return log.stats.written
+
+
+async def received_texts(orch: Orchestrator) -> list[str]:
+    """The stored text of every message received, oldest first."""
+    rows = await orch.services.db.fetchall(
+        "SELECT text FROM messages WHERE from_me = 0 ORDER BY seq"
+    )
+    return [r["text"] for r in rows]
+
+
 async def committing(log: EventLog, before: int) -> None:
     """The writer took every row so far, dropped none, and has written more than `before`."""
     assert await log.flush()
@@ -88,8 +102,7 @@ async def test_telegram_hostile_updates_are_skipped_and_polling_goes_on(
 ) -> None:
     orch, channel, fake = telegram
     log = orch.services.log
-    await log.flush()
-    written = log.stats.written
+    written = await rows_written(log)
     unreadable = [
         {"message": {"message_id": 7}},  # no chat, no date: PTB cannot build it
         {"message": "a string"},
@@ -117,12 +130,7 @@ async def test_telegram_hostile_updates_are_skipped_and_polling_goes_on(
     assert "Uptime:" in status
     assert channel.skipped == len(unreadable)
     assert f"telegram (connected, {len(unreadable)} unreadable skipped)" in status
-    texts = [
-        r["text"]
-        for r in await orch.services.db.fetchall(
-            "SELECT text FROM messages WHERE from_me = 0 ORDER BY seq"
-        )
-    ]
+    texts = await received_texts(orch)
     assert "odd entities" in texts and "poison \ufffd here \ufffd" in texts
     await committing(log, written)
 
@@ -132,8 +140,7 @@ async def test_telegram_seeded_random_updates_never_stop_polling(
 ) -> None:
     orch, channel, fake = telegram
     log = orch.services.log
-    await log.flush()
-    written = log.stats.written
+    written = await rows_written(log)
     rng = random.Random(SEED)
     keys = ["message_id", "from", "chat", "date", "text", "entities", "caption", "reply_to_message"]
     for _ in range(40):
@@ -187,8 +194,7 @@ async def test_slack_hostile_frames_and_events_are_skipped_and_reading_goes_on(
 ) -> None:
     orch, channel, fake = slack
     log = orch.services.log
-    await log.flush()
-    written = log.stats.written
+    written = await rows_written(log)
     for frame in ("not json", "[1, 2]", '{"type": "events_api", "payload": 5}', b"\x00\xff"):
         await fake.push_frame(frame)
     for event in ("a string", 5, None, ["x"]):
@@ -200,12 +206,7 @@ async def test_slack_hostile_frames_and_events_are_skipped_and_reading_goes_on(
     await fake.push_event(sl_event(channel=None, ts="1.5"))
     assert "Uptime:" in await sl_status(fake, orch)
     assert channel.skipped >= 6  # two frames that are not objects, four events, one subtype
-    texts = [
-        r["text"]
-        for r in await orch.services.db.fetchall(
-            "SELECT text FROM messages WHERE from_me = 0 ORDER BY seq"
-        )
-    ]
+    texts = await received_texts(orch)
     assert "poison \ufffd here \ufffd" in texts
     await committing(log, written)
 
@@ -215,8 +216,7 @@ async def test_slack_seeded_random_events_never_stop_reading(
 ) -> None:
     orch, channel, fake = slack
     log = orch.services.log
-    await log.flush()
-    written = log.stats.written
+    written = await rows_written(log)
     rng = random.Random(SEED)
     keys = ["type", "subtype", "user", "channel", "ts", "text", "thread_ts", "channel_type"]
     for i in range(40):
@@ -273,8 +273,7 @@ async def test_discord_hostile_messages_are_skipped_and_the_gateway_goes_on(
 ) -> None:
     orch, channel, fake = discord
     log = orch.services.log
-    await log.flush()
-    written = log.stats.written
+    written = await rows_written(log)
     await fake.dispatch("MESSAGE_CREATE", {"id": "1"})  # nothing else
     await fake.dispatch("MESSAGE_CREATE", dc_message(fake, "x", author=None))
     await fake.dispatch("MESSAGE_CREATE", dc_message(fake, 5))
@@ -286,12 +285,7 @@ async def test_discord_hostile_messages_are_skipped_and_the_gateway_goes_on(
     )
     assert "Uptime:" in await dc_status(fake, orch)
     assert channel.is_connected and channel.skipped >= 3
-    texts = [
-        r["text"]
-        for r in await orch.services.db.fetchall(
-            "SELECT text FROM messages WHERE from_me = 0 ORDER BY seq"
-        )
-    ]
+    texts = await received_texts(orch)
     assert "poison \ufffd here \ufffd" in texts
     await committing(log, written)
 
@@ -301,8 +295,7 @@ async def test_discord_seeded_random_messages_never_stop_the_gateway(
 ) -> None:
     orch, channel, fake = discord
     log = orch.services.log
-    await log.flush()
-    written = log.stats.written
+    written = await rows_written(log)
     rng = random.Random(SEED)
     keys = ["id", "channel_id", "author", "content", "mentions", "attachments", "type", "guild_id"]
     for i in range(40):
