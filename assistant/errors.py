@@ -6,7 +6,9 @@ OpsError
  │    ├── NotFoundError      an id names nothing
  │    ├── StateError         the thing is in the wrong state ("already paused")
  │    └── AmbiguousIdError   an id prefix matches several rows (carries the candidates)
- └── ChannelError       a chat channel could not connect or send
+ ├── ChannelError       a chat channel could not connect or send
+ ├── RunStartError      the engine refused to start a run (its reason)
+ └── EngineUnavailable  the engine did not answer; what was asked may still happen
 """
 
 from __future__ import annotations
@@ -49,3 +51,11 @@ class ChannelError(OpsError):
 
 class RunStartError(OpsError):
     """A runner could not start a run; the message says why and what would fix it."""
+
+
+class EngineUnavailable(OpsError):
+    """The engine did not answer (refused, reset, timed out): the call may yet succeed later.
+
+    Unlike `RunStartError` (the engine answered "no"), nothing is known to have failed: a
+    launch may be retried once the engine answers, and a stop stays wanted until then.
+    """
