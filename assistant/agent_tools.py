@@ -25,8 +25,9 @@ from assistant.errors import CommandError
 from assistant.jobs.recipes import RECIPES
 from assistant.recipes_file import RECIPE_NAME
 from assistant.redaction import Redactor, truncate
+from assistant.reply import Reply
 from commands import build_router
-from commands.registry import CommandRouter, Reply
+from commands.registry import CommandRouter
 
 # run_command(chat_id, sender, text, event_id) -> (reply, error or None)
 RunCommand = Callable[[str, str, str, int | None], Awaitable[tuple[Reply, str | None]]]

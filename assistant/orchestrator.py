@@ -31,6 +31,7 @@ from assistant.observability import EventLog
 from assistant.pruner import Pruner
 from assistant.queue import GroupQueue
 from assistant.redaction import Redactor
+from assistant.reply import Reply
 from assistant.runs.manager import RunManager
 from assistant.runs.monitor import RunMonitor
 from assistant.runs.runner import Runner
@@ -43,7 +44,6 @@ from commands.registry import (
     CommandContext,
     CommandRouter,
     ParsedCommand,
-    Reply,
     looks_like_command,
     parse_command,
 )

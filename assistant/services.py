@@ -24,10 +24,11 @@ from storage.db import Database
 if TYPE_CHECKING:
     from assistant.http_server import HttpServer
     from assistant.metrics import Metrics
+    from assistant.reply import Reply
     from assistant.runs.manager import RunManager
     from assistant.runs.monitor import RunMonitor
     from assistant.scheduler import TaskScheduler
-    from commands.registry import CommandRouter, Reply
+    from commands.registry import CommandRouter
 
 # send(chat_id, reply, caused_by) -> delivered?
 SendFn = Callable[[str, "str | Reply", "int | None"], Awaitable[bool]]

@@ -11,10 +11,10 @@ import re
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from assistant.errors import CommandError
+from assistant.reply import Reply
 from commands.formatting import bound_lines, shorten
 
 if TYPE_CHECKING:
@@ -34,14 +34,6 @@ class ParsedCommand:
     name: str
     args: tuple[str, ...]
     raw_args: str
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What a command answers: text, and images where the channel can show them."""
-
-    text: str
-    images: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)

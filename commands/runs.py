@@ -10,6 +10,7 @@ from assistant.durations import format_duration
 from assistant.errors import CommandError
 from assistant.jobs import protocol
 from assistant.jobs.bench.profiles import profiles_from_params
+from assistant.reply import Reply
 from assistant.runs import rundir
 from assistant.runs.bench_report import compare_chart, compare_text, load_results
 from assistant.runs.bench_spec import build_bench_spec, hardware_label
@@ -22,7 +23,6 @@ from commands.registry import (
     CommandRouter,
     Guard,
     ParsedCommand,
-    Reply,
     usage_error,
 )
 from storage.runs import ACTIVE, RunRecord

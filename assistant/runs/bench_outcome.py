@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from assistant.jobs import protocol
 from assistant.jobs.bench.engine_stats import parse_engine_line
 from assistant.jobs.bench.server_metrics import SCRAPES_METRIC
+from assistant.reply import Reply
 from assistant.runs.bench_report import (
     change_text,
     changes,
@@ -32,7 +33,6 @@ from assistant.runs.bench_report import (
     table_text,
 )
 from assistant.runs.report import summary_text
-from commands.registry import Reply
 from storage.runs import RunRecord
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from storage.runs import ACTIVE, LIVE, RunRecord, RunRepo
 from storage.timestamps import to_iso
 
 if TYPE_CHECKING:
-    from commands.registry import Reply
+    from assistant.reply import Reply
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from assistant.jobs import protocol
 from assistant.jobs.declared import from_json
 from assistant.jobs.recipes import RECIPES, lower_is_better
 from assistant.jobs.text import valid_text
+from assistant.reply import Reply
 from assistant.runs import rundir
 from assistant.runs.bench_outcome import bench_report, engine_metrics, reads_server_metrics
 from assistant.runs.events import read_new, valid_json
 from assistant.runs.manager import SECRETS_DIR, RunManager
 from assistant.runs.report import eta, plot, rate_text, read_events, summary_text
 from assistant.runs.runner import ExitInfo, RunHandle
-from commands.registry import Reply
 from storage.runs import LIVE, Progress, RunRecord
 from storage.timestamps import from_iso, to_iso
 

@@ -10,8 +10,9 @@ import pytest
 from assistant.agent_tools import RESULT_LIMIT, TOOLS, AgentTools, ToolError, command_for
 from assistant.errors import NotFoundError
 from assistant.redaction import Redactor
+from assistant.reply import Reply
 from commands import build_router
-from commands.registry import Reply, parse_command
+from commands.registry import parse_command
 from commands.tasks import _split_head
 
 ROUND_TRIPS: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [

@@ -15,7 +15,7 @@ from assistant.claude_agent import ClaudeAgent, conversation
 from assistant.config import Settings
 from assistant.observability import EventLog
 from assistant.redaction import Redactor
-from commands.registry import Reply
+from assistant.reply import Reply
 from commands.usage import usage_line
 from storage.db import Database
 from storage.ids import encode

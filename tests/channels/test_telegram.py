@@ -26,7 +26,7 @@ from assistant.channels.telegram import (
 from assistant.config import Settings
 from assistant.errors import ChannelError
 from assistant.orchestrator import Orchestrator
-from commands.registry import Reply
+from assistant.reply import Reply
 from storage.db import Database
 from storage.kv import KeyValue
 from tests.fakes.telegram_server import BOT_USER, DROP, FakeTelegram, Sent, visible_text
