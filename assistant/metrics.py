@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from assistant.channels.delivery import SendStats, send_stats
 from assistant.hoststats import GpuInfo, HostStats
-from storage.runs import ACTIVE
+from assistant.runs.lifecycle import ACTIVE
 from storage.timestamps import from_iso
 
 if TYPE_CHECKING:

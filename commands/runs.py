@@ -14,6 +14,7 @@ from assistant.reply import Reply
 from assistant.runs import rundir
 from assistant.runs.bench_report import compare_chart, compare_text, load_results
 from assistant.runs.bench_spec import build_bench_spec, hardware_label
+from assistant.runs.lifecycle import ACTIVE
 from assistant.runs.monitor import Live, key_metric, run_numbers
 from assistant.runs.report import eta, log_tail, number
 from assistant.runs.spec import build_spec, recipe_help
@@ -25,7 +26,7 @@ from commands.registry import (
     ParsedCommand,
     usage_error,
 )
-from storage.runs import ACTIVE, RunRecord
+from storage.runs import RunRecord
 from storage.timestamps import from_iso
 
 router = CommandRouter()

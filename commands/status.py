@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from assistant.durations import format_duration
 from assistant.hoststats import GpuInfo
+from assistant.runs.lifecycle import ACTIVE
 from assistant.runs.monitor import run_numbers
 from commands.formatting import format_local, quote, time_until
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 from commands.tasks import format_task_list
 from commands.usage import usage_line
-from storage.runs import ACTIVE
 from storage.timestamps import from_iso
 
 router = CommandRouter()

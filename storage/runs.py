@@ -1,5 +1,8 @@
 """Runs and their state history.
 
+States are plain text here: `assistant/runs/lifecycle.py` names them, holds the moves
+between them and is the only caller of `set_state` (and of `apply` with a state).
+
 The monitor's reading position in a run's events.jsonl (`events_offset`) is stored in the
 same transaction as what it learned from those lines, so a restart neither loses nor
 repeats an event.
@@ -16,10 +19,6 @@ from typing import Any
 from storage.db import Database
 from storage.ids import short_random_id
 from storage.rows import from_row, resolve_prefix
-
-ACTIVE = ("queued", "starting", "running", "pausing", "stopping")
-LIVE = ("starting", "running", "pausing", "stopping")  # something may be executing
-ENDED = ("succeeded", "failed", "cancelled", "lost")
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,6 @@ class Progress:
     best: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     beat_at: str | None = None
-    state: str | None = None
-    note: str | None = None
 
 
 def _assignments(columns: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -125,6 +122,7 @@ class RunRepo:
         chat_id: str,
         total: int | None,
         now: str,
+        state: str,
         retry_of: str | None = None,
         definition: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
@@ -137,7 +135,7 @@ class RunRepo:
                         "INSERT INTO runs (id, kind, recipe, params, image, gpus_wanted, nproc,"
                         " memory_mb, cpus, chat_id, state, created_at, total, retry_of,"
                         " definition, server)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             run_id,
                             kind,
@@ -149,6 +147,7 @@ class RunRepo:
                             memory_mb,
                             cpus,
                             chat_id,
+                            state,
                             now,
                             total,
                             retry_of,
@@ -157,9 +156,8 @@ class RunRepo:
                         ),
                     )
                     await conn.execute(
-                        "INSERT INTO run_states (run_id, ts, state, note)"
-                        " VALUES (?, ?, 'queued', ?)",
-                        (run_id, now, "asked"),
+                        "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
+                        (run_id, now, state, "asked"),
                     )
             except sqlite3.IntegrityError:
                 continue  # id taken: draw another
@@ -212,17 +210,32 @@ class RunRepo:
         return [(r["ts"], r["state"], r["note"]) for r in rows]
 
     async def set_state(
-        self, run_id: str, state: str, now: str, note: str | None = None, **columns: Any
-    ) -> None:
-        """Change state (recorded in the history) and any other columns, atomically."""
+        self,
+        run_id: str,
+        state: str,
+        now: str,
+        note: str | None = None,
+        *,
+        sources: tuple[str, ...],
+        **columns: Any,
+    ) -> bool:
+        """Change state (recorded in the history) and other columns, atomically, if the
+        stored state is one of `sources`; whether it changed."""
         note = None if note is None else self._clean(note)
         sets, values = _assignments({"state": state, **self._cleaned(columns)})
+        marks = ",".join("?" * len(sources))
         async with self._db.atomic() as conn:
-            await conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*values, run_id))
+            cursor = await conn.execute(
+                f"UPDATE runs SET {sets} WHERE id = ? AND state IN ({marks})",
+                (*values, run_id, *sources),
+            )
+            if cursor.rowcount == 0:
+                return False
             await conn.execute(
                 "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
                 (run_id, now, state, note),
             )
+        return True
 
     async def update(self, run_id: str, **columns: Any) -> None:
         """Change columns other than the state."""
@@ -231,8 +244,18 @@ class RunRepo:
         sets, values = _assignments(self._cleaned(columns))
         await self._db.write(f"UPDATE runs SET {sets} WHERE id = ?", (*values, run_id))
 
-    async def apply(self, run: RunRecord, progress: Progress, now: str) -> None:
-        """Store a monitor pass: new offset, progress, metrics, maybe a state, atomically."""
+    async def apply(
+        self,
+        run: RunRecord,
+        progress: Progress,
+        now: str,
+        *,
+        state: str | None = None,
+        note: str | None = None,
+        sources: tuple[str, ...] = (),
+    ) -> bool:
+        """Store a monitor pass: new offset, progress, metrics, atomically; with `state`
+        also the state, if the stored one is among `sources`. Whether the state changed."""
         metrics = {**run.metrics, **progress.metrics}
         best = {**run.best, **progress.best}
         async with self._db.atomic() as conn:
@@ -240,7 +263,7 @@ class RunRepo:
                 "UPDATE runs SET events_offset = ?, step = coalesce(?, step),"
                 " total = coalesce(?, total), metrics = ?, best = ?,"
                 " checkpoint = coalesce(?, checkpoint), last_beat_at = coalesce(?, last_beat_at),"
-                " state = coalesce(?, state), stalled = CASE WHEN ? IS NULL THEN stalled ELSE 0 END"
+                " stalled = CASE WHEN ? IS NULL THEN stalled ELSE 0 END"
                 " WHERE id = ?",
                 (
                     progress.offset,
@@ -250,13 +273,21 @@ class RunRepo:
                     json.dumps(best),
                     progress.checkpoint,
                     progress.beat_at,
-                    progress.state,
                     progress.beat_at,
                     run.id,
                 ),
             )
-            if progress.state is not None and progress.state != run.state:
-                await conn.execute(
-                    "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
-                    (run.id, now, progress.state, progress.note and self._clean(progress.note)),
-                )
+            if state is None:
+                return False
+            marks = ",".join("?" * len(sources))
+            cursor = await conn.execute(
+                f"UPDATE runs SET state = ? WHERE id = ? AND state IN ({marks})",
+                (state, run.id, *sources),
+            )
+            if cursor.rowcount == 0:
+                return False
+            await conn.execute(
+                "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
+                (run.id, now, state, note and self._clean(note)),
+            )
+        return True

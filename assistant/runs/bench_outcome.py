@@ -32,6 +32,7 @@ from assistant.runs.bench_report import (
     server_text,
     table_text,
 )
+from assistant.runs.lifecycle import RunState
 from assistant.runs.report import summary_text
 from storage.runs import RunRecord
 
@@ -108,7 +109,7 @@ async def bench_report(
 ) -> Reply:
     run_dir = manager.run_dir(run.id)
     results = load_results(run_dir)
-    parts = [summary_text(run, cause, run_dir) if run.state != "succeeded" else _head(run)]
+    parts = [summary_text(run, cause, run_dir) if run.state != RunState.SUCCEEDED else _head(run)]
     if results:
         parts += [table_text(results), comparable_text(results)]
         server = server_text(results)
@@ -131,9 +132,9 @@ async def bench_report(
                     parts.insert(0, text)
                 else:
                     parts.append(text)
-        elif run.state == "succeeded":
+        elif run.state == RunState.SUCCEEDED:
             parts.append(f"First comparable benchmark of {run.params.get('model')}: a baseline.")
-    if run.state != "succeeded" and server_tail:
+    if run.state != RunState.SUCCEEDED and server_tail:
         parts.append(
             "Server's last lines:\n" + "\n".join(f"  {x[:200]}" for x in server_tail[-SERVER_TAIL:])
         )

@@ -31,10 +31,11 @@ from assistant.recipes_file import check_workdir
 from assistant.runs import rundir
 from assistant.runs.catalog import RecipeCatalog
 from assistant.runs.docker_runner import DockerRunner
+from assistant.runs.lifecycle import ACTIVE, HALTING, LIVE, Lifecycle, RunState
 from assistant.runs.runner import LaunchRequest, Mount, RunHandle, Runner
 from assistant.runs.serving import Servers
 from assistant.runs.spec import RunSpec
-from storage.runs import ACTIVE, LIVE, RunRecord, RunRepo
+from storage.runs import RunRecord, RunRepo
 from storage.timestamps import to_iso
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class RunManager:
         self.notify = notify
         self.gpu_inventory = gpu_inventory
         self.show_progress = show_progress
+        self.lifecycle = Lifecycle(repo, event_log, clock)
         self._dispatch_lock = asyncio.Lock()
         self._building: asyncio.Task[None] | None = None
         self.build_note: str | None = None  # shown by /status while an image builds
@@ -122,6 +124,7 @@ class RunManager:
             chat_id=spec.chat_id,
             total=spec.total,
             now=self._now(),
+            state=RunState.QUEUED,
             retry_of=retry_of,
             definition=spec.definition,
             server=spec.server,
@@ -168,28 +171,24 @@ class RunManager:
         return run.recipe in RECIPES and RECIPES[run.recipe].supports_resume
 
     async def _halt(self, run: RunRecord, action: str, triggered_by: int | None) -> RunRecord:
-        if run.state in ("queued", "paused"):
+        if run.state in (RunState.QUEUED, RunState.PAUSED):
             if action == "pause":
-                if run.state == "paused":
+                if run.state == RunState.PAUSED:
                     raise StateError(f"run {run.id} is already paused; /run resume {run.id}")
                 raise StateError(f"run {run.id} has not started; /run stop {run.id} cancels it")
-            await self.repo.set_state(
-                run.id,
-                "cancelled",
-                self._now(),
-                f"cancelled while {run.state}",
-                ended_at=self._now(),
+            await self.lifecycle.move(
+                run, RunState.CANCELLED, f"cancelled while {run.state}", ended_at=self._now()
             )
             self._changed(run, "cancelled", triggered_by)
             await self.dispatch()
             return await self._reload(run)
-        if run.state in ("pausing", "stopping"):
+        if run.state in HALTING:
             raise StateError(f"run {run.id} is already {run.state}")
         if run.state not in LIVE or run.handle is None or run.runner is None:
             raise StateError(f"run {run.id} is {run.state}; only a running run can {action}")
         write_control(self.run_dir(run.id), action)
-        state = "pausing" if action == "pause" else "stopping"
-        await self.repo.set_state(run.id, state, self._now(), f"{action} asked")
+        state = RunState.PAUSING if action == "pause" else RunState.STOPPING
+        await self.lifecycle.move(run, state, f"{action} asked")
         handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
         async with self.event_log.tool_call(f"{self.runner.kind}.signal", {"signal": "SIGTERM"}):
             await self.runner.signal_stop(handle)
@@ -201,7 +200,7 @@ class RunManager:
 
     async def _kill_if_live(self, run_id: str) -> None:
         run = await self.repo.get(run_id)
-        if run is None or run.state not in ("pausing", "stopping") or run.handle is None:
+        if run is None or run.state not in HALTING or run.handle is None:
             return
         log.warning("run %s did not stop within the grace period: killing it", run_id)
         await self.runner.kill(RunHandle(self.runner.kind, run.handle, run.id))
@@ -212,7 +211,7 @@ class RunManager:
 
         :raises StateError: if it is not paused or has no checkpoint.
         """
-        if run.state != "paused":
+        if run.state != RunState.PAUSED:
             raise StateError(f"run {run.id} is {run.state}, not paused")
         if run.checkpoint is None:
             raise StateError(f"run {run.id} has no checkpoint to resume from; /run retry it")
@@ -221,11 +220,11 @@ class RunManager:
         )
         with contextlib.suppress(OSError):  # a run dir gone since: the start says so
             rundir.unlink(self.run_dir(run.id), protocol.CONTROL)
-        await self.repo.set_state(
-            run.id,
-            "queued",
-            self._now(),
+        await self.lifecycle.move(
+            run,
+            RunState.QUEUED,
             f"resume from {run.checkpoint}",
+            caused_by=action,
             launch_action=action,
             handle=None,
             exit_code=None,
@@ -273,7 +272,7 @@ class RunManager:
             free = self.free_gpus(live)
             cpu_live = sum(1 for r in live if r.gpus_wanted == 0)
             gpu_blocked = False
-            for run in (r for r in runs if r.state == "queued"):
+            for run in (r for r in runs if r.state == RunState.QUEUED):
                 if not await self.runner.image_ready(run.image):
                     if run.image != self.settings.run_image:
                         await self._image_missing(run)
@@ -328,13 +327,13 @@ class RunManager:
                 await self.runner.build_image(run.image, on_line)
         except Exception as exc:
             self.build_note = None
-            for waiting in await self.repo.in_states(("queued",)):
+            for waiting in await self.repo.in_states((RunState.QUEUED,)):
                 if waiting.image == run.image:
-                    await self.repo.set_state(
-                        waiting.id,
-                        "failed",
-                        self._now(),
+                    await self.lifecycle.move(
+                        waiting,
+                        RunState.FAILED,
                         "image build failed",
+                        caused_by=event,
                         error=str(exc),
                         ended_at=self._now(),
                     )
@@ -353,31 +352,35 @@ class RunManager:
             f"image {run.image} is not on the engine ({self.runner.description}); build or load"
             f" it there (docker build -t {run.image} ...) and /run retry {run.id}"
         )
-        await self.repo.set_state(
-            run.id, "failed", self._now(), "image missing", error=why, ended_at=self._now()
-        )
-        event = self.event_log.log_event(
-            "run", run.id, summary=f"run {run.id} could not start", caused_by=run.launch_action
+        event = await self.lifecycle.move(
+            run,
+            RunState.FAILED,
+            "image missing",
+            summary=f"run {run.id} could not start",
+            error=why,
+            ended_at=self._now(),
         )
         await self.notify(run.chat_id, f"Run {run.id} could not start: {why}", event)
 
     async def queue_position(self, run: RunRecord) -> int:
-        queued = [r for r in await self.repo.in_states(("queued",)) if r.gpus_wanted > 0]
+        queued = [r for r in await self.repo.in_states((RunState.QUEUED,)) if r.gpus_wanted > 0]
         return next((i + 1 for i, r in enumerate(queued) if r.id == run.id), 0)
 
     async def _start(self, run: RunRecord, gpus: list[int]) -> None:
         """Write the run dir and launch; a refusal fails the run and tells its chat."""
         run_dir = self.run_dir(run.id)
         resume_from = run.checkpoint if run.started_at is not None else None
-        event_id = self.event_log.log_event(
-            "run",
-            run.id,
+        event_id = await self.lifecycle.move(
+            run,
+            RunState.STARTING,
             summary=f"run {run.id} {'resuming' if resume_from else 'starting'}"
             f" ({run.recipe}, {len(gpus)} GPU)",
             content={"gpus": gpus, "resume_from": resume_from},
-            caused_by=run.launch_action,
+            gpus=gpus,
         )
-        await self.repo.set_state(run.id, "starting", self._now(), None, gpus=gpus)
+        if event_id is None:
+            return  # stopped meanwhile
+        run = await self._reload(run)
         try:
             async with self.event_log.action(event_id, "run_launched", target=run.id) as act:
                 url = await self._start_server(run, gpus)
@@ -390,20 +393,15 @@ class RunManager:
                     call.output = {"handle": handle.ref}
                 act.content = {"handle": handle.ref, "runner": handle.runner}
         except (RunStartError, OSError) as exc:
-            await self.repo.set_state(
-                run.id,
-                "failed",
-                self._now(),
+            end = await self.lifecycle.move(
+                run,
+                RunState.FAILED,
                 "could not start",
-                error=str(exc),
-                ended_at=self._now(),
-            )
-            end = self.event_log.log_event(
-                "run",
-                run.id,
                 summary=f"run {run.id} could not start",
                 caused_by=act.id,
                 content={"error": str(exc)},
+                error=str(exc),
+                ended_at=self._now(),
             )
             await self.notify(run.chat_id, f"Run {run.id} could not start: {exc}", end)
             return

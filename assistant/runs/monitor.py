@@ -27,11 +27,12 @@ from assistant.jobs.text import valid_text
 from assistant.reply import Reply
 from assistant.runs import rundir
 from assistant.runs.bench_outcome import bench_report, engine_metrics, reads_server_metrics
-from assistant.runs.events import read_new, valid_json
+from assistant.runs.events import read_new
+from assistant.runs.lifecycle import LIVE, Move, RunState, settle
 from assistant.runs.manager import SECRETS_DIR, RunManager
 from assistant.runs.report import eta, plot, rate_text, read_events, summary_text
 from assistant.runs.runner import ExitInfo, RunHandle
-from storage.runs import LIVE, Progress, RunRecord
+from storage.runs import Progress, RunRecord
 from storage.timestamps import from_iso, to_iso
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,9 @@ class RunMonitor:
         active = {h.run_id: h for h in await m.runner.find_active()}
         for run in await m.repo.in_states(LIVE):
             if run.handle is None:
-                await self._finish(run, "lost", "the service stopped while launching it", None)
+                await self._finish(
+                    run, RunState.LOST, "the service stopped while launching it", None
+                )
             elif run.id in active:
                 log.info("re-attached run %s (%s %s)", run.id, run.runner, run.handle)
         claimed = {r.id for r in await m.repo.in_states(LIVE)}
@@ -309,6 +312,7 @@ class RunMonitor:
         now = to_iso(m.clock.now())
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
+        move: Move | None = None  # starting -> running, at its started event
         key: tuple[str, str] | None = None  # the run's key metric, looked up once a pass
         for event in events:
             kind = event.get("type")
@@ -327,9 +331,16 @@ class RunMonitor:
                 progress.beat_at = now
             if kind == "started":
                 progress.total = event.get("total") or progress.total
-                if run.state == "starting":
-                    progress.state, progress.note = "running", "started"
                 self.live[run.id] = live = Live()
+                if run.state == RunState.STARTING and move is None:
+                    move = m.lifecycle.announce(
+                        run,
+                        RunState.RUNNING,
+                        "started",
+                        summary=f"run {run.id} {_describe(event)}",
+                        content=event,
+                    )
+                    continue
             elif kind == "progress":
                 if isinstance(step, int):
                     live.note(step, event)
@@ -363,7 +374,7 @@ class RunMonitor:
         if engine:
             progress.metrics.update(engine)
         if events or engine or progress.offset != run.events_offset:
-            await m.repo.apply(run, progress, now)
+            await m.lifecycle.record(run, progress, move)
             run = await m.repo.get(run.id) or run
             await self._show_progress(run, live)
         # told after the offset is stored: a failing chat cannot make them count twice
@@ -395,7 +406,7 @@ class RunMonitor:
         """
         servers, ref = self.manager.servers, (run.server or {}).get("ref")
         now = time.time()
-        if servers is None or not ref or run.state != "running" or reads_server_metrics(run):
+        if servers is None or not ref or run.state != RunState.RUNNING or reads_server_metrics(run):
             return {}
         if live.engine_read_at is not None and now - live.engine_read_at < ENGINE_READ_S:
             return {}
@@ -410,7 +421,7 @@ class RunMonitor:
         """One message per run, edited in place as it goes (never a stream of new ones)."""
         m = self.manager
         every = m.settings.progress_interval_s
-        if m.show_progress is None or every <= 0 or run.state != "running":
+        if m.show_progress is None or every <= 0 or run.state != RunState.RUNNING:
             return
         clock = time.monotonic()
         if live.progress_message is not None and clock - live.progress_shown_at < every:
@@ -442,7 +453,15 @@ class RunMonitor:
 
     async def _check_stall(self, run: RunRecord) -> None:
         m = self.manager
-        if run.stalled or run.last_beat_at is None or run.state not in ("running", "starting"):
+        if (
+            run.stalled
+            or run.last_beat_at is None
+            or run.state
+            not in (
+                RunState.RUNNING,
+                RunState.STARTING,
+            )
+        ):
             return
         silent = (m.clock.now() - from_iso(run.last_beat_at)).total_seconds()
         if silent < m.settings.stall_timeout_s:
@@ -464,32 +483,28 @@ class RunMonitor:
         )
 
     async def _finish(
-        self, run: RunRecord, final: str, cause: str | None, exit_info: ExitInfo | None
+        self, run: RunRecord, final: RunState, cause: str | None, exit_info: ExitInfo | None
     ) -> None:
         m = self.manager
         now = to_iso(m.clock.now())
-        await m.repo.set_state(
-            run.id,
+        code = exit_info.exit_code if exit_info else None
+        event = await m.lifecycle.move(
+            run,
             final,
-            now,
             cause,
-            ended_at=now if final != "paused" else None,
-            exit_code=exit_info.exit_code if exit_info else None,
-            error=cause if final in ("failed", "lost") else None,
+            content={"state": final, "cause": cause, "exit_code": code},
+            ended_at=now if final != RunState.PAUSED else None,
+            exit_code=code,
+            error=cause if final in (RunState.FAILED, RunState.LOST) else None,
             gpus=[],
         )
         self.live.pop(run.id, None)
+        if event is None:
+            return  # another pass settled it already
         # a declared recipe's secrets, if its agent died before it could delete them
         shutil.rmtree(m.run_dir(run.id) / SECRETS_DIR, ignore_errors=True)
         server_tail = await self._stop_server(run)
         ended = await m.repo.get(run.id) or run
-        event = m.event_log.log_event(
-            "run",
-            run.id,
-            summary=f"run {run.id} {final}" + (f": {cause}" if cause else ""),
-            content={"state": final, "cause": cause, "exit_code": ended.exit_code},
-            caused_by=run.launch_action,
-        )
         await self._report(ended, cause, event, server_tail)
         await m.dispatch()
 
@@ -530,79 +545,6 @@ class RunMonitor:
         except Exception:
             log.exception("could not plot run %s", run.id)
         await m.notify(run.chat_id, Reply(text, images), event)
-
-
-def settle(
-    run: RunRecord,
-    run_dir: Path,
-    exit_info: ExitInfo | None,
-    result: dict[str, Any] | None,
-    error: dict[str, Any] | None,
-) -> tuple[str, str | None]:
-    """The final state of a run whose process is gone, and the cause if it failed."""
-    if result is None:
-        found = valid_json(rundir.read_json(run_dir, protocol.RESULT))
-        result = found if isinstance(found, dict) else None
-    code = exit_info.exit_code if exit_info else None
-    if run.state in ("stopping", "pausing") and result is None and code in (-15, 143, -9, 137):
-        # Asked to stop and ended by the signal itself: it had no checkpoint to write yet.
-        return "cancelled", None
-    if exit_info is not None and exit_info.oom_killed:
-        limit = f" (memory limit {run.memory_mb} MB)" if run.memory_mb else ""
-        return "failed", f"out of memory: the container was OOM-killed{limit}"
-    status = (result or {}).get("status")
-    if status == "succeeded":
-        return "succeeded", None
-    if status == "paused":
-        return "paused", None
-    if status == "stopped" or code == protocol.EXIT_STOPPED:
-        return "cancelled", None
-    if code == protocol.EXIT_PAUSED:
-        return "paused", None
-    if status == "failed" or error is not None or (code not in (None, 0)):
-        recorded = error or (result or {}).get("error")
-        if recorded is None:
-            # The error event came in an earlier pass than the result event (which has no
-            # error of its own), or was too long to be read: result.json keeps it.
-            found = valid_json(rundir.read_json(run_dir, protocol.RESULT))
-            recorded = found.get("error") if isinstance(found, dict) else None
-        return "failed", _cause(recorded, code, run_dir)
-    if code == 0:
-        return "succeeded", None
-    return "lost", "the run's process is gone and left no result"
-
-
-def _cause(error: object, code: int | None, run_dir: Path) -> str:
-    """What made a run fail: its recorded error, else the traceback its output ends with.
-
-    A run can end with no error recorded (its agent killed, or itself the failing part):
-    the exception its output names still says more than an exit code.
-    """
-    from assistant.jobs.agent import TAIL_BYTES, classify_failure  # the agent's own reading
-
-    if not isinstance(error, dict) and code is not None and 0 < code < 128:
-        try:
-            tail = rundir.read_tail(run_dir, protocol.STDOUT, limit=TAIL_BYTES)
-        except OSError:  # none, or a link / FIFO: not quoted
-            tail = b""
-        found = classify_failure(code, tail.decode(errors="replace"))
-        error = found if found["kind"] != "exit" else None
-    if isinstance(error, dict):
-        kind = error.get("kind")
-        message = valid_text(str(error.get("message", "")))[:2000].strip()
-        trace = error.get("traceback")
-        trace = [valid_text(str(x))[:300] for x in trace] if isinstance(trace, list) else []
-        if kind == "oom":
-            return f"out of memory: {message}" if message else "out of memory"
-        text = message or f"exit code {code}"
-        if trace:
-            text += "\n" + "\n".join(f"  {line}" for line in list(trace)[-8:])
-        return text
-    if code is not None and code < 0:
-        return f"killed by signal {-code}"
-    if code in (137,):
-        return "killed (SIGKILL: out of memory or stopped by force)"
-    return f"exit code {code}"
 
 
 def _better(name: str, value: object, best: dict[str, Any], key: tuple[str, str]) -> bool:

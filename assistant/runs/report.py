@@ -14,6 +14,7 @@ from assistant.jobs import protocol
 from assistant.jobs.text import decoded
 from assistant.runs import rundir
 from assistant.runs.events import parse_line
+from assistant.runs.lifecycle import RunState
 from storage.runs import RunRecord
 from storage.timestamps import from_iso
 
@@ -143,11 +144,11 @@ def summary_text(run: RunRecord, cause: str | None, run_dir: Path) -> str:
             lines.append(f"{label}: {shown}")
     if run.checkpoint:
         lines.append(f"Checkpoint: {run_dir / run.checkpoint}")
-    if run.state in ("failed", "lost") and cause:
+    if run.state in (RunState.FAILED, RunState.LOST) and cause:
         lines.append(f"Cause: {cause}")
-    if run.state == "paused":
+    if run.state == RunState.PAUSED:
         lines.append(f"Resume with /run resume {run.id}")
-    if run.state in ("failed", "lost"):
+    if run.state in (RunState.FAILED, RunState.LOST):
         tail = log_tail(run_dir)
         if tail:
             lines.append("Last log lines:")

@@ -17,7 +17,7 @@ from assistant.config import Settings
 from assistant.jobs import protocol
 from assistant.jobs.agent import classify_failure, read_tail
 from assistant.orchestrator import Orchestrator
-from assistant.runs.monitor import settle
+from assistant.runs.lifecycle import settle
 from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.runner import ExitInfo
 from tests.assistant.recording import RecordingChannel

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from assistant.jobs import protocol
 from assistant.runs.events import EventBatch, read_new
-from assistant.runs.monitor import settle
+from assistant.runs.lifecycle import settle
 from assistant.runs.runner import ExitInfo
 from storage.runs import RunRecord
 

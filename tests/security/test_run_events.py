@@ -25,7 +25,7 @@ from assistant.recipes_file import check_text
 from assistant.runs import rundir
 from assistant.runs.bench_report import load_results
 from assistant.runs.events import MAX_LINE, parse_line, read_new
-from assistant.runs.monitor import settle
+from assistant.runs.lifecycle import settle
 from assistant.runs.report import log_tail, read_events
 from storage.runs import RunRecord
 from tests.assistant.recording import RecordingChannel
