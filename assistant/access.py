@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from assistant.channels.base import IncomingMessage
+from assistant.scheduler import Refusal
 from commands.registry import CommandRouter, looks_like_command
 from storage.chats import Chat, ChatRepo
 
@@ -78,15 +79,6 @@ class Access:
         chat = await self._chats.grant(chat_id, admin=admin, allowed=allowed, reply_mode=reply_mode)
         self._grants[chat_id] = _grant(chat)
         return chat
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a task may not act now. `lost` names the grant that would let it act again;
-    None when no grant would (what it runs is never scheduled)."""
-
-    reason: str
-    lost: str | None = None  # "admin" or "allow", as in /chat admin|allow <id>
 
 
 class TaskRights:

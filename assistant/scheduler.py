@@ -29,7 +29,6 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from assistant.access import Refusal, TaskRights
 from assistant.clock import Clock
 from assistant.config import Settings
 from assistant.durations import format_duration, parse_duration
@@ -64,6 +63,33 @@ class TaskRunner(Protocol):
     async def notify(self, chat_id: str, text: str, caused_by: int | None) -> None:
         """Send `text` to a chat."""
         ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a task may not act now. `lost` names the grant that would let it act again;
+    None when no grant would (what it runs is never scheduled)."""
+
+    reason: str
+    lost: str | None = None  # "admin" or "allow", as in /chat admin|allow <id>
+
+
+class TaskRights(Protocol):
+    """Who may run what, asked when a task is added and each time it fires.
+
+    A protocol here, implemented by `access.TaskRights`, because the answer depends on the
+    chat commands' rules and the scheduler sits below the command layer.
+    """
+
+    def unscheduled(self, what: str) -> str | None:
+        """Why `what` may never be scheduled, or None."""
+        ...
+
+    def refusal(self, chat_id: str, what: str) -> Refusal | None:
+        """Why a task of `chat_id` that runs `what` may not act now, or None."""
+        ...
+
+    def admin_chats(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
