@@ -9,9 +9,9 @@ dependency never makes the probe itself hang:
 - database: a real write and read on its own short-lived connection (`BEGIN IMMEDIATE`,
   a kv row written and read back, rolled back), with a 1 s lock timeout;
 - channels: each chat channel connected (`Channel.is_connected`);
-- engine: the Docker engine answers its ping within 2 s (the process runner always
+- engine: the runner's engine answers its ping within 2 s (the process runner always
   "answers"); the result is kept 2 s, and concurrent probes share one ping, so a burst of
-  probes costs the engine one request.
+  probes costs the engine one request. `/status` reads the same probe (`engine_probe`).
 
 The answer is 200 when every check is "ok" (a channel "connected"), else 503; the body is
 always JSON: {"status": "ok" | "unhealthy", "checks": {...}}, each problem one short line.
@@ -33,17 +33,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from assistant.config import load_settings
-from assistant.errors import ConfigError
+from assistant.errors import ConfigError, EngineUnavailable
 from assistant.http_server import ENDPOINT_FILE
 from assistant.observability import EventLog
+from assistant.runs.runner import Runner
 
 if TYPE_CHECKING:
     from assistant.services import Services
@@ -54,11 +56,49 @@ DISCONNECTED = "disconnected"
 PROBLEM_CHARS = 200  # a problem is one short line, not a traceback
 
 
-@runtime_checkable
-class Pingable(Protocol):
-    """A runner whose engine can be asked, cheaply and within a bound, whether it answers."""
+class EngineProbe:
+    """Whether the runner's engine answers: one bounded ping per `cache_s` at most.
 
-    async def ping(self, timeout_s: float) -> None: ...
+    Concurrent askers share the one ping in flight, so /healthz probes and /status
+    together cost the engine one request per `cache_s`, and none waits longer than the
+    ping's bound (`timeout_s` plus half a second).
+    """
+
+    def __init__(self, runner: Runner, *, timeout_s: float = 2.0, cache_s: float = 2.0) -> None:
+        self.runner = runner
+        self.timeout_s = timeout_s
+        self.cache_s = cache_s
+        self._lock = asyncio.Lock()
+        self._last: tuple[float, str] | None = None  # (when, result)
+
+    async def check(self, max_age_s: float | None = None) -> str:
+        """ "ok", or "unreachable: <why>"; a result younger than `max_age_s` (default
+        `cache_s`) is given again without asking."""
+        age = self.cache_s if max_age_s is None else max_age_s
+        async with self._lock:  # a burst of probes waits for the one ping
+            last = self._last
+            if last is not None and time.monotonic() - last[0] < age:
+                return last[1]
+            try:
+                await self.runner.ping(self.timeout_s)
+                result = OK
+            except EngineUnavailable as exc:  # its message names the address and why
+                result = _short(f"unreachable: {exc}")
+            except Exception as exc:
+                result = _short(f"unreachable: {_describe(exc)}")
+            self._last = (time.monotonic(), result)
+            return result
+
+
+_PROBES: weakref.WeakKeyDictionary[Runner, EngineProbe] = weakref.WeakKeyDictionary()
+
+
+def engine_probe(runner: Runner) -> EngineProbe:
+    """The one probe of this runner's engine, shared by /healthz and /status."""
+    probe = _PROBES.get(runner)
+    if probe is None:
+        probe = _PROBES[runner] = EngineProbe(runner)
+    return probe
 
 
 @dataclass(frozen=True)
@@ -132,12 +172,11 @@ class HealthChecks:
         db_timeout_s: float = 1.0,
     ) -> None:
         self._services = services
-        self._engine_timeout_s = engine_timeout_s
-        self._engine_cache_s = engine_cache_s
+        self._engine = engine_probe(services.runs.runner)
+        self._engine.timeout_s = engine_timeout_s
+        self._engine.cache_s = engine_cache_s
         self._db_timeout_s = db_timeout_s
         self._event_log = EventLogWatch(services.log)
-        self._engine_lock = asyncio.Lock()
-        self._engine: tuple[float, str] | None = None  # (when, result)
 
     async def run(self) -> HealthReport:
         database, engine = await asyncio.gather(self.database(), self.engine())
@@ -181,20 +220,7 @@ class HealthChecks:
 
     async def engine(self) -> str:
         """The runner's engine answers; one ping per `engine_cache_s` at most."""
-        runner = self._services.runs.runner
-        if not isinstance(runner, Pingable):
-            return OK  # local processes: nothing between the service and its runs
-        async with self._engine_lock:  # a burst of probes waits for the one ping
-            cached = self._engine
-            if cached is not None and time.monotonic() - cached[0] < self._engine_cache_s:
-                return cached[1]
-            try:
-                await runner.ping(self._engine_timeout_s)
-                result = OK
-            except Exception as exc:
-                result = _short(f"unreachable: {_describe(exc)}")
-            self._engine = (time.monotonic(), result)
-            return result
+        return await self._engine.check()
 
     async def handle(self, request: web.Request) -> web.Response:
         """GET /healthz: 200 or 503, JSON either way."""

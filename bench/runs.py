@@ -28,19 +28,22 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.runner import (
+    Capabilities,
+    HostPaths,
     LaunchRequest,
     RunHandle,
-    Runner,
+    RunnerKind,
     RunnerState,
 )
 from bench.harness import NullChannel
 from storage.timestamps import from_iso
 
 
-class AlwaysRunning(Runner):
-    """A runner whose one run never ends: the monitor only reads its events."""
+class AlwaysRunning:
+    """A `Runner` whose one run never ends: the monitor only reads its events."""
 
-    kind = "process"
+    kind: RunnerKind = "process"
+    capabilities = Capabilities(paths=HostPaths())
 
     @property
     def description(self) -> str:
@@ -58,8 +61,20 @@ class AlwaysRunning(Runner):
     async def kill(self, handle: RunHandle) -> None:
         return None
 
-    async def find_active(self) -> list[RunHandle]:
+    async def logs_tail(self, handle: RunHandle, lines: int) -> str:
+        return ""
+
+    async def list_managed(self) -> list[RunHandle]:
         return []
+
+    async def remove(self, handle: RunHandle) -> None:
+        return None
+
+    async def ping(self, timeout_s: float) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
 
 def settings_for(home: Path, runner: str) -> Settings:

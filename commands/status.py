@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from assistant.durations import format_duration
+from assistant.health import OK, engine_probe
 from assistant.hoststats import GpuInfo
 from assistant.runs.lifecycle import ACTIVE
 from assistant.runs.monitor import run_numbers
@@ -102,6 +103,10 @@ async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[st
     manager = s.runs
     active = await manager.repo.in_states(ACTIVE)
     lines = [f"Runner: {manager.runner.description}"]
+    # the probe /healthz shares: a kept answer, or one ping bounded to 2.5 s
+    engine = await engine_probe(manager.runner).check()
+    if engine != OK:
+        lines.append(f"Engine: {engine}")
     if manager.build_note:
         lines.append(f"Image: {manager.build_note}")
     manager.catalog.refresh()

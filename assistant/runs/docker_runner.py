@@ -1,11 +1,11 @@
 """Runs in hardened containers on a Docker engine (local socket, tcp://, or ssh://).
 
-docker-py is blocking (requests), so every call goes through `asyncio.to_thread`. A run's
-container is read-only except for its run dir (bind-mounted at `/workspace/run`) and a
-tmpfs at /tmp; it runs as a non-root user with no capabilities, no new privileges, no
-network unless the request asks for it, and memory/pids/CPU limits. Containers are kept
-after they end (no auto-remove) so the exit code and OOM flag stay readable; `remove`
-frees them.
+A run's container is read-only except for its run dir (bind-mounted at `/workspace/run`)
+and a tmpfs at /tmp; it runs as a non-root user with no capabilities, no new privileges,
+no network unless the request asks for it, and memory/pids/CPU limits. Containers are
+kept after they end (no auto-remove) so the exit code and OOM flag stay readable;
+`remove` frees them. Every engine call goes through `DockerEngine` (docker_engine.py):
+bounded, and `EngineUnavailable` when the engine does not answer.
 """
 
 from __future__ import annotations
@@ -15,124 +15,60 @@ import inspect
 import os
 import re
 import secrets
-import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import docker
 import docker.errors
 from docker.models.containers import Container
-from docker.tls import TLSConfig
 from docker.types import DeviceRequest, LogConfig
 
 import assistant
-from assistant.errors import ConfigError, RunStartError, StateError
+from assistant.errors import EngineUnavailable, RunStartError, StateError
 from assistant.jobs.protocol import CONTROL, SPEC
+from assistant.jobs.text import decoded
 from assistant.runs import rundir
+from assistant.runs.docker_engine import (
+    CALL_TIMEOUT_S,
+    DEFAULT_DOCKER_HOST,
+    INSTANCE_LABEL,
+    DockerEngine,
+    DockerHost,
+    parse_docker_host,
+)
 from assistant.runs.runner import (
+    Capabilities,
+    ContainerPaths,
     ExitInfo,
     LaunchRequest,
-    Mount,
     RunHandle,
-    Runner,
+    RunnerKind,
     RunnerState,
 )
+from assistant.runs.serving import Servers
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+__all__ = [  # what callers used to import from here, besides what this module defines
+    "DEFAULT_DOCKER_HOST",
+    "INSTANCE_LABEL",
+    "DockerHost",
+    "parse_docker_host",
+]
+
 DEFAULT_IMAGE = "assistant-run:latest"
 RUN_MOUNT = "/workspace/run"
 AGENT_ROOT = "/opt/assistant"  # where the run image keeps the agent, and where we mount it
 AGENT_SOURCE = Path(assistant.__file__).resolve().parent  # the host's copy of the package
 MANAGED_LABEL = "assistant.managed"
-# Which assistant owns a container: two assistants on one engine must never reconcile
-# (and stop) each other's runs.
-INSTANCE_LABEL = "assistant.instance"
 RUN_ID_LABEL = "assistant.run_id"
 RECIPE_LABEL = "assistant.recipe"
 # The uid (and gid) runs get when the orchestrator runs as root: no login account of the
 # host (above login.defs' UID_MAX of 60000, below `nobody`); ASSISTANT_RUN_UID changes it.
 DEFAULT_RUN_UID = 64000
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "build-images.sh"
-
-_SCHEMES = ("unix", "tcp", "ssh")
-_FORMS = "unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]"
-
-
-@dataclass(frozen=True)
-class DockerHost:
-    """A parsed DOCKER_HOST; `url` is the normalised form docker-py is given."""
-
-    scheme: str  # unix | tcp | ssh
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    path: str | None = None  # unix socket path
-
-    @property
-    def url(self) -> str:
-        if self.scheme == "unix":
-            return f"unix://{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        user = f"{self.user}@" if self.user else ""
-        port = f":{self.port}" if self.port is not None else ""
-        return f"{self.scheme}://{user}{host}{port}"
-
-
-def parse_docker_host(text: str) -> DockerHost:
-    """Check a DOCKER_HOST value up front, so a typo fails at start and not at first launch.
-
-    :raises ConfigError: naming the value and the accepted forms.
-    """
-    value = text.strip()
-
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"DOCKER_HOST {text!r} is not valid: {why}; use {_FORMS}")
-
-    if "://" not in value:
-        raise bad("it has no scheme")
-    parts = urlsplit(value)
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise bad(f"scheme {parts.scheme!r} is not one of {', '.join(_SCHEMES)}")
-    if parts.query or parts.fragment:
-        raise bad("a query or fragment is not allowed")
-    if scheme == "unix":
-        path = parts.netloc + parts.path  # unix://run/docker.sock is read as a relative path
-        if not path.startswith("/"):
-            raise bad("the socket path must be absolute (unix:///path/to/docker.sock)")
-        return DockerHost(scheme="unix", path=path)
-    try:
-        port = parts.port
-    except ValueError:
-        raise bad("the port must be a number from 1 to 65535") from None
-    if port == 0:
-        raise bad("the port must be a number from 1 to 65535")
-    if not parts.hostname:
-        raise bad("it names no host")
-    if parts.password is not None:
-        raise bad("a password is not allowed (use ssh keys or TLS certificates)")
-    if parts.path not in ("", "/"):
-        raise bad(f"a path ({parts.path!r}) is not allowed for {scheme}://")
-    if scheme == "tcp":
-        if parts.username is not None:
-            raise bad("a user is not allowed for tcp://")
-        if port is None:
-            raise bad("tcp:// needs a port (2376 with TLS, 2375 without)")
-    return DockerHost(scheme=scheme, host=parts.hostname, port=port, user=parts.username)
-
-
-async def image_present(client: docker.DockerClient, name: str) -> bool:
-    """Whether the engine has the image locally (no pull is ever tried: there is no registry)."""
-    try:
-        await asyncio.to_thread(client.images.get, name)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
-
+# A build runs in the background (never on a command's path); this bounds a hung one.
+BUILD_TIMEOUT_S = 3600.0
 
 LineCallback = Callable[[str], Awaitable[None] | None]
 
@@ -143,12 +79,14 @@ async def build_images(
     docker_host: str | None = None,
     image: str = DEFAULT_IMAGE,
     script: Path = BUILD_SCRIPT,
+    timeout_s: float = BUILD_TIMEOUT_S,
 ) -> None:
     """Run deploy/build-images.sh, passing each output line to `on_line` as it comes.
 
     The base and the wheelhouse are built once; later calls rebuild only what changed.
 
-    :raises RunStartError: the script is missing or failed (with its last lines).
+    :raises RunStartError: the script is missing, failed or ran past `timeout_s` (with its
+        last lines).
     """
     if not await asyncio.to_thread(script.is_file):
         raise RunStartError(f"{script} is missing: build images from a checkout of the project")
@@ -166,19 +104,43 @@ async def build_images(
     )
     assert proc.stdout is not None
     tail: deque[str] = deque(maxlen=15)
-    async for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        tail.append(line)
-        result = on_line(line)
-        if inspect.isawaitable(result):
-            await result
-    code = await proc.wait()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                tail.append(line)
+                result = on_line(line)
+                if inspect.isawaitable(result):
+                    await result
+            code = await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RunStartError(
+            f"building the run image took over {timeout_s:g} s and was stopped; last lines:\n"
+            + "\n".join(tail)
+        ) from None
     if code != 0:
         last = "\n".join(tail)
         raise RunStartError(f"building the run image failed (exit {code}):\n{last}")
 
 
-class DockerRunner(Runner):
+class DockerImages:
+    """The `ImageStore` of an engine: images are looked up there, built with the script."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self.engine = engine
+
+    async def ready(self, image: str) -> bool:
+        """Whether the engine has the image (no pull is ever tried: there is no registry)."""
+        return await self.engine.call(lambda client: _has_image(client, image))
+
+    async def build(self, image: str, on_line: Callable[[str], Awaitable[None]]) -> None:
+        """deploy/build-images.sh against this engine (no registry needed)."""
+        await build_images(on_line, docker_host=self.engine.url, image=image)
+
+
+class DockerRunner:
     """A `Runner` on a Docker engine; see the module docstring for what a container gets.
 
     :param base_url: DOCKER_HOST form; None: the local socket.
@@ -186,9 +148,10 @@ class DockerRunner(Runner):
     :param run_mount: where the run dir appears inside the container.
     :param gpu_count: GPUs the host sees (NVML), for `description`.
     :param tls_cert_dir: for tcp:// with TLS: a dir holding ca.pem, cert.pem and key.pem.
+    :param timeout_s: the socket timeout of one engine call (the call's bound is 1 s more).
     """
 
-    kind = "docker"
+    kind: RunnerKind = "docker"
 
     def __init__(
         self,
@@ -201,104 +164,80 @@ class DockerRunner(Runner):
         use_ssh_client: bool = True,
         shm_size: str = "1g",
         tmp_size: str = "512m",
-        timeout_s: float = 60,
+        timeout_s: float = CALL_TIMEOUT_S,
         instance: str = "default",
         run_uid: int = DEFAULT_RUN_UID,
     ) -> None:
-        self.host = parse_docker_host(base_url or DEFAULT_DOCKER_HOST)
+        self.engine = DockerEngine(
+            base_url or DEFAULT_DOCKER_HOST,
+            tls_cert_dir=tls_cert_dir,
+            use_ssh_client=use_ssh_client,
+            call_timeout_s=timeout_s,
+            instance=instance,
+        )
+        self.host = self.engine.host
         self.image = image
         self.instance = instance
         self.run_uid = run_uid
         self.run_mount = run_mount
         self.gpu_count = gpu_count
-        self._tls_cert_dir = tls_cert_dir
-        self._use_ssh_client = use_ssh_client
         self._shm_size = shm_size
         self._tmp_size = tmp_size
-        self._timeout_s = timeout_s
-        self._client: docker.DockerClient | None = None
-        self._connect_lock = asyncio.Lock()
-        self._engine_version: str | None = None
-        self._gpu_runtime = False
+        self.capabilities = Capabilities(
+            paths=ContainerPaths(run_mount),
+            images=DockerImages(self.engine),
+            servers=Servers(self.engine),
+            network_isolation=True,
+            resource_limits=True,
+        )
 
     @property
     def base_url(self) -> str:
-        return self.host.url
+        return self.engine.url
 
     @property
     def description(self) -> str:
-        if self._engine_version is None:
+        version = self.engine.version
+        if version is None:
             return f"docker at {self.base_url} (not connected yet)"
         gpus = (
-            f"{self.gpu_count} GPUs via nvidia runtime" if self._gpu_runtime else "no GPU runtime"
+            f"{self.gpu_count} GPUs via nvidia runtime"
+            if self.engine.gpu_runtime
+            else "no GPU runtime"
         )
-        return f"docker at {self.base_url} (engine {self._engine_version}, {gpus})"
+        return f"docker at {self.base_url} (engine {version}, {gpus})"
 
     async def connect(self) -> docker.DockerClient:
-        """The client, made on first use: making one already talks to the engine.
+        """The engine's client, made on first use: making one already talks to the engine.
 
-        :raises RunStartError: no engine answers at the address.
+        :raises EngineUnavailable: no engine answers at the address.
         """
-        async with self._connect_lock:
-            if self._client is None:
-                self._client = await self._call(self._make_client)
-        return self._client
-
-    def _make_client(self) -> docker.DockerClient:
-        if self.host.path is not None:
-            _probe_socket(self.host.path)
-        tls: TLSConfig | bool = False
-        if self._tls_cert_dir is not None:
-            d = self._tls_cert_dir
-            tls = TLSConfig(
-                client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
-                ca_cert=str(d / "ca.pem"),
-                verify=True,
-            )
-        client = docker.DockerClient(
-            base_url=self.base_url,
-            tls=tls,
-            timeout=int(self._timeout_s),
-            use_ssh_client=self._use_ssh_client and self.host.scheme == "ssh",
-        )
-        try:
-            version = client.version()
-            info = client.info()
-        except BaseException:
-            client.close()
-            raise
-        self._engine_version = str(version.get("Version", "?"))
-        self._gpu_runtime = "nvidia" in (info.get("Runtimes") or {})
-        return client
-
-    def view(self, mount: Mount) -> str:
-        return mount.target
-
-    def run_dir_view(self, run_dir: Path) -> str:
-        return self.run_mount
-
-    async def image_ready(self, image: str) -> bool:
-        return await image_present(await self.connect(), image)
-
-    async def build_image(self, image: str, on_line: Callable[[str], Awaitable[None]]) -> None:
-        """deploy/build-images.sh against this engine (no registry needed)."""
-        await build_images(on_line, docker_host=self.base_url, image=image)
+        return await self.engine.connect()
 
     async def launch(self, request: LaunchRequest) -> RunHandle:
-        client = await self.connect()
+        await self.engine.connect()
         image = request.image or self.image
         user = await asyncio.to_thread(self._prepare_run_dir, request.run_dir)
         kwargs = self._container_kwargs(request, user)
         try:
-            container = await self._call(lambda: client.containers.create(image, **kwargs), image)
+            container: Container = await self.engine.call(
+                lambda client: client.containers.create(image, **kwargs), image=image
+            )
             try:
-                await self._call(container.start, image)
+                await self.engine.start(str(container.id), image=image)
             except BaseException:
-                await asyncio.to_thread(_remove_quietly, container)
+                # an answer lost on the way may still have started it: never leave it
+                await self._remove_quietly(str(container.id))
                 raise
-        except docker.errors.NotFound as exc:  # not the image: that one is mapped by _call
-            raise RunStartError(self._explain(exc)) from exc
+        except docker.errors.NotFound as exc:  # not the image: that one is mapped
+            raise RunStartError(self.engine.explain(exc)) from exc
         return RunHandle(runner="docker", ref=str(container.id), run_id=request.run_id)
+
+    async def _remove_quietly(self, ref: str) -> None:
+        try:
+            await self.engine.call(lambda client: _remove_container(client, ref, force=True))
+        except (RunStartError, EngineUnavailable):
+            return  # reconcile removes a container of ours left behind
 
     def _prepare_run_dir(self, run_dir: Path) -> str:
         """The uid:gid the run gets; as root, let it write its run dir but not our files.
@@ -379,9 +318,8 @@ class DockerRunner(Runner):
         return kwargs
 
     async def state(self, handle: RunHandle) -> RunnerState:
-        client = await self.connect()
         try:
-            attrs = await self._call(lambda: client.api.inspect_container(handle.ref))
+            attrs = await self.engine.call(lambda client: client.api.inspect_container(handle.ref))
         except docker.errors.NotFound:
             return RunnerState(running=False, gone=True)
         st = attrs.get("State") or {}
@@ -395,21 +333,27 @@ class DockerRunner(Runner):
         return RunnerState(running=False, exit=exit_info)
 
     async def signal_stop(self, handle: RunHandle) -> None:
-        await self._signal(handle, "SIGTERM")
+        await self.engine.call(lambda client: _kill_if_running(client, handle.ref, "SIGTERM"))
 
     async def kill(self, handle: RunHandle) -> None:
-        await self._signal(handle, "SIGKILL")
+        await self.engine.call(lambda client: _kill_if_running(client, handle.ref, "SIGKILL"))
 
-    async def _signal(self, handle: RunHandle, signal: str) -> None:
-        client = await self.connect()
-        await self._call(lambda: _kill_if_running(client, handle.ref, signal))
+    async def logs_tail(self, handle: RunHandle, lines: int) -> str:
+        """The container's last output lines (the agent's own); "" once it is removed."""
 
-    async def find_active(self) -> list[RunHandle]:
-        client = await self.connect()
-        containers: list[Container] = await self._call(
-            lambda: client.containers.list(
-                filters={"label": [f"{MANAGED_LABEL}=true", f"{INSTANCE_LABEL}={self.instance}"]}
-            )
+        def read(client: docker.DockerClient) -> str:
+            try:
+                data = client.api.logs(handle.ref, stdout=True, stderr=True, tail=max(1, lines))
+            except docker.errors.NotFound:
+                return ""
+            return "\n".join(decoded(bytes(data)).splitlines()[-max(1, lines) :])
+
+        return await self.engine.call(read)
+
+    async def list_managed(self) -> list[RunHandle]:
+        labels = [f"{MANAGED_LABEL}=true", f"{INSTANCE_LABEL}={self.instance}"]
+        containers: list[Container] = await self.engine.call(
+            lambda client: client.containers.list(filters={"label": labels})
         )
         return [
             RunHandle(runner="docker", ref=str(c.id), run_id=c.labels.get(RUN_ID_LABEL, ""))
@@ -421,88 +365,30 @@ class DockerRunner(Runner):
 
         :raises StateError: it is still running (stop it first).
         """
-        client = await self.connect()
-        if not await self._call(lambda: _remove_if_ended(client, handle.ref)):
+        if not await self.engine.call(lambda client: _remove_container(client, handle.ref)):
             raise StateError(f"run {handle.run_id} is still running; stop it first")
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
-
     async def ping(self, timeout_s: float = 2.0) -> None:
-        """Does the engine answer `GET /_ping` within `timeout_s`? For /healthz.
+        """Does the engine answer `GET /_ping` within `timeout_s`? For /healthz and /status.
 
         Bounded twice: the request's own socket timeout, and the wait for its thread (a
         black-holed engine that accepts and never answers costs `timeout_s`, no more).
         Never connects a runner that is not connected.
 
-        :raises RunStartError: no answer, or not an OK one; the message names the address.
+        :raises EngineUnavailable: no answer, or not an OK one; the message names the address.
         """
-        client = self._client
-        if client is None:
-            raise RunStartError(f"not connected to the engine at {self.base_url}")
-        api = client.api
+        await self.engine.ping(timeout_s)
 
-        def call() -> None:
-            if self.host.path is not None:  # docker-py would leak the socket of a refusal
-                _probe_socket(self.host.path, timeout_s)
-            api.get(f"{api.base_url}/_ping", timeout=timeout_s).raise_for_status()
-
-        try:
-            async with asyncio.timeout(timeout_s + 0.5):
-                await asyncio.to_thread(call)
-        except TimeoutError:
-            raise RunStartError(f"{self.base_url}: no answer within {timeout_s:g} s") from None
-        except Exception as exc:
-            raise RunStartError(f"{self.base_url}: {_first_line(exc)}") from None
-
-    async def engine_call(self, fn: Callable[[], Any], image: str | None = None) -> Any:
-        """A blocking docker-py call for a neighbour (the serving containers), mapped alike.
-
-        :raises RunStartError: as for a run's own calls.
-        """
-        return await self._call(fn, image)
-
-    async def _call(self, fn: Callable[[], Any], image: str | None = None) -> Any:
-        """Run a blocking docker-py call in a thread; map its failures to RunStartError.
-
-        NotFound for a container passes through (callers read it as "gone").
-        """
-        try:
-            return await asyncio.to_thread(fn)
-        except docker.errors.ImageNotFound as exc:
-            name = image or self.image
-            raise RunStartError(f"image {name} is missing; run `assistant images build`") from exc
-        except docker.errors.NotFound:
-            raise
-        except docker.errors.APIError as exc:
-            raise RunStartError(self._explain(exc)) from exc
-        except (docker.errors.DockerException, OSError) as exc:
-            raise RunStartError(
-                f"no Docker engine answers at {self.base_url} ({_first_line(exc)}); "
-                "start one with `scripts/docker-engine up`, or set DOCKER_HOST"
-            ) from exc
-
-    def _explain(self, exc: docker.errors.APIError) -> str:
-        text = str(exc.explanation or exc)
-        if "could not select device driver" in text:
-            return (
-                f"the Docker engine at {self.base_url} has no GPU runtime: install the NVIDIA "
-                "Container Toolkit there (nvidia-ctk runtime configure --runtime=docker, then "
-                f"restart dockerd), or launch without GPUs ({text})"
-            )
-        return f"the Docker engine at {self.base_url} refused: {text}"
+    async def aclose(self) -> None:
+        await self.engine.aclose()
 
 
-def _probe_socket(path: str, timeout_s: float = 5) -> None:
-    """Connect once ourselves: docker-py leaks the socket of a failed connect.
-
-    :raises OSError: nothing listens there.
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        sock.connect(path)
+def _has_image(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
 
 
 def _kill_if_running(client: docker.DockerClient, ref: str, signal: str) -> None:
@@ -515,10 +401,10 @@ def _kill_if_running(client: docker.DockerClient, ref: str, signal: str) -> None
             raise
 
 
-def _remove_if_ended(client: docker.DockerClient, ref: str) -> bool:
+def _remove_container(client: docker.DockerClient, ref: str, *, force: bool = False) -> bool:
     """False while the container still runs; a container already gone counts as removed."""
     try:
-        client.api.remove_container(ref)
+        client.api.remove_container(ref, force=force)
     except docker.errors.NotFound:
         return True
     except docker.errors.APIError as exc:
@@ -532,15 +418,3 @@ def _container_name(run_id: str) -> str:
     """A readable, unique name: a resumed run gets a new container beside the old one."""
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", run_id).strip("-.") or "run"
     return f"assistant-{safe[:40]}-{secrets.token_hex(3)}"
-
-
-def _remove_quietly(container: Container) -> None:
-    try:
-        container.remove(force=True)
-    except docker.errors.DockerException:
-        return
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

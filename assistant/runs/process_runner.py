@@ -17,13 +17,16 @@ from pathlib import Path
 import psutil
 
 import assistant
-from assistant.errors import RunStartError
+from assistant.errors import RunStartError, StateError
+from assistant.jobs.text import decoded
 from assistant.runs import rundir
 from assistant.runs.runner import (
+    Capabilities,
     ExitInfo,
+    HostPaths,
     LaunchRequest,
     RunHandle,
-    Runner,
+    RunnerKind,
     RunnerState,
 )
 
@@ -32,8 +35,18 @@ AGENT_LOG = "agent.log"
 CODE_ROOT = Path(assistant.__file__).resolve().parents[1]
 
 
-class ProcessRunner(Runner):
-    kind = "process"
+LOG_TAIL_BYTES = 64 * 1024
+
+
+class ProcessRunner:
+    """A `Runner` without an engine: no images, no servers, no isolation beyond the uid.
+
+    Nothing stands between the service and its runs, so no call can find an engine
+    unreachable: `ping` answers at once.
+    """
+
+    kind: RunnerKind = "process"
+    capabilities = Capabilities(paths=HostPaths())
 
     def __init__(self, runs_dir: Path, python: str = sys.executable) -> None:
         self._runs_dir = runs_dir
@@ -142,7 +155,7 @@ class ProcessRunner(Runner):
             await asyncio.to_thread(psutil.wait_procs, family, 5)
         self._reap(handle.ref)
 
-    async def find_active(self) -> list[RunHandle]:
+    async def list_managed(self) -> list[RunHandle]:
         found: list[RunHandle] = []
         try:
             run_ids = sorted(os.listdir(self._runs_dir))
@@ -159,6 +172,30 @@ class ProcessRunner(Runner):
         return found
 
     async def remove(self, handle: RunHandle) -> None:
-        self._reap(handle.ref)
+        """Forget an ended run's process.
+
+        :raises StateError: it is still running (stop it first).
+        """
+        if self._reap(handle.ref) is None and (
+            handle.ref in self._children or self._matches(handle) is not None
+        ):
+            raise StateError(f"run {handle.run_id} is still running; stop it first")
         self._exits.pop(handle.ref, None)
         self._children.discard(handle.ref)
+
+    async def logs_tail(self, handle: RunHandle, lines: int) -> str:
+        """The last lines of the agent's own output (agent.log in its run dir)."""
+        try:  # in a folder the run can write: read without following links
+            data = await asyncio.to_thread(
+                rundir.read_tail, self._runs_dir / handle.run_id, AGENT_LOG, limit=LOG_TAIL_BYTES
+            )
+        except OSError:
+            return ""
+        return "\n".join(decoded(data).splitlines()[-max(1, lines) :])
+
+    async def ping(self, timeout_s: float) -> None:
+        """Always answers: local processes have no engine between."""
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,18 +1,38 @@
 """The runner interface: start a run's agent somewhere, watch it, stop it.
 
-Two implementations share the run-dir protocol (assistant/jobs/protocol.py): `DockerRunner`
-runs the agent in a hardened container, `ProcessRunner` in a local subprocess when no
-engine is reachable. The host learns everything else from the run dir.
+`Runner` is a Protocol of the few operations every engine can do; what only some engines
+can do is declared as data in `Capabilities`, never found out with `isinstance`:
+
+- `images`: an `ImageStore` (is an image there, build it) where runs start from images;
+  None where they do not (local processes);
+- `servers`: a `ServerPool` (a benchmark's serving containers) where the engine can run
+  them beside a run; None elsewhere (`/run bench` then needs `url=`);
+- `paths`: where the run sees its run dir and a mounted folder (a container's own paths,
+  or the host's);
+- `network_isolation`, `resource_limits`: whether a run asked for no network has none,
+  and whether memory/CPU/pids limits are enforced.
+
+Two engines implement it, sharing the run-dir protocol (assistant/jobs/protocol.py):
+`DockerRunner` runs the agent in a hardened container, `ProcessRunner` in a local
+subprocess when no engine is reachable. The host learns everything else from the run dir.
+
+A third engine (a Slurm cluster, a remote engine over ssh) plugs in by implementing every
+member of `Runner`, declaring its `Capabilities` (None for what it cannot do), adding its
+name to `RunnerKind`, and passing tests/runs/test_runner_contract.py with a fixture of its
+own. Nothing else in the host changes: the manager and the monitor read capabilities.
+
+Every call that reaches an engine is bounded: one that does not answer (refused, reset,
+black-holed) raises `EngineUnavailable` within a few seconds; `RunStartError` means the
+engine answered "no".
 """
 
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 RunnerKind = Literal["docker", "process"]
 # An image reference: [registry[:port]/]name[/name...][:tag][@sha256:digest]
@@ -20,6 +40,8 @@ IMAGE_REF = re.compile(
     r"(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
 )
+# How long one ordinary engine call may take before the engine counts as not answering.
+ENGINE_CALL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +60,7 @@ class LaunchRequest:
     run_id: str
     recipe: str
     run_dir: Path  # absolute, on the host; the only writable path the run gets
-    image: str  # for DockerRunner; ignored by ProcessRunner
+    image: str  # for engines with images; ignored by the others
     gpus: tuple[int, ...] = ()  # host GPU indices given to this run
     nproc: int = 1  # processes (torchrun) the recipe runs with
     memory_mb: int | None = None
@@ -76,61 +98,174 @@ class RunnerState:
     gone: bool = False  # the container/process no longer exists at all
 
 
-class Runner(ABC):
-    """Subclasses implement every abstract method; `aclose` is optional."""
+# ---- capabilities ---------------------------------------------------------------------
 
-    kind: RunnerKind
+
+class PathView(Protocol):
+    """Where a run sees host paths: spec.json tells the run its own view of them."""
+
+    def run_dir(self, run_dir: Path) -> str: ...
+
+    def mount(self, mount: Mount) -> str: ...
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """The run sees the host's own paths (nothing between them)."""
+
+    def run_dir(self, run_dir: Path) -> str:
+        return str(run_dir)
+
+    def mount(self, mount: Mount) -> str:
+        return str(mount.source)
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    """The run sees its run dir at `run_mount` and each mount at its target."""
+
+    run_mount: str
+
+    def run_dir(self, run_dir: Path) -> str:
+        return self.run_mount
+
+    def mount(self, mount: Mount) -> str:
+        return mount.target
+
+
+class ImageStore(Protocol):
+    """The images runs start from, on an engine that has them."""
+
+    async def ready(self, image: str) -> bool:
+        """Whether runs of `image` can start now (bounded; no pull is ever tried)."""
+        ...
+
+    async def build(self, image: str, on_line: Callable[[str], Awaitable[None]]) -> None:
+        """Build `image`, passing progress lines along; long, so never on a command's path.
+
+        :raises RunStartError: with why it could not be built.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class StartedServer:
+    ref: str
+    port: int
 
     @property
-    @abstractmethod
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+class ServerPool(Protocol):
+    """A benchmark's serving containers: started before its run, removed after it."""
+
+    async def start(
+        self,
+        run_id: str,
+        image: str,
+        args: tuple[str, ...],
+        gpus: tuple[int, ...],
+        *,
+        shm_size: str,
+        hf_cache: Path | None,
+    ) -> StartedServer:
+        """Create and start one; it is still loading when this returns.
+
+        :raises RunStartError: the engine's reason (image missing, no GPU runtime, ...).
+        """
+        ...
+
+    async def logs(self, ref: str, since: float | None = None, tail: int | None = None) -> str:
+        """Its output since a time (unix seconds) or its last `tail` lines; "" if gone."""
+        ...
+
+    async def stop(self, ref: str, log_path: Path) -> list[str]:
+        """Keep its output in `log_path`, remove it, and return its last lines."""
+        ...
+
+    async def remove(self, ref: str) -> None: ...
+
+    async def running(self) -> dict[str, str]:
+        """Servers of this assistant on the engine: ref -> run id."""
+        ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do beyond `Runner`'s members; absent ones are None or False."""
+
+    paths: PathView
+    images: ImageStore | None = None
+    servers: ServerPool | None = None
+    network_isolation: bool = False  # a run that asks for no network has none
+    resource_limits: bool = False  # memory, CPU and pids limits are enforced
+
+
+# ---- the interface --------------------------------------------------------------------
+
+
+class Runner(Protocol):
+    """What the manager and the monitor may ask of any engine (see the module docstring).
+
+    Unreachability is `EngineUnavailable` from every member that talks to an engine.
+    """
+
+    @property
+    def kind(self) -> RunnerKind:
+        """Stored with each run's handle: which engine to ask about it after a restart."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
     def description(self) -> str:
         """One line for /status: which runner, where (engine address, GPUs seen)."""
+        ...
 
-    @abstractmethod
     async def launch(self, request: LaunchRequest) -> RunHandle:
         """Start the agent for `request.run_dir`; returns once it is started.
 
         :raises RunStartError: with the engine's reason (image missing, no GPU, ...).
+        :raises EngineUnavailable: the engine did not answer; nothing may have started.
         """
+        ...
 
-    @abstractmethod
     async def state(self, handle: RunHandle) -> RunnerState:
         """Running, or how it ended."""
+        ...
 
-    @abstractmethod
     async def signal_stop(self, handle: RunHandle) -> None:
         """Send SIGTERM (the agent checkpoints and exits); never raises if already gone."""
+        ...
 
-    @abstractmethod
     async def kill(self, handle: RunHandle) -> None:
         """Force the end (after the grace period); never raises if already gone."""
+        ...
 
-    @abstractmethod
-    async def find_active(self) -> list[RunHandle]:
-        """Runs of ours still running (by label or pid), for reconciling at start."""
+    async def logs_tail(self, handle: RunHandle, lines: int) -> str:
+        """The agent's own last output as the engine kept it ("" when none): why a
+        run ended that never wrote its events (a crash before the agent could report)."""
+        ...
 
-    def view(self, mount: Mount) -> str:
-        """Where the run sees a mounted host folder: the folder itself, without a container."""
-        return str(mount.source)
-
-    def run_dir_view(self, run_dir: Path) -> str:
-        """Where the run sees its own run dir."""
-        return str(run_dir)
-
-    async def image_ready(self, image: str) -> bool:
-        """Whether runs of `image` can start now; runners without images always can."""
-        return True
-
-    async def build_image(self, image: str, on_line: Callable[[str], Awaitable[None]]) -> None:
-        """Build `image`, passing progress lines along.
-
-        :raises RunStartError: with why it could not be built.
-        """
-        return None
+    async def list_managed(self) -> list[RunHandle]:
+        """Runs of this assistant still running (by label or pid), for reconciling."""
+        ...
 
     async def remove(self, handle: RunHandle) -> None:
-        """Free what the ended run still holds (a stopped container); default: nothing."""
-        return None
+        """Free what the ended run still holds (a stopped container); gone is removed.
 
-    async def aclose(self) -> None:
-        return None
+        :raises StateError: it is still running (stop it first).
+        """
+        ...
+
+    async def ping(self, timeout_s: float) -> None:
+        """Does the engine answer within `timeout_s`? For /healthz and /status.
+
+        :raises EngineUnavailable: no answer; the message names the engine's address.
+        """
+        ...
+
+    async def aclose(self) -> None: ...

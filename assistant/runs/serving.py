@@ -9,33 +9,25 @@ finds it again and one whose run has ended is removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig
 
-from assistant.errors import RunStartError
+from assistant.errors import EngineUnavailable, RunStartError
 from assistant.jobs.text import decoded
 from assistant.runs import rundir
-from assistant.runs.docker_runner import INSTANCE_LABEL, DockerRunner
+from assistant.runs.docker_engine import INSTANCE_LABEL, DockerEngine
+from assistant.runs.runner import StartedServer
 
 SERVER_OF_LABEL = "assistant.server_of"
 HF_MOUNT = "/root/.cache/huggingface"
 LOG_TAIL = 40
-
-
-@dataclass(frozen=True)
-class Started:
-    ref: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
 
 def free_port() -> int:
@@ -45,60 +37,69 @@ def free_port() -> int:
 
 
 class Servers:
-    def __init__(
-        self, runner: DockerRunner, *, shm_size: str = "16g", hf_cache: Path | None = None
-    ) -> None:
-        self.runner = runner
-        self.shm_size = shm_size
-        self.hf_cache = hf_cache
+    """The `ServerPool` of a Docker engine; every call bounded as the engine's are."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self.engine = engine
 
     async def start(
-        self, run_id: str, image: str, args: tuple[str, ...], gpus: tuple[int, ...]
-    ) -> Started:
+        self,
+        run_id: str,
+        image: str,
+        args: tuple[str, ...],
+        gpus: tuple[int, ...],
+        *,
+        shm_size: str = "16g",
+        hf_cache: Path | None = None,
+    ) -> StartedServer:
         """Create and start the server; it is still loading when this returns.
 
         :raises RunStartError: the engine's reason (image missing, no GPU runtime, ...).
+        :raises EngineUnavailable: the engine did not answer.
         """
-        client = await self.runner.connect()
         port = free_port()
         command = [*args, "--host", "127.0.0.1", "--port", str(port)]
         kwargs: dict[str, Any] = {
             "command": command,
             "name": f"assistant-server-{run_id}-{port}",
-            "labels": {SERVER_OF_LABEL: run_id, INSTANCE_LABEL: self.runner.instance},
+            "labels": {SERVER_OF_LABEL: run_id, INSTANCE_LABEL: self.engine.instance},
             "network_mode": "host",  # the benchmark reaches it on 127.0.0.1
             "security_opt": ["no-new-privileges:true"],
             "cap_drop": ["ALL"],
-            "shm_size": self.shm_size,
+            "shm_size": shm_size,
             "environment": {"HF_HUB_DISABLE_TELEMETRY": "1", "VLLM_NO_USAGE_STATS": "1"},
             "log_config": LogConfig(
                 type=LogConfig.types.JSON, config={"max-size": "50m", "max-file": "2"}
             ),
         }
-        if self.hf_cache is not None:
-            kwargs["volumes"] = {str(self.hf_cache): {"bind": HF_MOUNT, "mode": "rw"}}
+        if hf_cache is not None:
+            kwargs["volumes"] = {str(hf_cache): {"bind": HF_MOUNT, "mode": "rw"}}
         if gpus:
             kwargs["device_requests"] = [
                 DeviceRequest(device_ids=[str(i) for i in gpus], capabilities=[["gpu"]])
             ]
         try:
-            container = await self.runner.engine_call(
-                lambda: client.containers.create(image, **kwargs), image
+            container: Container = await self.engine.call(
+                lambda client: client.containers.create(image, **kwargs), image=image
             )
         except RunStartError as exc:
             raise RunStartError(f"the serving container could not be created: {exc}") from None
         try:
-            await self.runner.engine_call(container.start, image)
+            await self.engine.start(str(container.id), image=image)
         except RunStartError as exc:
             await self.remove(str(container.id))
             raise RunStartError(f"the serving container could not start: {exc}") from None
-        return Started(str(container.id), port)
+        except EngineUnavailable:
+            # an answer lost on the way may still have started it: never leave it
+            with contextlib.suppress(EngineUnavailable, RunStartError):
+                await self.remove(str(container.id))
+            raise
+        return StartedServer(str(container.id), port)
 
     async def logs(self, ref: str, since: float | None = None, tail: int | None = None) -> str:
         """Its output since a time (unix seconds) or its last `tail` lines; "" if gone."""
-        client = await self.runner.connect()
 
-        def read() -> str:
+        def read(client: docker.DockerClient) -> str:
             try:
                 data = client.api.logs(
                     ref, stdout=True, stderr=True, since=since, tail=tail or "all"
@@ -107,8 +108,7 @@ class Servers:
                 return ""
             return decoded(bytes(data))
 
-        text: str = await self.runner.engine_call(read)
-        return text
+        return await self.engine.call(read)
 
     async def stop(self, ref: str, log_path: Path) -> list[str]:
         """Keep its output in `log_path`, remove it, and return its last lines."""
@@ -118,24 +118,19 @@ class Servers:
         return text.splitlines()[-LOG_TAIL:]
 
     async def remove(self, ref: str) -> None:
-        client = await self.runner.connect()
-
-        def remove() -> None:
+        def remove(client: docker.DockerClient) -> None:
             try:
                 client.api.remove_container(ref, force=True)
             except docker.errors.NotFound:
                 return
 
-        await self.runner.engine_call(remove)
+        await self.engine.call(remove)
 
     async def running(self) -> dict[str, str]:
         """Servers of this assistant on the engine: container id -> run id."""
-        client = await self.runner.connect()
-        found = await self.runner.engine_call(
-            lambda: client.containers.list(
-                all=True,
-                filters={"label": [SERVER_OF_LABEL, f"{INSTANCE_LABEL}={self.runner.instance}"]},
-            )
+        labels = [SERVER_OF_LABEL, f"{INSTANCE_LABEL}={self.engine.instance}"]
+        found: list[Container] = await self.engine.call(
+            lambda client: client.containers.list(all=True, filters={"label": labels})
         )
         return {str(c.id): str(c.labels.get(SERVER_OF_LABEL, "")) for c in found}
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import docker
 import pytest
 
-from assistant.errors import RunStartError
+from assistant.errors import EngineUnavailable, RunStartError
 from assistant.runs.docker_runner import DEFAULT_DOCKER_HOST, DockerRunner
 
 TEST_LABEL = "assistant.test"
@@ -99,7 +99,7 @@ def docker_engine() -> Iterator[docker.DockerClient]:
     probe = DockerRunner(_docker_host())
     try:
         asyncio.run(probe.connect())
-    except RunStartError as exc:
+    except (RunStartError, EngineUnavailable) as exc:
         pytest.fail(f"{exc} (or set ASSISTANT_TEST_NO_DOCKER=1 to skip these tests)", pytrace=False)
     asyncio.run(probe.aclose())
     client = docker.from_env(use_context=False)

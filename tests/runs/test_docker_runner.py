@@ -12,13 +12,12 @@ from pathlib import Path
 import docker
 import pytest
 
-from assistant.errors import ConfigError, RunStartError, StateError
+from assistant.errors import ConfigError, EngineUnavailable, RunStartError, StateError
 from assistant.runs.docker_runner import (
     DEFAULT_RUN_UID,
     DockerHost,
     DockerRunner,
     build_images,
-    image_present,
     parse_docker_host,
 )
 from assistant.runs.runner import LaunchRequest, RunHandle, RunnerState
@@ -173,12 +172,12 @@ async def test_signal_stop_delivers_sigterm(
     await runner.kill(handle)
 
 
-async def test_find_active_sees_running_runs_by_label(
+async def test_list_managed_sees_running_runs_by_label(
     runner: DockerRunner, probe_image: str, tmp_path: Path
 ) -> None:
     request = make_request(tmp_path, probe_image, {"action": "sleep"})
     handle = await runner.launch(request)
-    assert handle in await runner.find_active()
+    assert handle in await runner.list_managed()
     with pytest.raises(StateError, match="still running"):
         await runner.remove(handle)
 
@@ -186,7 +185,7 @@ async def test_find_active_sees_running_runs_by_label(
     state = await wait_ended(runner, handle)
     assert state.exit is not None and state.exit.exit_code == 137
     assert state.exit.oom_killed is False
-    assert handle not in await runner.find_active()
+    assert handle not in await runner.list_managed()
 
 
 async def test_missing_image_says_how_to_build_it(
@@ -198,8 +197,10 @@ async def test_missing_image_says_how_to_build_it(
     assert str(info.value) == (
         "image assistant-missing:nope is missing; run `assistant images build`"
     )
-    assert await image_present(docker_engine, "assistant-missing:nope") is False
-    assert await image_present(docker_engine, runner.image) is True
+    images = runner.capabilities.images
+    assert images is not None
+    assert await images.ready("assistant-missing:nope") is False
+    assert await images.ready(runner.image) is True
 
 
 async def test_gpu_request_without_nvidia_runtime_names_the_toolkit(
@@ -228,7 +229,7 @@ async def test_unreachable_engine_names_the_address(tmp_path: Path) -> None:
     runner = DockerRunner(f"unix://{sock}")
     assert runner.description == f"docker at unix://{sock} (not connected yet)"
     request = make_request(tmp_path, "assistant-run:latest", {"action": "exit", "code": 0})
-    with pytest.raises(RunStartError, match=f"no Docker engine answers at unix://{sock}"):
+    with pytest.raises(EngineUnavailable, match=f"no Docker engine answers at unix://{sock}"):
         await runner.launch(request)
 
 
