@@ -256,7 +256,7 @@ def recipes() -> None:
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
 def recipes_check(path: Path | None) -> None:
     """Validate the recipes file; every problem is printed with its line number."""
-    from assistant.recipes_check import check_file
+    from assistant.recipes.check import check_file
 
     settings = _settings()
     status, text = check_file(
@@ -267,6 +267,14 @@ def recipes_check(path: Path | None) -> None:
     )
     click.echo(text)
     sys.exit(status)
+
+
+@recipes.command("schema")
+def recipes_schema() -> None:
+    """Print recipes.toml's JSON Schema, for an editor (docs/recipes.schema.json is it)."""
+    from assistant.recipes.check import schema_text
+
+    click.echo(schema_text(), nl=False)
 
 
 @main.command()

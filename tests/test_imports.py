@@ -25,7 +25,6 @@ PACKAGES = ("assistant", "commands", "storage")
 KNOWN = {
     "access → commands.registry ⇢ services → access",
     "metrics ⇢ services ⇢ metrics",
-    "recipes_file → runs.spec ⇢ runs.catalog → recipes_file",
     "services ⇢ commands.registry ⇢ services",
 }
 

@@ -1,6 +1,6 @@
 """Recipes an admin declares in ASSISTANT_HOME/recipes.toml, as the host and the run see them.
 
-The host validates the file (assistant/recipes_file.py) into `DeclaredRecipe`s and puts
+The host validates the file (assistant/recipes/) into `DeclaredRecipe`s and puts
 one, as `to_json`, into the run's spec.json; the in-run agent reads it back with
 `from_json`. Standard library only: the agent imports this inside images we did not build.
 

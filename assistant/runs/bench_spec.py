@@ -19,8 +19,9 @@ from assistant.errors import CommandError
 from assistant.hoststats import HostStats
 from assistant.jobs.bench.profiles import check_model_name, check_url, profiles_from_params
 from assistant.jobs.recipes import BENCH_SERVE, ParamError, validate_params
-from assistant.runs.runner import IMAGE_REF
-from assistant.runs.spec import RUN_PARAMS, RunSpec, parse_assignments
+from assistant.recipes.model import IMAGE_REF
+from assistant.recipes.run_params import RUN_PARAMS
+from assistant.runs.spec import RunSpec, parse_assignments
 
 SERVER_KEYS = {
     "image": "the serving image (default ASSISTANT_BENCH_IMAGE)",

@@ -27,9 +27,9 @@ from assistant.jobs import protocol
 from assistant.jobs.declared import DeclaredRecipe, from_json, to_json
 from assistant.jobs.recipes import RECIPES
 from assistant.observability import EventLog, traced
-from assistant.recipes_file import check_workdir
+from assistant.recipes.catalog import RecipeCatalog
+from assistant.recipes.workdir import check_workdir
 from assistant.runs import rundir
-from assistant.runs.catalog import RecipeCatalog
 from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.lifecycle import ACTIVE, HALTING, LIVE, Lifecycle, RunState
 from assistant.runs.runner import LaunchRequest, Mount, RunHandle, Runner

@@ -10,37 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from assistant.durations import format_duration
 from assistant.errors import CommandError
 from assistant.jobs.declared import to_json
 from assistant.jobs.recipes import ParamError, validate_params
-
-if TYPE_CHECKING:
-    from assistant.runs.catalog import Entry
-
-
-@dataclass(frozen=True)
-class RunParam:
-    """A parameter of every run (where and with what it runs), beside the recipe's own."""
-
-    name: str
-    help: str
-    low: float
-    high: float
-    integer: bool = True
-
-
-RUN_PARAMS = {
-    p.name: p
-    for p in (
-        RunParam("gpus", "GPUs the run gets (waits in the queue until they are free)", 0, 64),
-        RunParam("procs", "processes (torchrun); default: one per GPU, else 1", 1, 64),
-        RunParam("mem_mb", "memory limit in MB", 64, 4_194_304),
-        RunParam("cpus", "CPU limit (cores)", 0.1, 512, integer=False),
-    )
-}
+from assistant.recipes.catalog import Entry
+from assistant.recipes.run_params import RUN_PARAMS, RunParam
 
 
 @dataclass(frozen=True)

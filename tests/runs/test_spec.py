@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from assistant.errors import CommandError
-from assistant.runs.catalog import RecipeCatalog
+from assistant.recipes.catalog import RecipeCatalog
 from assistant.runs.spec import build_spec
 
 BUILT_IN = RecipeCatalog(Path("/nonexistent/recipes.toml"), allowed_roots=(), secrets_dir=Path())

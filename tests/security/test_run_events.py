@@ -21,7 +21,7 @@ from assistant.config import Settings
 from assistant.jobs.declared_run import DeclaredJob, OutputFollower
 from assistant.jobs.protocol import EventWriter
 from assistant.orchestrator import Orchestrator
-from assistant.recipes_file import check_text
+from assistant.recipes.loader import check_text
 from assistant.runs import rundir
 from assistant.runs.bench_report import load_results
 from assistant.runs.events import MAX_LINE, parse_line, read_new

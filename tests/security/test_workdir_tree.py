@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from assistant import recipes_file
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from assistant.recipes_file import check_workdir
+from assistant.recipes import workdir as workdir_policy
+from assistant.recipes.workdir import check_workdir
 from assistant.runs.process_runner import ProcessRunner
 from tests.assistant.recording import RecordingChannel
-from tests.recipes_file.recipes_support import make_host
+from tests.recipes.recipes_support import make_host
 from tests.runs.test_declared_flow import declare
 from tests.runs.test_run_flow import ADMIN, RUN_ID
 
@@ -73,7 +73,7 @@ def test_a_symlink_named_like_a_credential_is_refused_and_never_followed(tmp_pat
     outside = tmp_path / "outside"
     (outside / ".aws").mkdir(parents=True)
     (project / "link").symlink_to(outside)  # followed, it would find .aws
-    found, trouble = recipes_file.credentials_in_tree(project)
+    found, trouble = workdir_policy.credentials_in_tree(project)
     assert found == [Path("sub/id_rsa")] and trouble is None
 
 
@@ -83,7 +83,7 @@ def test_a_tree_too_large_to_check_is_refused(tmp_path: Path) -> None:
     project.mkdir()
     for i in range(30):
         (project / f"f{i}.txt").write_text("")
-    found, trouble = recipes_file.credentials_in_tree(project, max_entries=20)
+    found, trouble = workdir_policy.credentials_in_tree(project, max_entries=20)
     assert found == []
     assert trouble is not None and "more than 20 files and folders" in trouble
 
@@ -92,9 +92,9 @@ def test_a_tree_too_deep_to_check_is_refused(tmp_path: Path) -> None:
     host = make_host(tmp_path)
     project = host.root / "project"
     (project / "1" / "2" / "3" / "4").mkdir(parents=True)
-    _, trouble = recipes_file.credentials_in_tree(project, max_depth=2)
+    _, trouble = workdir_policy.credentials_in_tree(project, max_depth=2)
     assert trouble is not None and "more than 2 folders deep" in trouble
-    assert recipes_file.credentials_in_tree(project, max_depth=4) == ([], None)
+    assert workdir_policy.credentials_in_tree(project, max_depth=4) == ([], None)
 
 
 def test_check_workdir_reports_the_deep_file(tmp_path: Path) -> None:

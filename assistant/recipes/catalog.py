@@ -15,7 +15,7 @@ from pathlib import Path
 from assistant.errors import CommandError
 from assistant.jobs.declared import DeclaredRecipe, recipe_info
 from assistant.jobs.recipes import RECIPES, RecipeInfo
-from assistant.recipes_file import Problem, load_recipes
+from assistant.recipes.loader import Problem, load_recipes
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,18 @@
-"""`assistant recipes check`: what an admin runs after editing recipes.toml.
+"""`assistant recipes check` and `assistant recipes schema`: an admin's tools for recipes.toml.
 
-The same checks the service applies when it loads the file, printed like a compiler's
-messages (`path:line: message`), so an editor can jump to each one.
+`check` applies the same checks the service applies when it loads the file, printed like a
+compiler's messages (`path:line: message`), so an editor can jump to each one. `schema`
+prints the file's JSON Schema, which an editor uses to check the file as it is typed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from assistant.recipes_file import load_recipes
+from assistant.recipes.loader import load_recipes
+from assistant.recipes.model import json_schema
 
 
 def check_file(
@@ -40,3 +43,8 @@ def check_file(
 
 def _count(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def schema_text() -> str:
+    """The JSON Schema as docs/recipes.schema.json holds it."""
+    return json.dumps(json_schema(), indent=2) + "\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from recipes_support import Host
 
-from assistant.recipes_check import check_file
+from assistant.recipes.check import check_file
 
 _TWO_GOOD = """\
 [recipes.beta]

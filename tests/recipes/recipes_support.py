@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import assistant.recipes_file
-from assistant.recipes_file import LoadResult, load_recipes
+import assistant.recipes.model
+from assistant.recipes.loader import LoadResult, load_recipes
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ def make_host(base: Path) -> Host:
 
 
 def documented_example(workdir: Path) -> str:
-    """The full example in assistant/recipes_file.py's docstring, pointed at `workdir`."""
-    doc = assistant.recipes_file.__doc__ or ""
+    """The full example in assistant/recipes/model.py's docstring, pointed at `workdir`."""
+    doc = assistant.recipes.model.__doc__ or ""
     match = re.search(r"```toml\n(.*?)```", doc, re.DOTALL)
     assert match is not None
     return match.group(1).replace("/srv/ml/nanoGPT", str(workdir))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from recipes_support import Host
 
-from assistant.recipes_file import blocked_component, check_workdir
+from assistant.recipes.workdir import blocked_component, check_workdir
 
 
 def _recipe(workdir: Path | str) -> str:

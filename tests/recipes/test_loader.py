@@ -10,15 +10,10 @@ from recipes_support import Host, documented_example
 
 from assistant.jobs.declared import DeclaredRecipe, ProgressRules, ResumeRule
 from assistant.jobs.recipes import Param
-from assistant.recipes_file import (
-    RUN_PARAM_NAMES,
-    LoadResult,
-    Problem,
-    _KeyLines,
-    load_recipes,
-    parse_time_limit,
-)
-from assistant.runs.spec import RUN_PARAMS
+from assistant.recipes.lines import KeyLines
+from assistant.recipes.loader import LoadResult, Problem, load_recipes
+from assistant.recipes.model import RUN_PARAM_NAMES, parse_time_limit
+from assistant.recipes.run_params import RUN_PARAMS
 
 
 def _lines(result: LoadResult) -> list[tuple[int | None, str]]:
@@ -519,6 +514,20 @@ location = "workdir"
     ]
 
 
+def test_the_key_metric_may_come_from_a_metrics_regex(host: Host) -> None:
+    text = """\
+[recipes.r]
+command = ["a"]
+key_metric = "val_loss"
+[recipes.r.progress]
+progress = ['iter (?P<step>\\d+): loss (?P<loss>[\\d.]+)']
+metrics = ['val loss (?P<val_loss>[\\d.]+)']
+"""
+    result = host.load(text)
+    assert result.problems == []
+    assert result.recipes["r"].key_metric == "val_loss"
+
+
 def test_workdir_placeholder_needs_a_workdir(host: Host) -> None:
     result = host.load('[recipes.r]\ncommand = ["a", "{workdir}/x"]\n')
     assert _lines(result) == [
@@ -576,7 +585,7 @@ env = [
 total = 1979-05-27 07:32:00
 key = "\\"quoted\\" = x"
 """
-    lines = _KeyLines.scan(text)
+    lines = KeyLines.scan(text)
     path = ("recipes", "q.r")
     assert lines.line(path) == 2
     assert lines.line((*path, "summary")) == 3
