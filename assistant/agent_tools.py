@@ -23,7 +23,7 @@ from anthropic.types import ToolParam
 
 from assistant.errors import CommandError
 from assistant.jobs.recipes import RECIPES
-from assistant.recipes.model import RECIPE_NAME
+from assistant.recipes.rules import RECIPE_NAME
 from assistant.redaction import Redactor, truncate
 from assistant.reply import Reply
 from commands import build_router

@@ -23,22 +23,16 @@ from pydantic_core import ErrorDetails
 from assistant.jobs.declared import DeclaredRecipe
 from assistant.recipes.lines import KeyLines, KeyPath
 from assistant.recipes.model import (
-    LABEL,
-    PARAM,
-    WHERE,
     BoolParam,
     FloatParam,
-    Host,
     IntParam,
     Progress,
     Recipe,
-    RecipeName,
     RecipesFile,
     Resume,
     StrParam,
-    kind_of,
-    suggest,
 )
+from assistant.recipes.rules import LABEL, PARAM, WHERE, Host, RecipeName, kind_of, suggest
 from assistant.recipes.workdir import resolve
 
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")

@@ -19,7 +19,7 @@ from assistant.errors import CommandError
 from assistant.hoststats import HostStats
 from assistant.jobs.bench.profiles import check_model_name, check_url, profiles_from_params
 from assistant.jobs.recipes import BENCH_SERVE, ParamError, validate_params
-from assistant.recipes.model import IMAGE_REF
+from assistant.recipes.rules import IMAGE_REF
 from assistant.recipes.run_params import RUN_PARAMS
 from assistant.runs.spec import RunSpec, parse_assignments
 

@@ -12,7 +12,7 @@ from assistant.jobs.declared import DeclaredRecipe, ProgressRules, ResumeRule
 from assistant.jobs.recipes import Param
 from assistant.recipes.lines import KeyLines
 from assistant.recipes.loader import LoadResult, Problem, load_recipes
-from assistant.recipes.model import RUN_PARAM_NAMES, parse_time_limit
+from assistant.recipes.rules import RUN_PARAM_NAMES, parse_time_limit
 from assistant.recipes.run_params import RUN_PARAMS
 
 
