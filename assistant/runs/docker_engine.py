@@ -1,8 +1,9 @@
 """One Docker engine (local socket, tcp:// or ssh://), and every call to it bounded.
 
-docker-py is blocking (requests), so each call runs in a thread, under two bounds: the
-request's own socket timeout (`call_timeout_s`, 4 s) and the wait for its thread (1 s
-more). An engine that does not answer (socket gone, refused, reset, or black-holed: it
+docker-py is blocking (requests), so each call runs in a thread of the engine's own pool
+(a hung engine never holds the threads the rest of the service uses), under two bounds:
+the request's own socket timeout (`call_timeout_s`, 4 s) and the wait for its thread (1 s
+more); a call still queued when its caller gave up is never made. An engine that does not answer (socket gone, refused, reset, or black-holed: it
 accepts and never answers) raises `EngineUnavailable` naming its address within those
 ~5 s, never docker-py's default 60; an engine that answered "no" raises `RunStartError`
 with its reason. Raw requests/docker/OS exceptions never leave this module.
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +42,7 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 INSTANCE_LABEL = "assistant.instance"
 CALL_TIMEOUT_S = ENGINE_CALL_S - 1  # the socket's; the thread's wait adds 1 s
 START_TIMEOUT_S = 30.0
+ENGINE_THREADS = 8  # calls in flight to one engine; more wait (within their bound)
 
 _SCHEMES = ("unix", "tcp", "ssh")
 _FORMS = "unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]"
@@ -143,6 +147,7 @@ class DockerEngine:
         self._use_ssh_client = use_ssh_client
         self._clients: _Clients | None = None
         self._connect_lock = asyncio.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def url(self) -> str:
@@ -254,9 +259,13 @@ class DockerEngine:
             raise self._unavailable(str(exc)) from None
 
     async def aclose(self) -> None:
+        """Close the clients and let the threads go; a later call starts afresh."""
         if self._clients is not None:
             clients, self._clients = self._clients, None
             await asyncio.to_thread(clients.close)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=False)  # a call still in flight ends by its own timeout
 
     async def _bounded(
         self,
@@ -278,11 +287,27 @@ class DockerEngine:
             raise self._unavailable(f"no answer within {bound_s:g} s") from None
 
     async def _in_thread(self, fn: Callable[[], T], image: str | None = None) -> T:
-        """Run `fn` in a thread; a result that comes after we stopped waiting is closed."""
-        task = asyncio.ensure_future(asyncio.to_thread(fn))
+        """Run `fn` in one of the engine's threads; a late result is closed.
+
+        The engine's own pool: calls stuck on an engine that does not answer never hold
+        the threads the rest of the service runs blocking work in.
+        """
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="docker-engine")
+        given_up = threading.Event()
+
+        def unless_given_up() -> T:
+            # A call still waiting for a thread when its caller gave up is never made: the
+            # caller was told the engine did not answer, and a kill must not land later.
+            if given_up.is_set():
+                raise _GivenUp
+            return fn()
+
+        task = asyncio.get_running_loop().run_in_executor(self._pool, unless_given_up)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
+            given_up.set()
             task.add_done_callback(_discard)
             raise
         except docker.errors.ImageNotFound as exc:
@@ -311,6 +336,10 @@ class DockerEngine:
                 f"restart dockerd), or launch without GPUs ({text})"
             )
         return f"the Docker engine at {self.url} refused: {text}"
+
+
+class _GivenUp(Exception):
+    """A queued call whose caller stopped waiting: not made."""
 
 
 def _discard(task: asyncio.Future[Any]) -> None:

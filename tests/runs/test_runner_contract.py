@@ -80,11 +80,15 @@ def test_both_runners_are_runners_to_mypy() -> None:
 
 
 def make_runner(kind: str, runs_dir: Path, docker_host: str) -> Runner:
-    if kind == "docker":
-        return DockerRunner(docker_host, image=RUN_IMAGE)
+    if kind == "docker":  # an instance of its own: other tests' containers are not ours
+        return DockerRunner(docker_host, image=RUN_IMAGE, instance=_instance())
     if kind == "process":
         return ProcessRunner(runs_dir, python=sys.executable)
     raise AssertionError(f"no runner for {kind}")
+
+
+def _instance() -> str:
+    return f"contract-{secrets.token_hex(4)}"
 
 
 @pytest.fixture(params=ENGINES)
@@ -273,7 +277,7 @@ async def proxy(docker_engine: docker.DockerClient) -> AsyncIterator[EngineProxy
 
 @pytest.fixture
 async def behind(proxy: EngineProxy) -> AsyncIterator[DockerRunner]:
-    runner = DockerRunner(proxy.url, image=RUN_IMAGE)
+    runner = DockerRunner(proxy.url, image=RUN_IMAGE, instance=_instance())
     await runner.connect()
     try:
         yield runner
@@ -361,7 +365,7 @@ async def test_a_runner_never_connected_fails_fast_on_a_black_hole(
     proxy: EngineProxy, tmp_path: Path
 ) -> None:
     await proxy.black_hole()
-    runner = DockerRunner(proxy.url, image=RUN_IMAGE)
+    runner = DockerRunner(proxy.url, image=RUN_IMAGE, instance=_instance())
     request = launch_request(runner, tmp_path / "runs", "sleep")
     elapsed, exc = await timed(lambda: runner.launch(request))
     assert isinstance(exc, EngineUnavailable) and proxy.url in str(exc), exc
