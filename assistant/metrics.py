@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -42,9 +42,40 @@ from assistant.runs.lifecycle import ACTIVE
 from storage.timestamps import from_iso
 
 if TYPE_CHECKING:
-    from assistant.services import Services
+    from assistant.channels.base import Channel
+    from assistant.observability import EventLog
+    from assistant.queue import GroupQueue
+    from assistant.runs.monitor import RunMonitor
+    from assistant.scheduler import TaskScheduler
+    from storage.db import Database
 
 log = logging.getLogger(__name__)
+
+
+class Scraped(Protocol):
+    """What a scrape reads of the running service; `Services` is one.
+
+    Named here, not imported, so the services bag (which holds a `Metrics`) and this
+    module do not depend on each other.
+    """
+
+    @property
+    def db(self) -> Database: ...
+    @property
+    def log(self) -> EventLog: ...
+    @property
+    def queue(self) -> GroupQueue: ...
+    @property
+    def scheduler(self) -> TaskScheduler: ...
+    @property
+    def monitor(self) -> RunMonitor: ...
+    @property
+    def channels(self) -> Sequence[Channel]: ...
+    @property
+    def host(self) -> HostStats: ...
+    @property
+    def started_at(self) -> datetime: ...
+
 
 MAX_RUN_SERIES = 50  # active runs that get their own series; the rest are only counted
 MAX_RECIPES = 50  # recipe label values (built-in and declared); the rest are `other`
@@ -573,7 +604,7 @@ class Metrics:
         if not ok:
             self.command_errors.labels(label).inc()
 
-    async def exposition(self, services: Services) -> bytes:
+    async def exposition(self, services: Scraped) -> bytes:
         """The text format of every series, as Prometheus reads it.
 
         Scrapes run one at a time: the collector holds one scrape's figures while the
@@ -592,7 +623,7 @@ class Metrics:
             finally:
                 self._scrape.snapshot = None
 
-    def handler(self, services: Services) -> Callable[[web.Request], Any]:
+    def handler(self, services: Scraped) -> Callable[[web.Request], Any]:
         """The aiohttp handler for `GET /metrics`."""
 
         async def metrics(request: web.Request) -> web.Response:
@@ -608,7 +639,7 @@ def _render(registry: CollectorRegistry, snapshot: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-async def gather(services: Services, usage_after: int = 0) -> Snapshot:
+async def gather(services: Scraped, usage_after: int = 0) -> Snapshot:
     """A scrape's figures: one read on the db thread, the rest copied from memory."""
     try:
         stored: StoredFigures | None = await services.db.read_sync(read_stored, usage_after)
