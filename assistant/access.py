@@ -5,8 +5,8 @@ Admins are the local console, ASSISTANT_ADMIN_CHATS, and chats granted from an a
 chat. The grants are cached here so the check on every message costs no query.
 
 The same two checks (`may_command`, `may_talk`) decide for a live message and for a
-scheduled task at the moment it fires (`TaskRights`): a task never keeps the rights its
-chat had when it was added.
+scheduled task at the moment it fires (`commands/task_rights.py`): a task never keeps the
+rights its chat had when it was added.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from assistant.channels.base import IncomingMessage
-from assistant.scheduler import Refusal
-from commands.registry import CommandRouter, looks_like_command
 from storage.chats import Chat, ChatRepo
 
 LOCAL_ADMIN_CHAT = "local:console"
@@ -79,47 +77,6 @@ class Access:
         chat = await self._chats.grant(chat_id, admin=admin, allowed=allowed, reply_mode=reply_mode)
         self._grants[chat_id] = _grant(chat)
         return chat
-
-
-class TaskRights:
-    """What a scheduled task may do: asked when it is added, and again each time it fires.
-
-    A command needs its chat to be an admin chat at that moment, a prompt needs its chat
-    allowed to talk (the model then gets tools only in an admin chat, as for a live
-    message). Some commands are never run by a task at all; that rule lives on the
-    command's registry entry (`Guard`).
-    """
-
-    def __init__(self, access: Access, router: CommandRouter) -> None:
-        self._access = access
-        self._router = router
-
-    def unscheduled(self, what: str) -> str | None:
-        """Why `what` may never be scheduled, or None."""
-        return self._router.rules(what).unscheduled
-
-    def refusal(self, chat_id: str, what: str) -> Refusal | None:
-        """Why a task of `chat_id` that runs `what` may not act now, or None."""
-        never = self.unscheduled(what)
-        if never is not None:
-            return Refusal(never)
-        if looks_like_command(what):
-            if not self._access.may_command(chat_id):
-                return Refusal(
-                    f"{chat_id} is not an admin chat now, and a scheduled command needs one"
-                    " when it runs",
-                    "admin",
-                )
-        elif not self._access.may_talk(chat_id):
-            return Refusal(
-                f"{chat_id} may not talk to the assistant now, and a scheduled prompt needs"
-                " that when it runs",
-                "allow",
-            )
-        return None
-
-    def admin_chats(self) -> list[str]:
-        return self._access.admin_chats()
 
 
 def _grant(chat: Chat) -> _Grant:

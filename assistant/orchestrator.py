@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
-from assistant.access import Access, TaskRights
+from assistant.access import Access
 from assistant.agent import Agent, OfflineAgent
 from assistant.channels.base import Channel, IncomingMessage
 from assistant.channels.factory import platform_channels
@@ -47,6 +47,7 @@ from commands.registry import (
     looks_like_command,
     parse_command,
 )
+from commands.task_rights import TaskRights
 from storage.chats import ChatRepo
 from storage.db import Database
 from storage.kv import KeyValue

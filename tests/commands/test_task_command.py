@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from assistant.access import Access, TaskRights
+from assistant.access import Access
 from assistant.clock import Clock, ManualClock
 from assistant.config import Settings
 from assistant.errors import CommandError
@@ -20,6 +20,7 @@ from assistant.redaction import Redactor
 from assistant.scheduler import TaskScheduler
 from commands import build_router
 from commands.registry import CommandContext, parse_command
+from commands.task_rights import TaskRights
 from commands.tasks import USAGE, format_task_list, task_command
 from storage.chats import ChatRepo
 from storage.db import Database

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 from scheduler_support import CHAT, START, Harness, MakeHarness, RecordingRunner, make_settings
 
-from assistant.access import Access, TaskRights
+from assistant.access import Access
 from assistant.clock import Clock, ManualClock
 from assistant.observability import EventLog
 from assistant.redaction import Redactor
 from assistant.scheduler import TaskScheduler
 from commands import build_router
+from commands.task_rights import TaskRights
 from storage.chats import ChatRepo
 from storage.db import Database
 from storage.tasks import TaskRepo
