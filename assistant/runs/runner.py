@@ -28,18 +28,12 @@ engine answered "no".
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 RunnerKind = Literal["docker", "process"]
-# An image reference: [registry[:port]/]name[/name...][:tag][@sha256:digest]
-IMAGE_REF = re.compile(
-    r"(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
-)
 # How long one ordinary engine call may take before the engine counts as not answering.
 ENGINE_CALL_S = 5.0
 
