@@ -3,10 +3,11 @@
 docker-py is blocking (requests), so each call runs in a thread of the engine's own pool
 (a hung engine never holds the threads the rest of the service uses), under two bounds:
 the request's own socket timeout (`call_timeout_s`, 4 s) and the wait for its thread (1 s
-more); a call still queued when its caller gave up is never made. An engine that does not answer (socket gone, refused, reset, or black-holed: it
-accepts and never answers) raises `EngineUnavailable` naming its address within those
-~5 s, never docker-py's default 60; an engine that answered "no" raises `RunStartError`
-with its reason. Raw requests/docker/OS exceptions never leave this module.
+more); a call still queued when its caller gave up is never made. An engine that does not
+answer (socket gone, refused, reset, or black-holed: it accepts and never answers) raises
+`EngineUnavailable` naming its address and why in a few words within those ~5 s, never
+docker-py's default 60; an engine that answered "no" raises `RunStartError` with its
+reason. Raw requests/docker/OS exceptions never leave this module.
 
 The one slower call is a container's start, which runs the GPU runtime's hook: it gets
 `START_TIMEOUT_S`, and only after a create the engine answered within the ordinary bound.
@@ -17,6 +18,7 @@ Image builds are not engine calls here: they run deploy/build-images.sh in the b
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -318,7 +320,7 @@ class DockerEngine:
         except docker.errors.APIError as exc:
             raise RunStartError(self.explain(exc)) from exc
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise self._unavailable(_first_line(exc)) from exc
+            raise self._unavailable(_reason(exc)) from exc
 
     def _unavailable(self, why: str) -> EngineUnavailable:
         return EngineUnavailable(
@@ -361,6 +363,23 @@ def _probe_socket(path: str, timeout_s: float) -> None:
         sock.connect(path)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    """Why the engine did not answer, in a few words (docker-py nests the cause deep)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(e) for e in chain)
+    lowered = text.lower()
+    if any(isinstance(e, TimeoutError | requests.Timeout) for e in chain) or "timed out" in lowered:
+        found = re.search(r"timeout=([\d.]+)", text)
+        return f"no answer within {float(found.group(1)):g} s" if found else "no answer in time"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in lowered:
+        return "connection refused"
+    if any(isinstance(e, FileNotFoundError) for e in chain) or "no such file" in lowered:
+        return "no socket there"
+    if "reset" in lowered or "aborted" in lowered or "disconnected" in lowered:
+        return "connection reset"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first if len(first) <= 120 else first[:119] + "…"

@@ -229,8 +229,12 @@ async def test_unreachable_engine_names_the_address(tmp_path: Path) -> None:
     runner = DockerRunner(f"unix://{sock}")
     assert runner.description == f"docker at unix://{sock} (not connected yet)"
     request = make_request(tmp_path, "assistant-run:latest", {"action": "exit", "code": 0})
-    with pytest.raises(EngineUnavailable, match=f"no Docker engine answers at unix://{sock}"):
+    with pytest.raises(EngineUnavailable) as info:
         await runner.launch(request)
+    assert str(info.value) == (
+        f"no Docker engine answers at unix://{sock} (no socket there); start one with"
+        " `scripts/docker-engine up`, or set DOCKER_HOST"
+    )
 
 
 @pytest.mark.parametrize(

@@ -322,14 +322,15 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, BaseExceptio
 
 
 async def all_unavailable(
-    calls: dict[str, Callable[[], Awaitable[Any]]], url: str
+    calls: dict[str, Callable[[], Awaitable[Any]]], url: str, why: str
 ) -> dict[str, float]:
-    """Every call at once: each raises EngineUnavailable naming `url`, within BOUND_S."""
+    """Every call at once: each raises EngineUnavailable naming `url` and `why`, within
+    BOUND_S."""
     outcomes = await asyncio.gather(*(timed(call) for call in calls.values()))
     took: dict[str, float] = {}
     for name, (elapsed, exc) in zip(calls, outcomes, strict=True):
         assert isinstance(exc, EngineUnavailable), f"{name}: {exc!r}"
-        assert url in str(exc), f"{name}: {exc}"
+        assert f"answers at {url} ({why}" in str(exc), f"{name}: {exc}"
         assert elapsed < BOUND_S, f"{name} took {elapsed:.1f} s"
         took[name] = elapsed
     return took
@@ -352,7 +353,8 @@ async def test_every_engine_call_fails_fast_and_works_again(
     request = launch_request(behind, tmp_path / "runs", "sleep")
 
     await getattr(proxy, fault)()
-    took = await all_unavailable(every_call(behind, running, request), proxy.url)
+    why = {"cut": "no socket there", "black_hole": "no answer within"}[fault]
+    took = await all_unavailable(every_call(behind, running, request), proxy.url, why)
     assert max(took.values()) < BOUND_S
 
     await proxy.restore()
