@@ -216,7 +216,7 @@ def _plain(loc: KeyPath) -> KeyPath:
 
 def _fill(text: str, base: KeyPath, loc: KeyPath) -> str:
     what, where = _label(base, loc)
-    param = str(loc[1]) if len(loc) > 1 and loc[0] == "params" else ""
+    param = str(loc[1]) if len(loc) > 1 and loc[0] in ("params", "secrets") else ""
     return text.replace(LABEL, f"{what} {where}").replace(WHERE, where).replace(PARAM, param)
 
 
@@ -228,7 +228,7 @@ def _table(
     `inside`: `loc` is itself the table (an unknown or missing key of it).
     """
     if not base:
-        return "at the top level", RecipesFile, loc
+        return ("at the top level" if inside else ""), RecipesFile, loc
     recipe = f"recipe {base[1]!r}"
     least = 1 if inside else 2
     if len(loc) >= 2 and loc[0] == "params":
@@ -243,16 +243,18 @@ def _table(
 def _label(base: KeyPath, loc: KeyPath) -> tuple[str, str]:
     """("command[2]", "in recipe 'r'"): what a message is about, and where that is."""
     where, _model, rest = _table(base, loc)
+    if not loc:
+        return f"recipe {base[1]!r}", ""
     if not rest:
-        return (str(loc[-1]) if loc else "recipe"), where
-    if rest[0] == "resume" and len(rest) > 2:
-        return f"resume args[{rest[2]}]", where
+        return str(loc[-1]), where
+    if rest[:2] == ("resume", "args"):
+        return ("resume args" if len(rest) < 3 else f"resume args[{rest[2]}]"), where
     if rest[0] == "choices" and len(rest) > 1:
         return f"choice {rest[1]}", where
     if rest[0] == "env" and len(rest) > 1:
         return f"env {rest[1]}", where
     if rest[0] == "secrets" and len(rest) > 1:
-        return str(rest[1]), where
+        return f"secret for {rest[1]}", where
     if len(rest) > 1 and isinstance(rest[1], int):
         return f"{rest[0]}[{rest[1]}]", where
     return str(rest[-1]), where
@@ -297,13 +299,17 @@ def _message(err: ErrorDetails, base: KeyPath, loc: KeyPath, ctx: dict[str, Any]
         )
     what, where = _label(base, loc)
     if kind == "expected":
-        return f"{what} {where} must be {ctx['expected']}, got {_shown(value)}"
+        return _join(what, where, f"must be {ctx['expected']}, got {_shown(value)}")
     if loc and loc[0] == "params" and len(loc) == 2:
         expected = 'a table like { type = "int", default = 1 }'
         return f"parameter {loc[1]!r} in recipe {recipe} must be {expected}, got {_shown(value)}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{what} {where} must be a table, got {_shown(value)}"
-    return f"{what} {where}: {err['msg']}"
+        return _join(what, where, f"must be a table, got {_shown(value)}")
+    return f"{_join(what, where)}: {err['msg']}"
+
+
+def _join(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
 
 
 def _shown(value: object) -> str:

@@ -62,7 +62,7 @@ PARAM_TYPES: dict[str, ParamType] = {"int": int, "float": float, "str": str, "bo
 # recipe 'r'"): a validator of one list item does not know its index, the loader does.
 LABEL = "\x00label\x00"
 WHERE = "\x00where\x00"
-PARAM = "\x00param\x00"  # and here the name of the parameter (a table does not know its key)
+PARAM = "\x00param\x00"  # and the key of a parameter or secret (a value does not know it)
 
 
 @dataclass
@@ -298,7 +298,7 @@ def secret_check(secret: str, info: ValidationInfo) -> str:
             "(a file name in the secrets directory, no '..')"
         )
     if not (host.secrets_dir / secret).is_file():
-        problem(f"secret {secret!r} not found in {host.secrets_dir} (for {WHERE})")
+        problem(f"secret {secret!r} not found in {host.secrets_dir} (for {PARAM} {WHERE})")
     return secret
 
 

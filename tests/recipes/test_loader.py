@@ -273,6 +273,13 @@ _GOOD = '[recipes.r]\ncommand = ["python", "t.py", "--n={n}"]\nparams.n = { type
         ('env = { lower = "x" }\n', 4, "env name 'lower' in recipe 'r' must be uppercase"),
         ("env = { A = 1 }\n", 4, "env A in recipe 'r' must be a string, got an integer 1"),
         ('secrets = { HF = "nope" }\n', 4, "secret 'nope' not found in "),
+        ("secrets = { HF = 3 }\n", 4, "secret for HF in recipe 'r' must be a secret's file name"),
+        (
+            '[recipes.r.resume]\ncheckpoints = "*.pt"\nargs = "x"\n',
+            6,
+            "resume args in recipe 'r' must be an array of strings (one per argument)",
+        ),
+        ("[recipes.r.progress]\nprogress = [3]\n", 5, "progress[0] in the progress rules of"),
         ('secrets = { HF = "../hf_token" }\n', 4, "secret name '../hf_token' in recipe 'r' must"),
         (
             'env = { HF_TOKEN = "x" }\nsecrets = { HF_TOKEN = "hf_token" }\n',
@@ -426,6 +433,12 @@ def test_recipe_names(host: Host, name: str, message: str) -> None:
     result = host.load(f'\n[recipes.{name}]\ncommand = ["a"]\n')
     assert result.recipes == {}
     assert [(p.line, message in p.message) for p in result.problems] == [(2, True)]
+
+
+def test_a_recipe_that_is_not_a_table(host: Host) -> None:
+    result = host.load('[recipes]\nr = 3\n[recipes.q]\ncommand = ["a"]\n')
+    assert list(result.recipes) == ["q"]
+    assert _lines(result) == [(2, "recipe 'r' must be a table, got an integer 3")]
 
 
 def test_quoted_names_and_dashes(host: Host) -> None:
