@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from assistant.jobs.recipes import Param, ParamType, RecipeInfo
+from assistant.jobs.recipes import Param, ParamType
 
 # Placeholders the host fills in; a parameter may not take one of these names.
 BUILTIN_FIELDS = ("gpus", "nproc", "run_dir", "workdir", "checkpoint")
@@ -123,25 +123,6 @@ def render_args(templates: Sequence[str], values: Mapping[str, str]) -> list[str
     :raises ValueError, KeyError: as `render`.
     """
     return [render(t, values) for t in templates]
-
-
-def recipe_info(recipe: DeclaredRecipe) -> RecipeInfo:
-    """The registry's view of a declared recipe, so `validate_params` checks chat input.
-
-    `module` is empty (a declared recipe runs its own command); `total_param` is empty
-    when the total is fixed or unknown.
-    """
-    total = recipe.progress.total
-    return RecipeInfo(
-        name=recipe.name,
-        summary=recipe.summary,
-        module="",
-        params=recipe.params,
-        total_param=total if isinstance(total, str) else "",
-        key_metric=recipe.key_metric,
-        key_metric_mode=recipe.key_metric_mode,
-        supports_resume=recipe.resume is not None,
-    )
 
 
 def to_json(recipe: DeclaredRecipe) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.errors import CommandError
-from assistant.jobs.declared import DeclaredRecipe, recipe_info
+from assistant.jobs.declared import DeclaredRecipe
 from assistant.jobs.recipes import RECIPES, RecipeInfo
 from assistant.recipes.loader import Problem, load_recipes
 
@@ -120,3 +120,22 @@ class RecipeCatalog:
 
     def names(self) -> list[str]:
         return [e.info.name for e in self.entries()]
+
+
+def recipe_info(recipe: DeclaredRecipe) -> RecipeInfo:
+    """The registry's view of a declared recipe, so `validate_params` checks chat input.
+
+    `module` is empty (a declared recipe runs its own command); `total_param` is empty
+    when the total is fixed or unknown.
+    """
+    total = recipe.progress.total
+    return RecipeInfo(
+        name=recipe.name,
+        summary=recipe.summary,
+        module="",
+        params=recipe.params,
+        total_param=total if isinstance(total, str) else "",
+        key_metric=recipe.key_metric,
+        key_metric_mode=recipe.key_metric_mode,
+        supports_resume=recipe.resume is not None,
+    )

@@ -14,13 +14,13 @@ from assistant.jobs.declared import (
     DeclaredRecipe,
     ProgressRules,
     from_json,
-    recipe_info,
     render,
     render_args,
     template_fields,
     to_json,
 )
 from assistant.jobs.recipes import Param, ParamError, validate_params
+from assistant.recipes.catalog import recipe_info
 
 
 @pytest.mark.parametrize(
