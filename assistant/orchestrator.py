@@ -32,12 +32,10 @@ from assistant.pruner import Pruner
 from assistant.queue import GroupQueue
 from assistant.redaction import Redactor
 from assistant.reply import Reply
-from assistant.runs.manager import RunManager
-from assistant.runs.monitor import RunMonitor
 from assistant.runs.runner import Runner
 from assistant.runs.select import choose_runner, gpu_inventory
 from assistant.scheduler import TaskScheduler
-from assistant.services import Services, shared_redactor
+from assistant.services import Services, build_runs, shared_redactor
 from assistant.tracing import start_tracing, stop_tracing
 from commands import build_router
 from commands.registry import (
@@ -126,7 +124,7 @@ class Orchestrator:
         rights = TaskRights(access, self.router)  # a task's rights, checked when it fires
         scheduler = TaskScheduler(TaskRepo(db), event_log, settings, self.clock, self, rights)
         agent = self._agent or self._model_agent(db, event_log)
-        run_manager = RunManager(
+        run_manager, run_monitor = build_runs(
             RunRepo(db, redactor),
             runner,
             event_log,
@@ -134,7 +132,7 @@ class Orchestrator:
             self.clock,
             self.send,
             inventory,
-            show_progress=self.show_progress,
+            self.show_progress,
         )
         self.services = Services(
             settings=settings,
@@ -152,7 +150,7 @@ class Orchestrator:
             started_at=self.clock.now(),
             send=self.send,
             runs=run_manager,
-            monitor=RunMonitor(run_manager),
+            monitor=run_monitor,
             redactor=redactor,
             metrics=Metrics(self.router.commands),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from assistant.queue import GroupQueue
 from assistant.redaction import Redactor
 from storage.chats import ChatRepo
 from storage.db import Database
+from storage.runs import RunRepo
 
 if TYPE_CHECKING:
     from assistant.http_server import HttpServer
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from assistant.reply import Reply
     from assistant.runs.manager import RunManager
     from assistant.runs.monitor import RunMonitor
+    from assistant.runs.report import ShowProgress
+    from assistant.runs.runner import Runner
     from assistant.scheduler import TaskScheduler
     from commands.registry import CommandRouter
 
@@ -57,6 +61,53 @@ class Services:
     # the HTTP listener (/healthz, /metrics); None when ASSISTANT_HTTP=off. Routes are
     # added before the orchestrator starts it, once every service above exists.
     http: HttpServer | None = None
+
+
+def build_runs(
+    repo: RunRepo,
+    runner: Runner,
+    event_log: EventLog,
+    settings: Settings,
+    clock: Clock,
+    send: SendFn,
+    gpu_inventory: list[int],
+    show_progress: ShowProgress | None,
+) -> tuple[RunManager, RunMonitor]:
+    """The run manager and the monitor, each given what it uses.
+
+    They share the one `Lifecycle` (the only writer of a run's state) and an event the
+    manager sets at each launch, which wakes the monitor to read the new run at once.
+    """
+    from assistant.runs.manager import RunManager
+    from assistant.runs.monitor import RunMonitor
+
+    launched = asyncio.Event()
+    manager = RunManager(
+        repo,
+        runner,
+        event_log,
+        settings,
+        clock,
+        send,
+        gpu_inventory,
+        show_progress=show_progress,
+        launched=launched,
+    )
+    monitor = RunMonitor(
+        repo,
+        runner,
+        manager.lifecycle,
+        event_log,
+        send,
+        settings,
+        clock,
+        dispatch=manager.dispatch,
+        wake=launched,
+        engine=manager.engine,
+        signals=manager.signals,
+        show_progress=show_progress,
+    )
+    return manager, monitor
 
 
 def shared_redactor(settings: Settings) -> Redactor:

@@ -17,6 +17,7 @@ from assistant.runs.bench_spec import build_bench_spec, hardware_label
 from assistant.runs.lifecycle import ACTIVE
 from assistant.runs.monitor import Live, key_metric, run_numbers
 from assistant.runs.report import eta, log_tail, number
+from assistant.runs.signals import pending
 from assistant.runs.spec import build_spec, recipe_help
 from commands.formatting import time_ago
 from commands.registry import (
@@ -146,18 +147,33 @@ async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str | Reply:
     if sub == "logs":
         return _logs(ctx, run, rest[1:])
     if sub == "stop":
-        run = await manager.stop(run, ctx.event_id)
-        return f"Run {run.id}: {run.state}." + (
-            " It checkpoints, then stops; the report follows." if run.state == "stopping" else ""
-        )
+        return halt_text(await manager.stop(run, ctx.event_id))
     if sub == "pause":
-        run = await manager.pause(run, ctx.event_id)
-        return f"Run {run.id}: pausing — it checkpoints, then frees its GPUs."
+        return halt_text(await manager.pause(run, ctx.event_id))
     if sub == "resume":
         run = await manager.resume(run, ctx.event_id)
         return f"Run {run.id} resumes from {run.checkpoint} ({run.state})."
     fresh = await manager.retry(run, ctx.event_id)
     return f"Run {fresh.id} retries {run.id}: {fresh.recipe}, {fresh.state}."
+
+
+def halt_text(run: RunRecord) -> str:
+    """What a stop or pause did: done, asked, or waiting for the engine (never "failed")."""
+    if pending(run):
+        return (
+            f"Run {run.id}: {run.state} — the {run.wanted} is recorded (control.json written);"
+            f" it reaches the run when the engine answers: {run.blocked}."
+        )
+    if run.wanted == "kill":
+        return (
+            f"Run {run.id} was already stopping: it is killed now (its steps since the last"
+            " checkpoint are lost); the report follows."
+        )
+    if run.state == "stopping":
+        return f"Run {run.id}: stopping. It checkpoints, then stops; the report follows."
+    if run.state == "pausing":
+        return f"Run {run.id}: pausing — it checkpoints, then frees its GPUs."
+    return f"Run {run.id}: {run.state}."
 
 
 def recipes_text(ctx: CommandContext, words: list[str]) -> str:
@@ -203,6 +219,8 @@ async def _train(ctx: CommandContext, words: list[str]) -> str:
     )
     head = f"Run {run.id}: {run.recipe} ({shown}) · {gpus} · image {run.image} · {where}."
     if run.state == "queued":
+        if run.blocked:
+            return f"{head}\nQueued: {run.blocked}; it starts when the engine answers."
         if manager.building:
             return f"{head}\nQueued: the run image is being built first; it starts after."
         if spec.gpus:
@@ -247,6 +265,8 @@ async def _bench(ctx: CommandContext, words: list[str]) -> str:
     if run.state == "failed":
         return f"{head}\nIt could not start: {run.error}"
     if run.state == "queued":
+        if run.blocked:
+            return f"{head}\nQueued: {run.blocked}; it starts when the engine answers."
         return f"{head}\nQueued: waiting for {run.gpus_wanted} free GPU(s)."
     return (
         f"{head}\nState: {run.state}. /run show {run.id} follows it; the report comes at the end."

@@ -285,6 +285,23 @@ def m007_run_definition_and_server(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m008_run_requests(conn: sqlite3.Connection) -> None:
+    # wanted: a stop, pause or kill asked of a run and not yet delivered to it (the engine
+    # did not answer), with when it was asked; signalled_at: when the stop or pause signal
+    # reached it (the grace period before a kill counts from there); blocked: why a request
+    # or a launch waits (the engine's silence), shown with the run.
+    execute_script(
+        conn,
+        """
+        ALTER TABLE runs ADD COLUMN wanted TEXT;
+        ALTER TABLE runs ADD COLUMN wanted_at TEXT;
+        ALTER TABLE runs ADD COLUMN signalled_at TEXT;
+        ALTER TABLE runs ADD COLUMN blocked TEXT;
+        """,
+    )
+
+
 def apply_migrations(
     conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
 ) -> int:

@@ -54,6 +54,11 @@ class RunRecord:
     launch_action: int | None
     definition: dict[str, Any] | None = None  # a declared recipe's snapshot (recipes.toml)
     server: dict[str, Any] | None = None  # a benchmark's serving container
+    # a stop/pause/kill asked and not yet delivered (the engine did not answer), and when
+    wanted: str | None = None
+    wanted_at: str | None = None
+    signalled_at: str | None = None  # when the stop/pause signal reached the run
+    blocked: str | None = None  # why a request or a launch waits (the engine's silence)
 
 
 @dataclass

@@ -34,10 +34,10 @@ from assistant.runs.bench_report import (
 )
 from assistant.runs.lifecycle import RunState
 from assistant.runs.report import summary_text
-from storage.runs import RunRecord
+from storage.runs import RunRecord, RunRepo
 
 if TYPE_CHECKING:
-    from assistant.runs.manager import RunManager
+    from assistant.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +93,21 @@ def comparable_only(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
 
 
 async def baseline(
-    manager: RunManager, run: RunRecord
+    repo: RunRepo, runs_dir: Path, run: RunRecord
 ) -> tuple[RunRecord, dict[str, dict[str, Any]]] | None:
     """The last earlier run of the same model with comparable results for a shared profile."""
-    mine = set(load_results(manager.run_dir(run.id)))
-    for earlier in await manager.repo.bench_history(str(run.params.get("model")), run.created_at):
-        results = comparable_only(load_results(manager.run_dir(earlier.id)))
+    mine = set(load_results(runs_dir / run.id))
+    for earlier in await repo.bench_history(str(run.params.get("model")), run.created_at):
+        results = comparable_only(load_results(runs_dir / earlier.id))
         if mine & set(results):
             return earlier, results
     return None
 
 
 async def bench_report(
-    manager: RunManager, run: RunRecord, cause: str | None, server_tail: list[str]
+    repo: RunRepo, settings: Settings, run: RunRecord, cause: str | None, server_tail: list[str]
 ) -> Reply:
-    run_dir = manager.run_dir(run.id)
+    run_dir = settings.runs_dir / run.id
     results = load_results(run_dir)
     parts = [summary_text(run, cause, run_dir) if run.state != RunState.SUCCEEDED else _head(run)]
     if results:
@@ -120,8 +120,8 @@ async def bench_report(
             if fallback is not None:
                 parts.append(fallback)
         parts.append(f"Result files: {run_dir / protocol.ARTIFACTS / BENCH_DIR}")
-        found = await baseline(manager, run)
-        threshold = manager.settings.bench_regression_pct
+        found = await baseline(repo, settings.runs_dir, run)
+        threshold = settings.bench_regression_pct
         if found is not None:
             earlier, before = found
             diff = changes(comparable_only(results), before)

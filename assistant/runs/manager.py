@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from assistant.clock import Clock
 from assistant.config import Settings
@@ -30,25 +30,19 @@ from assistant.observability import EventLog, traced
 from assistant.recipes.catalog import RecipeCatalog
 from assistant.recipes.workdir import check_workdir
 from assistant.runs import rundir
-from assistant.runs.docker_runner import DockerRunner
+from assistant.runs.engine_watch import UNANSWERED, EngineWatch, silence
 from assistant.runs.lifecycle import ACTIVE, HALTING, LIVE, Lifecycle, RunState
-from assistant.runs.runner import LaunchRequest, Mount, RunHandle, Runner
-from assistant.runs.serving import Servers
+from assistant.runs.report import Notify, ShowProgress
+from assistant.runs.runner import LaunchRequest, Mount, Runner
+from assistant.runs.signals import Signals, pending
 from assistant.runs.spec import RunSpec
 from storage.runs import RunRecord, RunRepo
 from storage.timestamps import to_iso
-
-if TYPE_CHECKING:
-    from assistant.reply import Reply
 
 log = logging.getLogger(__name__)
 
 WORKDIR_MOUNT = "/workspace/code"  # where a container sees a declared recipe's working dir
 SECRETS_DIR = ".secrets"  # in the run dir, for the moment between launch and the command
-
-Notify = Callable[[str, "str | Reply", "int | None"], Awaitable[object]]
-# (chat, text, message id to edit or None) -> the message id to edit next time
-ShowProgress = Callable[[str, str, "str | None"], Awaitable["str | None"]]
 
 
 class RunManager:
@@ -64,6 +58,7 @@ class RunManager:
         notify: Notify,
         gpu_inventory: list[int],
         show_progress: ShowProgress | None = None,
+        launched: asyncio.Event | None = None,
     ) -> None:
         self.repo = repo
         self.runner = runner
@@ -74,15 +69,18 @@ class RunManager:
         self.gpu_inventory = gpu_inventory
         self.show_progress = show_progress
         self.lifecycle = Lifecycle(repo, event_log, clock)
+        self.engine = EngineWatch()  # shared with the monitor: one view of the engine
+        self.engine_name = "Docker" if runner.kind == "docker" else runner.kind
+        self.signals = Signals(
+            repo, runner, event_log, clock, self.engine, self.engine_name, settings.stop_grace_s
+        )
+        self._recheck = True  # look for containers of queued runs before launching them
+        self._waiting: dict[str, tuple[int, int]] = {}  # run -> (outage, its wait event)
         self._dispatch_lock = asyncio.Lock()
         self._building: asyncio.Task[None] | None = None
         self.build_note: str | None = None  # shown by /status while an image builds
-        self.on_dispatch: Callable[[RunRecord, RunHandle], None] | None = None
-        self.servers = (
-            Servers(runner, shm_size=settings.bench_shm_size, hf_cache=settings.hf_cache)
-            if isinstance(runner, DockerRunner)
-            else None
-        )
+        self.launched = launched or asyncio.Event()  # set at each launch: the monitor wakes
+        self.servers = runner.capabilities.servers
         self.catalog = RecipeCatalog(
             settings.recipes_path,
             allowed_roots=settings.recipe_roots,
@@ -171,6 +169,12 @@ class RunManager:
         return run.recipe in RECIPES and RECIPES[run.recipe].supports_resume
 
     async def _halt(self, run: RunRecord, action: str, triggered_by: int | None) -> RunRecord:
+        """Cancel what does not execute; ask a live run, now if the engine answers.
+
+        The request is stored first (`wanted`) and control.json written, so an engine that
+        does not answer delays it without losing it: the monitor delivers it later. A stop
+        of a run already stopping whose signal was delivered kills it.
+        """
         if run.state in (RunState.QUEUED, RunState.PAUSED):
             if action == "pause":
                 if run.state == RunState.PAUSED:
@@ -183,27 +187,40 @@ class RunManager:
             await self.dispatch()
             return await self._reload(run)
         if run.state in HALTING:
-            raise StateError(f"run {run.id} is already {run.state}")
+            return await self._halt_again(run, action, triggered_by)
         if run.state not in LIVE or run.handle is None or run.runner is None:
             raise StateError(f"run {run.id} is {run.state}; only a running run can {action}")
         write_control(self.run_dir(run.id), action)
         state = RunState.PAUSING if action == "pause" else RunState.STOPPING
-        await self.lifecycle.move(run, state, f"{action} asked")
-        handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
-        async with self.event_log.tool_call(f"{self.runner.kind}.signal", {"signal": "SIGTERM"}):
-            await self.runner.signal_stop(handle)
+        event = await self.lifecycle.move(run, state, f"{action} asked", signalled_at=None)
         self._changed(run, f"{action} asked", triggered_by)
-        asyncio.get_running_loop().call_later(
-            self.settings.stop_grace_s, lambda: asyncio.ensure_future(self._kill_if_live(run.id))
-        )
-        return await self._reload(run)
+        if event is None:  # it ended meanwhile
+            return await self._reload(run)
+        return await self.signals.ask(await self._reload(run), action, event)
 
-    async def _kill_if_live(self, run_id: str) -> None:
-        run = await self.repo.get(run_id)
-        if run is None or run.state not in HALTING or run.handle is None:
-            return
-        log.warning("run %s did not stop within the grace period: killing it", run_id)
-        await self.runner.kill(RunHandle(self.runner.kind, run.handle, run.id))
+    async def _halt_again(self, run: RunRecord, action: str, triggered_by: int | None) -> RunRecord:
+        """A second stop or pause of a run already pausing or stopping.
+
+        Still undelivered: one more try now. A stop of a stopping run whose signal was
+        delivered: kill it (it may lose the steps since its last checkpoint).
+
+        :raises StateError: anything else (a stop of a pausing run, a third stop, ...).
+        """
+        same = (action, run.state) in (("stop", RunState.STOPPING), ("pause", RunState.PAUSING))
+        if pending(run):
+            await self.signals.deliver(run)
+            if same:
+                return await self._reload(run)  # asked again: tried again
+            run = await self._reload(run)
+        elif same and action == "stop" and run.wanted == "stop":
+            self._changed(run, "kill asked", triggered_by)
+            return await self.signals.ask(run, "kill", None)
+        waits = (
+            f"; the {run.wanted} reaches it when the engine answers ({run.blocked})"
+            if pending(run)
+            else ""
+        )
+        raise StateError(f"run {run.id} is already {run.state}{waits}")
 
     @traced("run.resume")
     async def resume(self, run: RunRecord, triggered_by: int | None) -> RunRecord:
@@ -265,31 +282,123 @@ class RunManager:
         return [g for g in self.gpu_inventory if g not in busy]
 
     async def dispatch(self) -> None:
-        """Start every queued run whose resources are free, oldest first."""
+        """Start every queued run whose resources are free, oldest first.
+
+        An engine that does not answer leaves them queued, each marked with why
+        (`blocked`), and stops this pass: the monitor dispatches again when the engine's
+        backoff allows.
+        """
         async with self._dispatch_lock:
             runs = await self.repo.in_states(ACTIVE)
-            live = [r for r in runs if r.state in LIVE]
-            free = self.free_gpus(live)
-            cpu_live = sum(1 for r in live if r.gpus_wanted == 0)
-            gpu_blocked = False
-            for run in (r for r in runs if r.state == RunState.QUEUED):
-                if not await self.runner.image_ready(run.image):
-                    if run.image != self.settings.run_image:
-                        await self._image_missing(run)
-                    else:
-                        self._build_in_background(run)
-                    continue
-                if run.gpus_wanted == 0:
-                    if cpu_live >= self.settings.max_cpu_runs:
-                        continue
-                    cpu_live += 1
-                    assigned: list[int] = []
+            queued = [r for r in runs if r.state == RunState.QUEUED]
+            if not queued:
+                return
+            try:
+                await self._dispatch(runs, queued)
+            except UNANSWERED as exc:
+                await self._engine_silent(exc)
+
+    async def _dispatch(self, runs: list[RunRecord], queued: list[RunRecord]) -> None:
+        if self._recheck:
+            queued = await self._adopt(queued)
+        live = [r for r in runs if r.state in LIVE]
+        free = self.free_gpus(live)
+        cpu_live = sum(1 for r in live if r.gpus_wanted == 0)
+        gpu_blocked = False
+        for run in queued:
+            if not await self._image_ready(run):
+                if run.image != self.settings.run_image:
+                    await self._image_missing(run)
                 else:
-                    if gpu_blocked or len(free) < run.gpus_wanted:
-                        gpu_blocked = True  # first come, first served: later GPU runs wait
-                        continue
-                    assigned, free = free[: run.gpus_wanted], free[run.gpus_wanted :]
-                await self._start(run, assigned)
+                    self._build_in_background(run)
+                continue
+            if run.gpus_wanted == 0:
+                if cpu_live >= self.settings.max_cpu_runs:
+                    continue
+                cpu_live += 1
+                assigned: list[int] = []
+            else:
+                if gpu_blocked or len(free) < run.gpus_wanted:
+                    gpu_blocked = True  # first come, first served: later GPU runs wait
+                    continue
+                assigned, free = free[: run.gpus_wanted], free[run.gpus_wanted :]
+            await self._start(run, assigned)
+
+    async def _image_ready(self, run: RunRecord) -> bool:
+        """Is the run's image there; asked again for a run waiting for the engine, as an
+        action of that wait (each attempt in the chain).
+
+        :raises EngineUnavailable: the engine did not answer.
+        """
+        images = self.runner.capabilities.images
+        if images is None:
+            return True
+        if run.blocked is None:
+            ready = await images.ready(run.image)
+        else:
+            call = self.event_log.tool_call(f"{self.runner.kind}.image_ready", {"image": run.image})
+            async with (
+                self.event_log.action(self._wait_event(run), "run_retry", target=run.id),
+                call,
+            ):
+                ready = await images.ready(run.image)
+            await self.repo.update(run.id, blocked=None)  # it waits for the engine no more
+            self._waiting.pop(run.id, None)
+        if self.engine.answered():
+            log.info("the %s engine answers again", self.engine_name)
+        return ready
+
+    def _wait_event(self, run: RunRecord) -> int:
+        """The event that says `run` waits for the engine, once an outage; its id."""
+        outage, event = self._waiting.get(run.id, (-1, 0))
+        if outage != self.engine.outage:
+            event = self.event_log.log_event(
+                "run",
+                run.id,
+                summary=f"run {run.id} waits: {run.blocked or 'the engine does not answer'};"
+                " it starts when the engine answers",
+                caused_by=run.launch_action,
+            )
+            self._waiting[run.id] = (self.engine.outage, event)
+        return event
+
+    async def _engine_silent(self, exc: Exception) -> None:
+        """Queued runs wait, each saying why; each says it in its chain once an outage."""
+        why = silence(self.engine_name, exc)
+        self.engine.failed(why)
+        for run in await self.repo.in_states((RunState.QUEUED,)):
+            await self.repo.update(run.id, blocked=why)
+            self._wait_event(replace(run, blocked=why))
+
+    async def _adopt(self, queued: list[RunRecord]) -> list[RunRecord]:
+        """Containers of queued runs (a launch whose answer was lost, a restart since) are
+        taken as the runs' own instead of starting a second; the runs left to start.
+
+        :raises EngineUnavailable: the engine did not answer.
+        """
+        found = {h.run_id: h for h in await self.runner.list_managed()}
+        self._recheck = False
+        left = []
+        for run in queued:
+            handle = found.get(run.id)
+            if handle is None:
+                left.append(run)
+                continue
+            log.warning("run %s: adopting its container %s", run.id, handle.ref)
+            await self.lifecycle.move(
+                run,
+                RunState.STARTING,
+                "adopted",
+                summary=f"run {run.id} adopted: its container {handle.ref[:12]} already runs",
+                content={"handle": handle.ref},
+                runner=handle.runner,
+                handle=handle.ref,
+                started_at=run.started_at or self._now(),
+                last_beat_at=self._now(),
+                blocked=None,
+            )
+            self.launched.set()
+        return left
 
     @property
     def building(self) -> bool:
@@ -324,7 +433,9 @@ class RunManager:
 
         try:
             async with self.event_log.action(event, "image_built", target=run.image):
-                await self.runner.build_image(run.image, on_line)
+                images = self.runner.capabilities.images
+                if images is not None:
+                    await images.build(run.image, on_line)
         except Exception as exc:
             self.build_note = None
             for waiting in await self.repo.in_states((RunState.QUEUED,)):
@@ -377,6 +488,7 @@ class RunManager:
             f" ({run.recipe}, {len(gpus)} GPU)",
             content={"gpus": gpus, "resume_from": resume_from},
             gpus=gpus,
+            blocked=None,
         )
         if event_id is None:
             return  # stopped meanwhile
@@ -405,6 +517,19 @@ class RunManager:
             )
             await self.notify(run.chat_id, f"Run {run.id} could not start: {exc}", end)
             return
+        except UNANSWERED as exc:
+            # Unanswered, not refused: the container may exist. It waits, queued again,
+            # and the next dispatch looks for it before launching another.
+            self._recheck = True
+            await self.lifecycle.move(
+                run,
+                RunState.QUEUED,
+                "the engine did not answer the launch",
+                caused_by=act.id,
+                content={"error": str(exc)},
+                gpus=[],
+            )
+            raise
         started_at = run.started_at or self._now()
         await self.repo.update(
             run.id,
@@ -415,8 +540,7 @@ class RunManager:
             last_beat_at=self._now(),
             stalled=0,
         )
-        if self.on_dispatch is not None:
-            self.on_dispatch(run, handle)
+        self.launched.set()
 
     async def _start_server(self, run: RunRecord, gpus: list[int]) -> str | None:
         """A benchmark's serving container, started on the run's GPUs; its URL.
@@ -431,7 +555,14 @@ class RunManager:
         async with self.event_log.tool_call(
             "docker.start_server", {"image": run.server["image"], "args": list(args)}
         ) as call:
-            started = await self.servers.start(run.id, str(run.server["image"]), args, tuple(gpus))
+            started = await self.servers.start(
+                run.id,
+                str(run.server["image"]),
+                args,
+                tuple(gpus),
+                shm_size=self.settings.bench_shm_size,
+                hf_cache=self.settings.hf_cache,
+            )
             call.output = {"container": started.ref, "url": started.url}
         await self.repo.update(
             run.id, server={**run.server, "ref": started.ref, "port": started.port}
@@ -488,7 +619,7 @@ class RunManager:
         never in spec.json, a container's environment or a command line.
         """
         mounts: list[Mount] = []
-        paths = {"run_dir": self.runner.run_dir_view(run_dir)}
+        paths = {"run_dir": self.runner.capabilities.paths.run_dir(run_dir)}
         if declared.workdir is not None:
             # checked again: the folder (or a symlink on its path) may have changed since
             _, problems = check_workdir(
@@ -502,7 +633,7 @@ class RunManager:
                 )
             mount = Mount(Path(declared.workdir), WORKDIR_MOUNT, not declared.workdir_writable)
             mounts.append(mount)
-            paths["workdir"] = self.runner.view(mount)
+            paths["workdir"] = self.runner.capabilities.paths.mount(mount)
         secret_files, values = {}, {}
         for env_name, secret in declared.secrets:
             try:

@@ -13,26 +13,40 @@ import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from assistant.background import cancel
+from assistant.clock import Clock
+from assistant.config import Settings
 from assistant.durations import format_duration
 from assistant.errors import RunStartError
 from assistant.jobs import protocol
 from assistant.jobs.declared import from_json
 from assistant.jobs.recipes import RECIPES, lower_is_better
 from assistant.jobs.text import valid_text
+from assistant.observability import EventLog
 from assistant.reply import Reply
 from assistant.runs import rundir
 from assistant.runs.bench_outcome import bench_report, engine_metrics, reads_server_metrics
+from assistant.runs.engine_watch import UNANSWERED, EngineWatch, silence
 from assistant.runs.events import read_new
-from assistant.runs.lifecycle import LIVE, Move, RunState, settle
-from assistant.runs.manager import SECRETS_DIR, RunManager
-from assistant.runs.report import eta, plot, rate_text, read_events, summary_text
-from assistant.runs.runner import ExitInfo, RunHandle
-from storage.runs import Progress, RunRecord
+from assistant.runs.lifecycle import LIVE, Lifecycle, Move, RunState, settle
+from assistant.runs.manager import SECRETS_DIR
+from assistant.runs.report import (
+    Notify,
+    ShowProgress,
+    eta,
+    plot,
+    rate_text,
+    read_events,
+    summary_text,
+)
+from assistant.runs.runner import ExitInfo, RunHandle, Runner
+from assistant.runs.signals import Signals, pending
+from storage.runs import Progress, RunRecord, RunRepo
 from storage.timestamps import from_iso, to_iso
 
 log = logging.getLogger(__name__)
@@ -167,11 +181,51 @@ class Live:
 
 
 class RunMonitor:
-    def __init__(self, manager: RunManager) -> None:
-        self.manager = manager
+    """Follows every live run; built from what it uses, not from the manager.
+
+    :param wake: set by whoever launched a run, so its first lines are read at once.
+    :param dispatch: starts the queued runs that can start (after a run ends and frees
+        its GPUs, and while launches wait for the engine).
+    :param engine: whether the engine answers, shared with the manager; its backoff
+        decides when a pass asks the engine again after it did not answer.
+    :param signals: delivers stops and pauses that wait for the engine, and kills a run
+        that outlives its grace period.
+    """
+
+    def __init__(
+        self,
+        repo: RunRepo,
+        runner: Runner,
+        lifecycle: Lifecycle,
+        event_log: EventLog,
+        notify: Notify,
+        settings: Settings,
+        clock: Clock,
+        *,
+        dispatch: Callable[[], Awaitable[None]],
+        wake: asyncio.Event,
+        engine: EngineWatch,
+        signals: Signals,
+        show_progress: ShowProgress | None = None,
+    ) -> None:
+        self.repo = repo
+        self.runner = runner
+        self.lifecycle = lifecycle
+        self.event_log = event_log
+        self.notify = notify
+        self.settings = settings
+        self.clock = clock
+        self.dispatch = dispatch
+        self.show_progress = show_progress
+        self.servers = runner.capabilities.servers
         self.live: dict[str, Live] = {}
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._wake = wake
+        self.engine = engine
+        self.engine_name = "Docker" if runner.kind == "docker" else runner.kind
+        self.signals = signals
+        self._told: dict[str, int] = {}  # run -> the outage its chain was told of
+        self._told_chats: dict[str, int] = {}  # chat -> the outage it was told of
         self.events_absorbed = 0
         self.trouble: dict[str, Trouble] = {}
         self.lines_skipped = 0  # over all runs, since start (for /status and /debug)
@@ -181,7 +235,6 @@ class RunMonitor:
 
     async def start(self) -> None:
         await self.reconcile()
-        self.manager.on_dispatch = lambda run, handle: self._wake.set()
         self._task = asyncio.create_task(self._loop(), name="run-monitor")
 
     async def aclose(self) -> None:
@@ -192,32 +245,36 @@ class RunMonitor:
         """After a restart: re-attach what still runs; the loop settles what ended meanwhile.
 
         A run left 'starting' without a handle died during launch: it is lost. Containers
-        of ours that no live run claims are stopped (nothing would ever watch them).
+        of ours that no live run claims are stopped (nothing would ever watch them); one
+        of a queued run is its launch whose answer was lost, which dispatch adopts. An
+        engine that does not answer leaves all that to the passes after it answers.
         """
-        m = self.manager
-        active = {h.run_id: h for h in await m.runner.find_active()}
-        for run in await m.repo.in_states(LIVE):
+        for run in await self.repo.in_states(LIVE):
             if run.handle is None:
                 await self._finish(
                     run, RunState.LOST, "the service stopped while launching it", None
                 )
-            elif run.id in active:
-                log.info("re-attached run %s (%s %s)", run.id, run.runner, run.handle)
-        claimed = {r.id for r in await m.repo.in_states(LIVE)}
-        for run_id, handle in active.items():
-            if run_id not in claimed:
-                log.warning("stopping run %s: it runs but no live run claims it", run_id)
-                await m.runner.kill(handle)
-                await m.runner.remove(handle)
-        if m.servers is not None:
-            for ref, run_id in (await m.servers.running()).items():
-                if run_id not in claimed:
-                    log.warning("removing the server of run %s: the run is over", run_id)
-                    await m.servers.remove(ref)
-        await m.dispatch()
+        claimed = {r.id for r in await self.repo.in_states((*LIVE, RunState.QUEUED))}
+        try:
+            for handle in await self.runner.list_managed():
+                if handle.run_id in claimed:
+                    log.info("re-attached run %s (%s)", handle.run_id, handle.ref)
+                    continue
+                log.warning("stopping run %s: it runs but no live run claims it", handle.run_id)
+                await self.runner.kill(handle)
+                await self.runner.remove(handle)
+            if self.servers is not None:
+                for ref, run_id in (await self.servers.running()).items():
+                    if run_id not in claimed:
+                        log.warning("removing the server of run %s: the run is over", run_id)
+                        await self.servers.remove(ref)
+        except UNANSWERED as exc:
+            self.engine.failed(silence(self.engine_name, exc))
+            log.warning("reconciling runs waits for the engine: %s", exc)
+        await self.dispatch()
 
     async def _loop(self) -> None:
-        interval = self.manager.settings.monitor_interval_s
+        interval = self.settings.monitor_interval_s
         while True:
             try:
                 await self.poll()
@@ -230,11 +287,26 @@ class RunMonitor:
                     await self._wake.wait()
             self._wake.clear()
 
+    def run_dir(self, run_id: str) -> Path:
+        return self.settings.runs_dir / run_id
+
     # ---- one pass ----------------------------------------------------------------------
 
     async def poll(self) -> None:
-        """One pass over every live run; one run's failure is that run's alone."""
-        for run in await self.manager.repo.in_states(LIVE):
+        """One pass over every live run; one run's failure is that run's alone.
+
+        Requests waiting for the engine (a stop, a launch) are tried again first, as the
+        engine's backoff allows.
+        """
+        runs = await self.repo.in_states(LIVE)
+        if any(r.wanted for r in runs):
+            await self.signals.tend(runs)
+            runs = await self.repo.in_states(LIVE)
+        if self.engine.due() and any(
+            r.blocked for r in await self.repo.in_states((RunState.QUEUED,))
+        ):
+            await self.dispatch()
+        for run in runs:
             try:
                 await self.follow(run)
             except Exception as exc:
@@ -269,23 +341,22 @@ class RunMonitor:
         if trouble.failures < SKIP_AFTER:
             return
         with contextlib.suppress(Exception):
-            batch = read_new(self.manager.run_dir(run.id), run.events_offset)
+            batch = read_new(self.run_dir(run.id), run.events_offset)
             if batch.offset != run.events_offset:
-                await self.manager.repo.update(run.id, events_offset=batch.offset)
+                await self.repo.update(run.id, events_offset=batch.offset)
                 count = len(batch.events) + len(batch.skipped)
                 await self._skipped(run, [f"{count} line(s) made following it fail ({why})"])
                 trouble.failures, trouble.failed_at = 0, None
 
     async def _skipped(self, run: RunRecord, reasons: list[str]) -> None:
         """Lines of a run left out: logged, counted, in the event chain; its chat told once."""
-        m = self.manager
         trouble = self.trouble.setdefault(run.id, Trouble())
         trouble.skipped += len(reasons)
         self.lines_skipped += len(reasons)
         trouble.first = trouble.first or reasons[0]
         for reason in reasons[:5]:
             log.warning("run %s: skipped in %s: %s", run.id, protocol.EVENTS, reason)
-        event = m.event_log.log_event(
+        event = self.event_log.log_event(
             "run",
             run.id,
             summary=f"run {run.id}: {len(reasons)} event line(s) skipped: {reasons[0][:150]}",
@@ -294,7 +365,7 @@ class RunMonitor:
         )
         if not trouble.told:
             trouble.told = True
-            await m.notify(
+            await self.notify(
                 run.chat_id,
                 f"Run {run.id} ({run.recipe}): a line of its {protocol.EVENTS} was skipped"
                 f" ({reasons[0][:200]}). The run goes on; further skipped lines are counted"
@@ -303,13 +374,12 @@ class RunMonitor:
             )
 
     async def follow(self, run: RunRecord) -> None:
-        m = self.manager
-        run_dir = m.run_dir(run.id)
+        run_dir = self.run_dir(run.id)
         batch = read_new(run_dir, run.events_offset)
         events = batch.events
         progress = Progress(offset=batch.offset)
         live = self.live.setdefault(run.id, Live())
-        now = to_iso(m.clock.now())
+        now = to_iso(self.clock.now())
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         move: Move | None = None  # starting -> running, at its started event
@@ -333,7 +403,7 @@ class RunMonitor:
                 progress.total = event.get("total") or progress.total
                 self.live[run.id] = live = Live()
                 if run.state == RunState.STARTING and move is None:
-                    move = m.lifecycle.announce(
+                    move = self.lifecycle.announce(
                         run,
                         RunState.RUNNING,
                         "started",
@@ -363,7 +433,7 @@ class RunMonitor:
             elif kind == "error":
                 error = event
             if kind in NOTABLE:
-                m.event_log.log_event(
+                self.event_log.log_event(
                     "run",
                     run.id,
                     summary=f"run {run.id} {_describe(event)}",
@@ -374,8 +444,8 @@ class RunMonitor:
         if engine:
             progress.metrics.update(engine)
         if events or engine or progress.offset != run.events_offset:
-            await m.lifecycle.record(run, progress, move)
-            run = await m.repo.get(run.id) or run
+            await self.lifecycle.record(run, progress, move)
+            run = await self.repo.get(run.id) or run
             await self._show_progress(run, live)
         # told after the offset is stored: a failing chat cannot make them count twice
         if batch.skipped:
@@ -390,7 +460,7 @@ class RunMonitor:
 
     def _checkpoint_problem(self, run: RunRecord, path: object) -> str | None:
         """Why a checkpoint a run names is not taken: a symlink, outside, not a file."""
-        root = self.manager.run_dir(run.id)
+        root = self.run_dir(run.id)
         if run.definition is not None:
             declared = from_json(run.definition)
             resume = declared.resume
@@ -404,7 +474,7 @@ class RunMonitor:
         Only while the job has not read the server's /metrics: those figures come as the
         job's own metric events, and the log would overwrite them with coarser ones.
         """
-        servers, ref = self.manager.servers, (run.server or {}).get("ref")
+        servers, ref = self.servers, (run.server or {}).get("ref")
         now = time.time()
         if servers is None or not ref or run.state != RunState.RUNNING or reads_server_metrics(run):
             return {}
@@ -415,44 +485,80 @@ class RunMonitor:
             text = await servers.logs(str(ref), since=since, tail=None if since else 200)
         except RunStartError:
             return {}
+        except UNANSWERED:
+            return {}
         return engine_metrics(text.splitlines())
 
     async def _show_progress(self, run: RunRecord, live: Live) -> None:
         """One message per run, edited in place as it goes (never a stream of new ones)."""
-        m = self.manager
-        every = m.settings.progress_interval_s
-        if m.show_progress is None or every <= 0 or run.state != RunState.RUNNING:
+        every = self.settings.progress_interval_s
+        if self.show_progress is None or every <= 0 or run.state != RunState.RUNNING:
             return
         clock = time.monotonic()
         if live.progress_message is not None and clock - live.progress_shown_at < every:
             return
         live.progress_shown_at = clock
-        live.progress_message = await m.show_progress(
+        live.progress_message = await self.show_progress(
             run.chat_id, progress_text(run, live), live.progress_message
         )
 
     async def _check_end(
         self, run: RunRecord, result: dict[str, Any] | None, error: dict[str, Any] | None
     ) -> None:
-        m = self.manager
         if run.handle is None or run.runner is None:
             return
         handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
-        state = await m.runner.state(handle)
+        if not self.engine.due():
+            return  # the engine did not answer lately: the run keeps its state meanwhile
+        try:
+            state = await self.runner.state(handle)
+        except UNANSWERED as exc:
+            await self._engine_silent(run, exc)
+            return
+        self.engine.answered()
         if state.running:
             await self._check_stall(run)
             return
         # Over: late lines first (the agent writes its last events just before exiting).
-        late = read_new(m.run_dir(run.id), run.events_offset)
+        late = read_new(self.run_dir(run.id), run.events_offset)
         if late.offset != run.events_offset:
             await self.follow(run)
             return
-        final, cause = settle(run, m.run_dir(run.id), state.exit, result, error)
-        await m.runner.remove(handle)
+        final, cause = settle(run, self.run_dir(run.id), state.exit, result, error)
+        try:
+            await self.runner.remove(handle)
+        except UNANSWERED as exc:  # ended all the same; the container is left behind
+            log.warning("run %s: its container was not removed: %s", run.id, exc)
         await self._finish(run, final, cause, state.exit)
 
+    async def _engine_silent(self, run: RunRecord, exc: Exception) -> None:
+        """The engine did not answer about `run`: nothing is settled, and it is said once
+        an outage, in the run's chain and to its chat."""
+        why = silence(self.engine_name, exc)
+        self.engine.failed(why)
+        if self._told.get(run.id) == self.engine.outage:
+            return
+        self._told[run.id] = self.engine.outage
+        waits = f"; its {run.wanted} is delivered then" if pending(run) else ""
+        event = self.event_log.log_event(
+            "run",
+            run.id,
+            summary=f"run {run.id} waits: {why}{waits}",
+            content={"error": str(exc), "state": run.state},
+            caused_by=run.launch_action,
+        )
+        if self._told_chats.get(run.chat_id) == self.engine.outage:
+            return
+        self._told_chats[run.chat_id] = self.engine.outage
+        await self.notify(
+            run.chat_id,
+            f"{why[0].upper()}{why[1:]}. Runs keep their state until it answers: nothing"
+            " is reported ended that may still run, and stops, pauses and launches asked"
+            " meanwhile happen when it answers.",
+            event,
+        )
+
     async def _check_stall(self, run: RunRecord) -> None:
-        m = self.manager
         if (
             run.stalled
             or run.last_beat_at is None
@@ -463,18 +569,18 @@ class RunMonitor:
             )
         ):
             return
-        silent = (m.clock.now() - from_iso(run.last_beat_at)).total_seconds()
-        if silent < m.settings.stall_timeout_s:
+        silent = (self.clock.now() - from_iso(run.last_beat_at)).total_seconds()
+        if silent < self.settings.stall_timeout_s:
             return
-        await m.repo.update(run.id, stalled=1)
-        event = m.event_log.log_event(
+        await self.repo.update(run.id, stalled=1)
+        event = self.event_log.log_event(
             "run",
             run.id,
             summary=f"run {run.id} stalled: no progress for {silent:.0f}s",
             content={"step": run.step, "silent_s": round(silent)},
             caused_by=run.launch_action,
         )
-        await m.notify(
+        await self.notify(
             run.chat_id,
             f"Run {run.id} ({run.recipe}) looks stalled: no progress for"
             f" {silent:.0f}s (last step {run.step}). /run logs {run.id} shows its output;"
@@ -485,10 +591,9 @@ class RunMonitor:
     async def _finish(
         self, run: RunRecord, final: RunState, cause: str | None, exit_info: ExitInfo | None
     ) -> None:
-        m = self.manager
-        now = to_iso(m.clock.now())
+        now = to_iso(self.clock.now())
         code = exit_info.exit_code if exit_info else None
-        event = await m.lifecycle.move(
+        event = await self.lifecycle.move(
             run,
             final,
             cause,
@@ -499,37 +604,41 @@ class RunMonitor:
             gpus=[],
         )
         self.live.pop(run.id, None)
+        self.signals.forget(run.id)
+        self._told.pop(run.id, None)
         if event is None:
             return  # another pass settled it already
         # a declared recipe's secrets, if its agent died before it could delete them
-        shutil.rmtree(m.run_dir(run.id) / SECRETS_DIR, ignore_errors=True)
+        shutil.rmtree(self.run_dir(run.id) / SECRETS_DIR, ignore_errors=True)
         server_tail = await self._stop_server(run)
-        ended = await m.repo.get(run.id) or run
+        ended = await self.repo.get(run.id) or run
         await self._report(ended, cause, event, server_tail)
-        await m.dispatch()
+        await self.dispatch()
 
     async def _stop_server(self, run: RunRecord) -> list[str]:
         """Stop a benchmark's server, keeping its log; its last lines for the report."""
-        servers, ref = self.manager.servers, (run.server or {}).get("ref")
+        servers, ref = self.servers, (run.server or {}).get("ref")
         if servers is None or not ref:
             return []
-        log_path = self.manager.run_dir(run.id) / protocol.ARTIFACTS / "server.log"
+        log_path = self.run_dir(run.id) / protocol.ARTIFACTS / "server.log"
         try:
             return await servers.stop(str(ref), log_path)
         except (RunStartError, OSError) as exc:
+            log.warning("could not stop the server of run %s: %s", run.id, exc)
+            return []
+        except UNANSWERED as exc:
             log.warning("could not stop the server of run %s: %s", run.id, exc)
             return []
 
     async def _report(
         self, run: RunRecord, cause: str | None, event: int, server_tail: list[str]
     ) -> None:
-        m = self.manager
-        run_dir = m.run_dir(run.id)
+        run_dir = self.run_dir(run.id)
         # A paused run has no end time; its report measures up to now.
-        report_run = run if run.ended_at else replace(run, ended_at=to_iso(m.clock.now()))
+        report_run = run if run.ended_at else replace(run, ended_at=to_iso(self.clock.now()))
         if run.kind == "bench":
-            reply = await bench_report(m, report_run, cause, server_tail)
-            await m.notify(run.chat_id, reply, event)
+            reply = await bench_report(self.repo, self.settings, report_run, cause, server_tail)
+            await self.notify(run.chat_id, reply, event)
             return
         text = summary_text(report_run, cause, run_dir)
         trouble = self.trouble.pop(run.id, None)
@@ -544,7 +653,7 @@ class RunMonitor:
                 images = (picture,)
         except Exception:
             log.exception("could not plot run %s", run.id)
-        await m.notify(run.chat_id, Reply(text, images), event)
+        await self.notify(run.chat_id, Reply(text, images), event)
 
 
 def _better(name: str, value: object, best: dict[str, Any], key: tuple[str, str]) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistant.durations import format_duration
 from assistant.jobs import protocol
@@ -18,11 +19,19 @@ from assistant.runs.lifecycle import RunState
 from storage.runs import RunRecord
 from storage.timestamps import from_iso
 
+if TYPE_CHECKING:
+    from assistant.reply import Reply
+
 LOG_TAIL = 15
 EVENTS_FOR_PLOT = 32 * 1024 * 1024  # bytes of events.jsonl read for the report's plot
 TAIL_BYTES = 64 * 1024  # of a log, for its last lines
 MAX_ETA = timedelta(days=365)  # beyond it an ETA says only that the rate is off
 OUTBOX = ".outbox"  # beside the run dirs: the host's copies of the images it sends
+
+# (chat, text or reply, event it answers) -> whatever the sender returns
+Notify = Callable[[str, "str | Reply", "int | None"], Awaitable[object]]
+# (chat, text, message id to edit or None) -> the message id to edit next time
+ShowProgress = Callable[[str, str, "str | None"], Awaitable["str | None"]]
 
 
 def read_events(run_dir: Path, limit: int = EVENTS_FOR_PLOT) -> list[dict[str, Any]]:

@@ -1,0 +1,179 @@
+"""Runs told truthfully while the Docker engine is down or hung, through the chat path.
+
+The engine is this machine's real one behind a unix-socket proxy (tests/support) that a
+test cuts, black-holes and restores; the runs are real containers of the run image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator
+
+import docker
+import pytest
+
+from assistant.config import Settings
+from assistant.orchestrator import Orchestrator
+from assistant.runs.docker_runner import DockerRunner
+from assistant.runs.signals import pending
+from storage.runs import RunRecord, RunRepo
+from tests.assistant.recording import RecordingChannel
+from tests.runs.test_run_flow import ADMIN, launch, step_of, wait_until
+from tests.support.engine_proxy import EngineProxy, engine_proxy
+
+RUN_IMAGE = "assistant-run:latest"
+SLOW = "/run train gpt steps=400 sleep_per_step=0.2 eval_every=10"
+# a step takes 3 s: a run asked to stop goes on for up to one (its checkpoint comes after)
+SLOWER = "/run train gpt steps=50 sleep_per_step=3 eval_every=10"
+
+
+@pytest.fixture
+async def proxy(docker_engine: docker.DockerClient) -> AsyncIterator[EngineProxy]:
+    async with engine_proxy() as running:
+        yield running
+
+
+@pytest.fixture
+async def service(
+    settings: Settings, proxy: EngineProxy, docker_engine: docker.DockerClient
+) -> AsyncIterator[tuple[Orchestrator, RecordingChannel]]:
+    try:
+        docker_engine.images.get(RUN_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{RUN_IMAGE} is missing: deploy/build-images.sh builds it", pytrace=False)
+    run_settings = settings.model_copy(
+        update={
+            "runner": "docker",
+            "docker_host": proxy.url,
+            "gpus": "none",
+            "monitor_interval_s": 0.1,
+            "stall_timeout_s": 60.0,
+            "stop_grace_s": 60.0,
+            "run_image": RUN_IMAGE,
+            "run_memory_mb": 1024,
+        }
+    )
+    channel = RecordingChannel()
+    # an instance of its own: another service on this engine never reconciles its runs away
+    runner = DockerRunner(proxy.url, image=RUN_IMAGE, instance=f"faults-{secrets.token_hex(4)}")
+    async with Orchestrator(run_settings, channels=[channel], runner=runner) as orch:
+        yield orch, channel
+
+
+async def _get(repo: RunRepo, run_id: str) -> RunRecord:
+    run = await repo.get(run_id)
+    assert run is not None
+    return run
+
+
+def _reply(replies: list[str], run_id: str) -> str:
+    mine = [r for r in replies if r.startswith(f"Run {run_id}")]
+    assert mine, replies
+    return mine[0]
+
+
+async def test_a_launch_while_the_engine_is_cut_waits_and_starts_when_it_answers(
+    service: tuple[Orchestrator, RecordingChannel], proxy: EngineProxy
+) -> None:
+    orch, channel = service
+    repo = orch.services.runs.repo
+    await proxy.cut()
+    replies = await channel.say(ADMIN, "/run train classifier steps=20")
+    reply = next(r for r in replies if r.startswith("Run "))
+    run_id = re.match(r"Run (\w+):", reply).group(1)  # type: ignore[union-attr]
+    assert "failed" not in reply.lower() and "Sorry" not in reply, reply
+    assert "Queued: the Docker engine does not answer (" in reply, reply
+    assert "it starts when the engine answers" in reply, reply
+    run = await _get(repo, run_id)
+    assert run.state == "queued" and run.blocked, run
+    (status,) = await channel.say(ADMIN, "/status")
+    assert "unreachable" in status, status
+
+    await proxy.restore()
+    report = await channel.wait_for(f"Run {run_id} (classifier) succeeded", timeout=120)
+    assert "accuracy" in report
+    run = await _get(repo, run_id)
+    assert run.blocked is None and run.handle
+    await orch.services.log.flush()
+    (chain,) = await channel.say(ADMIN, f"/debug run {run_id}")
+    assert "does not answer" in chain, chain  # the wait is in the run's chain
+
+
+async def test_a_stop_during_an_outage_is_kept_and_delivered_when_the_engine_answers(
+    service: tuple[Orchestrator, RecordingChannel],
+    proxy: EngineProxy,
+    docker_engine: docker.DockerClient,
+) -> None:
+    orch, channel = service
+    repo = orch.services.runs.repo
+    run_id = await launch(channel, SLOW)
+    await wait_until(lambda: step_of(repo, run_id), 11)  # it has a checkpoint
+    container = docker_engine.containers.get((await _get(repo, run_id)).handle)
+
+    await proxy.cut()
+    reply = _reply(await channel.say(ADMIN, f"/run stop {run_id}"), run_id)
+    assert "fail" not in reply.lower(), reply
+    assert "when the engine answers" in reply, reply
+    run = await _get(repo, run_id)
+    assert run.state == "stopping" and run.wanted == "stop" and run.blocked, run
+    control = orch.services.runs.run_dir(run_id) / "control.json"
+    assert json.loads(control.read_text()) == {"action": "stop"}
+    await asyncio.sleep(1.5)  # monitor passes that cannot reach the engine
+    container.reload()
+    assert container.status == "running"  # not told stopped: it was not
+    run = await _get(repo, run_id)
+    assert run.state == "stopping", run  # not settled as lost or failed
+    told = [t for _, t in channel.sent if "does not answer" in t and "Run" not in t[:4]]
+    assert len(told) <= 1, told  # once per outage, not per pass
+
+    await proxy.restore()
+    report = await channel.wait_for(f"Run {run_id} (gpt) cancelled", timeout=120)
+    assert "Checkpoint:" in report, report
+    with pytest.raises(docker.errors.NotFound):
+        container.reload()  # really stopped, and removed after its report
+    await orch.services.log.flush()
+    (chain,) = await channel.say(ADMIN, f"/debug run {run_id}")
+    assert "stopping" in chain and "run_signal" in chain, chain
+
+
+async def test_a_hung_engine_costs_a_command_seconds_and_a_second_stop_forces_the_kill(
+    service: tuple[Orchestrator, RecordingChannel],
+    proxy: EngineProxy,
+    docker_engine: docker.DockerClient,
+) -> None:
+    orch, channel = service
+    repo = orch.services.runs.repo
+    run_id = await launch(channel, SLOW)
+    await wait_until(lambda: step_of(repo, run_id), 2)
+    container = docker_engine.containers.get((await _get(repo, run_id)).handle)
+
+    await proxy.black_hole()  # accepts, reads, never answers
+    async with asyncio.timeout(20):  # a hang, not a speed figure: the bound is ~5 s a call
+        reply = _reply(await channel.say(ADMIN, f"/run pause {run_id}"), run_id)
+    assert "when the engine answers" in reply, reply
+    run = await _get(repo, run_id)
+    assert run.state == "pausing" and run.wanted == "pause", run
+
+    await proxy.restore()
+    await wait_until(lambda: _delivered(repo, run_id), 1, timeout=60)
+    (again,) = [r for r in await channel.say(ADMIN, f"/run stop {run_id}") if run_id in r]
+    assert "already pausing" in again, again
+
+    other = await launch(channel, SLOWER)
+    await wait_until(lambda: step_of(repo, other), 1)
+    (first,) = [r for r in await channel.say(ADMIN, f"/run stop {other}") if other in r]
+    assert "stopping" in first
+    (second,) = [r for r in await channel.say(ADMIN, f"/run stop {other}") if other in r]
+    assert "killed" in second, second
+    await channel.wait_for(f"Run {other} (gpt) cancelled", timeout=60)
+    await channel.wait_for(f"Run {run_id} (gpt) paused", timeout=120)
+    with pytest.raises(docker.errors.NotFound):
+        container.reload()
+
+
+async def _delivered(repo: RunRepo, run_id: str) -> int:
+    run = await _get(repo, run_id)
+    return int(run.wanted is not None and not pending(run))
