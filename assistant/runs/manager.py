@@ -397,6 +397,9 @@ class RunManager:
                 last_beat_at=self._now(),
                 blocked=None,
             )
+            if run.events_offset > 0:  # its started event was read before: it runs
+                fresh = await self._reload(run)
+                await self.lifecycle.move(fresh, RunState.RUNNING, "adopted while running")
             self.launched.set()
         return left
 

@@ -37,14 +37,14 @@ async def proxy(docker_engine: docker.DockerClient) -> AsyncIterator[EngineProxy
 
 
 @pytest.fixture
-async def service(
+def fault_settings(
     settings: Settings, proxy: EngineProxy, docker_engine: docker.DockerClient
-) -> AsyncIterator[tuple[Orchestrator, RecordingChannel]]:
+) -> Settings:
     try:
         docker_engine.images.get(RUN_IMAGE)
     except docker.errors.ImageNotFound:
         pytest.fail(f"{RUN_IMAGE} is missing: deploy/build-images.sh builds it", pytrace=False)
-    run_settings = settings.model_copy(
+    return settings.model_copy(
         update={
             "runner": "docker",
             "docker_host": proxy.url,
@@ -56,10 +56,25 @@ async def service(
             "run_memory_mb": 1024,
         }
     )
+
+
+@pytest.fixture
+def instance() -> str:
+    """An instance of its own: another service on this engine never reconciles its runs."""
+    return f"faults-{secrets.token_hex(4)}"
+
+
+def _service(settings: Settings, instance: str, channel: RecordingChannel) -> Orchestrator:
+    runner = DockerRunner(settings.docker_host, image=RUN_IMAGE, instance=instance)
+    return Orchestrator(settings, channels=[channel], runner=runner)
+
+
+@pytest.fixture
+async def service(
+    fault_settings: Settings, instance: str
+) -> AsyncIterator[tuple[Orchestrator, RecordingChannel]]:
     channel = RecordingChannel()
-    # an instance of its own: another service on this engine never reconciles its runs away
-    runner = DockerRunner(proxy.url, image=RUN_IMAGE, instance=f"faults-{secrets.token_hex(4)}")
-    async with Orchestrator(run_settings, channels=[channel], runner=runner) as orch:
+    async with _service(fault_settings, instance, channel) as orch:
         yield orch, channel
 
 
@@ -177,3 +192,30 @@ async def test_a_hung_engine_costs_a_command_seconds_and_a_second_stop_forces_th
 async def _delivered(repo: RunRepo, run_id: str) -> int:
     run = await _get(repo, run_id)
     return int(run.wanted is not None and not pending(run))
+
+
+async def test_a_container_of_a_launch_whose_answer_was_lost_is_adopted_not_doubled(
+    fault_settings: Settings, instance: str
+) -> None:
+    """A launch the engine carried out but whose answer never came leaves the run queued
+    with no handle while its container runs; the next service takes that container."""
+    channel = RecordingChannel()
+    async with _service(fault_settings, instance, channel) as orch:
+        run_id = await launch(channel, "/run train gpt steps=60 sleep_per_step=0.1 eval_every=10")
+        await wait_until(lambda: step_of(orch.services.runs.repo, run_id), 10)
+        # what an unanswered launch leaves behind: queued again, no handle
+        await orch.services.db.write(
+            "UPDATE runs SET state = 'queued', handle = NULL, runner = NULL WHERE id = ?",
+            (run_id,),
+        )
+    channel = RecordingChannel()
+    async with _service(fault_settings, instance, channel) as orch:
+        await channel.wait_for(f"Run {run_id} (gpt) succeeded", timeout=120)
+        history = [state for _, state, _ in await orch.services.runs.repo.history(run_id)]
+        lines = (orch.services.runs.run_dir(run_id) / "events.jsonl").read_text().splitlines()
+        await orch.services.log.flush()
+        (chain,) = await channel.say(ADMIN, f"/debug run {run_id}")
+    started = [e for e in map(json.loads, lines) if e["type"] == "started"]
+    assert len(started) == 1, started  # one container: not launched a second time
+    assert history[-3:] == ["starting", "running", "succeeded"], history
+    assert "adopted" in chain, chain
