@@ -315,6 +315,8 @@ class RunMonitor:
                 trouble = self.trouble.get(run.id)
                 if trouble is not None:
                     trouble.failures, trouble.failed_at = 0, None
+        if self.engine.down:
+            await self._say_outage()
 
     def health_note(self) -> str | None:
         """What /status and /debug report say of runs' unreadable output; None: nothing."""
@@ -513,7 +515,7 @@ class RunMonitor:
         try:
             state = await self.runner.state(handle)
         except UNANSWERED as exc:
-            await self._engine_silent(run, exc)
+            self.engine.failed(silence(self.engine_name, exc))
             return
         self.engine.answered()
         if state.running:
@@ -531,32 +533,32 @@ class RunMonitor:
             log.warning("run %s: its container was not removed: %s", run.id, exc)
         await self._finish(run, final, cause, state.exit)
 
-    async def _engine_silent(self, run: RunRecord, exc: Exception) -> None:
-        """The engine did not answer about `run`: nothing is settled, and it is said once
-        an outage, in the run's chain and to its chat."""
-        why = silence(self.engine_name, exc)
-        self.engine.failed(why)
-        if self._told.get(run.id) == self.engine.outage:
-            return
-        self._told[run.id] = self.engine.outage
-        waits = f"; its {run.wanted} is delivered then" if pending(run) else ""
-        event = self.event_log.log_event(
-            "run",
-            run.id,
-            summary=f"run {run.id} waits: {why}{waits}",
-            content={"error": str(exc), "state": run.state},
-            caused_by=run.launch_action,
-        )
-        if self._told_chats.get(run.chat_id) == self.engine.outage:
-            return
-        self._told_chats[run.chat_id] = self.engine.outage
-        await self.notify(
-            run.chat_id,
-            f"{why[0].upper()}{why[1:]}. Runs keep their state until it answers: nothing"
-            " is reported ended that may still run, and stops, pauses and launches asked"
-            " meanwhile happen when it answers.",
-            event,
-        )
+    async def _say_outage(self) -> None:
+        """While the engine does not answer, each live run's chain and chat are told so,
+        once an outage (whichever call found it out: a state, a signal, a command's)."""
+        why = self.engine.why or f"the {self.engine_name} engine does not answer"
+        for run in await self.repo.in_states(LIVE):
+            if self._told.get(run.id) == self.engine.outage:
+                continue
+            self._told[run.id] = self.engine.outage
+            waits = f"; its {run.wanted} is delivered then" if pending(run) else ""
+            event = self.event_log.log_event(
+                "run",
+                run.id,
+                summary=f"run {run.id} waits: {why}{waits}",
+                content={"state": run.state, "wanted": run.wanted},
+                caused_by=run.launch_action,
+            )
+            if self._told_chats.get(run.chat_id) == self.engine.outage:
+                continue
+            self._told_chats[run.chat_id] = self.engine.outage
+            await self.notify(
+                run.chat_id,
+                f"{why[0].upper()}{why[1:]}. Runs keep their state until it answers: nothing"
+                " is reported ended that may still run, and stops, pauses and launches asked"
+                " meanwhile happen when it answers.",
+                event,
+            )
 
     async def _check_stall(self, run: RunRecord) -> None:
         if (
