@@ -128,3 +128,24 @@ async def test_a_stale_record_does_not_overwrite_a_newer_state(
     assert after is not None and after.state == "stopping" and after.events_offset == 10
     assert await life.move(starting, RunState.QUEUED) is None  # stopping -> queued: no
     assert [s for _, s, _ in await repo.history(run.id)] == ["queued", "starting", "stopping"]
+
+
+def _diagram(text: str) -> list[str]:
+    block = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.strip().splitlines()]
+
+
+def test_the_state_diagram_is_the_same_in_the_docs_and_true_to_the_table() -> None:
+    import assistant.runs.lifecycle as lifecycle
+
+    mine = _diagram(lifecycle.__doc__ or "")
+    docs = (ROOT / "docs" / "architecture.md").read_text()
+    assert mine == _diagram(docs[docs.index("**States.**") :])
+    states = {s.value for s in RunState}
+    for line in mine[1:]:
+        start, _, rest = line.partition(" --> ")
+        end = rest.split(":", 1)[0].strip()
+        if start in states and end in states:
+            assert RunState(end) in MOVES[RunState(start)], line
+        elif start in states:  # ENDED_OR_PAUSED: whatever settle() gives
+            assert {RunState.SUCCEEDED, RunState.PAUSED} <= MOVES[RunState(start)], line
