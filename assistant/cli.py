@@ -9,6 +9,7 @@ import logging
 import secrets
 import signal
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
@@ -21,7 +22,7 @@ from assistant.channels.local import LocalChannel
 from assistant.config import Settings, load_settings
 from assistant.errors import ChannelError, ConfigError, OpsError
 from assistant.home import HomeError, HomeLock, prepare_home
-from assistant.local_client import LocalClient, exchange
+from assistant.local_client import Incoming, LocalClient, exchange
 from assistant.orchestrator import Orchestrator
 from assistant.redaction import Redactor
 from assistant.services import shared_redactor
@@ -165,6 +166,7 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     local = LocalChannel(settings.endpoint_path, port=settings.local_port)
     async with Orchestrator(settings, channels=[local], platforms=True) as orch:
+        local.record_deliveries(orch.services.log)
         _say(
             settings,
             f"assistant is up: data in {settings.assistant_home},"
@@ -183,11 +185,16 @@ async def _serve(settings: Settings) -> None:
 )
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the answer.")
 def send(text: str, wait: float, timeout: float) -> None:
-    """Send TEXT on the local channel and print the replies."""
+    """Send TEXT on the local channel and print the replies.
+
+    With --wait, what the assistant said while no client was attached comes first.
+    """
     settings = _settings()
 
     async def run() -> None:
-        async for reply in exchange(settings.endpoint_path, text, within=timeout, wait=wait):
+        # Staying to print later messages, it also shows what waited for a client.
+        replies = exchange(settings.endpoint_path, text, within=timeout, wait=wait, outbox=wait > 0)
+        async for reply in replies:
             click.echo(reply)
             click.echo()
 
@@ -283,16 +290,19 @@ def chat() -> None:
     settings = _settings()
 
     async def run() -> None:
-        async with LocalClient(settings.endpoint_path, mode="chat") as client:
+        async with LocalClient(settings.endpoint_path, mode="chat", outbox=True) as client:
             click.echo("Connected. Type /help, or Ctrl-D to leave.", err=True)
+            stream = client.incoming()
+            await _show_backlog(client, stream)
             unsettled: set[str] = set()
             all_settled = asyncio.Event()
             all_settled.set()
 
             async def printer() -> None:
-                async for item in client.incoming():
+                async for item in stream:
                     if item.kind != "settled":
                         click.echo(item.text + "\n")
+                        await client.ack(item)
                     elif item.id in unsettled:
                         unsettled.discard(item.id)
                         if not unsettled:
@@ -324,3 +334,39 @@ def chat() -> None:
         _fail(str(exc), code=1)
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+def inbox() -> None:
+    """Print what the assistant said while no client was attached, then leave.
+
+    Run reports, alerts and notices sent to the local console wait in its outbox until a
+    client gets them; `assistant chat` shows them too when it connects.
+    """
+    settings = _settings()
+
+    async def run() -> None:
+        async with LocalClient(settings.endpoint_path, mode="inbox", outbox=True) as client:
+            if not await _show_backlog(client, client.incoming()):
+                click.echo("No messages waiting.")
+
+    try:
+        asyncio.run(run())
+    except ChannelError as exc:
+        _fail(str(exc), code=1)
+
+
+async def _show_backlog(client: LocalClient, stream: AsyncIterator[Incoming]) -> bool:
+    """Print the held messages that come first on `stream`, acknowledging each once shown.
+
+    Returns whether there was anything to say.
+    """
+    note = client.backlog_note()
+    if note is None:
+        return False
+    click.echo(note + "\n")
+    for _ in range(client.waiting):
+        item = await anext(stream)
+        click.echo(item.text + "\n")
+        await client.ack(item)
+    return True

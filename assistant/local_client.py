@@ -8,6 +8,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,6 +22,8 @@ class Incoming:
     kind: str  # "message" | "image" | "settled" | "error" (a line the service refused)
     text: str
     id: str | None = None
+    outbox: int | None = None  # its number in the service's outbox: what `ack` confirms
+    held: bool = False  # it waited in the outbox for a client (said while none was there)
 
 
 class LocalClient:
@@ -29,11 +32,16 @@ class LocalClient:
     :raises ChannelError: when no service is running or the token is refused.
     """
 
-    def __init__(self, endpoint_path: Path, mode: str = "send") -> None:
+    def __init__(self, endpoint_path: Path, mode: str = "send", *, outbox: bool = False) -> None:
+        """`outbox`: be handed, first, what the assistant said while no client was there."""
         self._endpoint_path = endpoint_path
         self._mode = mode
+        self._outbox = outbox
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.waiting = 0  # held messages that come first (when outbox was asked for)
+        self.dropped = 0  # held ones the outbox dropped to stay within its bound
+        self.kept = 0  # that bound
 
     async def __aenter__(self) -> LocalClient:
         try:
@@ -54,10 +62,14 @@ class LocalClient:
         except (OSError, TypeError, ValueError):  # TypeError, ValueError: a bad host or port
             raise ChannelError(self._not_running()) from None
         try:
-            await self._send({"token": endpoint["token"], "client": self._mode})
+            hello = {"token": endpoint["token"], "client": self._mode, "ack": True}
+            await self._send(hello | ({"outbox": True} if self._outbox else {}))
             reply = await self._read()
             if reply.get("type") != "ready":
                 raise ChannelError(f"the assistant refused this client: {reply.get('text')}")
+            self.waiting = _count(reply.get("waiting"))
+            self.dropped = _count(reply.get("dropped"))
+            self.kept = _count(reply.get("kept"))
         except BaseException:
             await self.__aexit__(None, None, None)  # `async with` will not call it now
             raise
@@ -96,6 +108,26 @@ class LocalClient:
         await self._send({"type": "message", "id": message_id, "text": text})
         return message_id
 
+    async def ack(self, item: Incoming) -> None:
+        """Tell the assistant this message was shown: it leaves the outbox."""
+        if item.outbox is not None:
+            await self._send({"type": "ack", "outbox": item.outbox})
+
+    def backlog_note(self) -> str | None:
+        """The line that introduces the held messages, or None when there are none."""
+        if not self.waiting and not self.dropped:
+            return None
+        note = (
+            f"{self.waiting} message{'' if self.waiting == 1 else 's'} arrived while no client"
+            " was attached"
+        )
+        if self.dropped:
+            note += (
+                f" ({self.dropped} older one{'' if self.dropped == 1 else 's'} dropped: the"
+                f" outbox keeps the newest {self.kept})"
+            )
+        return note + (":" if self.waiting else ".")
+
     async def incoming(self) -> AsyncIterator[Incoming]:
         """Everything the assistant sends, until the connection closes."""
         while True:
@@ -103,15 +135,21 @@ class LocalClient:
             kind = str(data.get("type"))
             message_id = data.get("id")
             message_id = None if message_id is None else str(message_id)
+            seq = data.get("outbox")
+            outbox = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+            held = data.get("held") is True
+            prefix = f"({_local_time(data.get('at'))}) " if held else ""
             if kind == "image":
                 caption = data.get("caption") or ""
-                yield Incoming(kind, f"{caption} [image: {data.get('path')}]".strip())
+                text = f"{prefix}{caption} [image: {data.get('path')}]".strip()
+                yield Incoming(kind, text, outbox=outbox, held=held)
             elif kind == "error":
                 yield Incoming(kind, f"error: {data.get('text', '')}", message_id)
                 if message_id is not None:  # refused, so as handled as it will ever be
                     yield Incoming("settled", "", message_id)
             else:
-                yield Incoming(kind, str(data.get("text", "")), message_id)
+                text = prefix + str(data.get("text", ""))
+                yield Incoming(kind, text, message_id, outbox=outbox, held=held)
 
     async def __aexit__(
         self,
@@ -126,12 +164,34 @@ class LocalClient:
             self._writer = None
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _local_time(at: object) -> str:
+    """When a held message was said, in this machine's time zone (as sent if unreadable)."""
+    try:
+        when = datetime.fromisoformat(str(at)).astimezone()
+    except ValueError:
+        return str(at)
+    return when.strftime("%a %H:%M")
+
+
 async def exchange(
-    endpoint_path: Path, text: str, *, within: float = 60.0, wait: float = 0.0
+    endpoint_path: Path,
+    text: str,
+    *,
+    within: float = 60.0,
+    wait: float = 0.0,
+    outbox: bool = False,
 ) -> AsyncIterator[str]:
     """Send one message; yield replies until it is handled (at most `within` seconds),
-    then for `wait` more seconds."""
-    async with LocalClient(endpoint_path) as client:
+    then for `wait` more seconds. With `outbox`, what waited for a client comes first.
+
+    Each message is acknowledged once the consumer took it (the `yield` returned)."""
+    async with LocalClient(endpoint_path, outbox=outbox) as client:
+        if (note := client.backlog_note()) is not None:
+            yield note
         message_id = await client.send(text)
         stream = client.incoming()
         loop = asyncio.get_running_loop()
@@ -160,3 +220,4 @@ async def exchange(
                 deadline = loop.time() + wait
             elif item.kind != "settled":
                 yield item.text
+                await client.ack(item)

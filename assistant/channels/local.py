@@ -5,11 +5,23 @@ JSON lines over TCP on 127.0.0.1. A client's first line carries the token that
 can send commands. Everything on this channel is the local admin's chat, `local:console`;
 what the assistant sends to it goes to every connected client.
 
-    client -> {"token": "...", "client": "send"}          server -> {"type": "ready"}
+    client -> {"token": "...", "client": "send", "ack": true, "outbox": true}
+    server -> {"type": "ready", "waiting": 2, "dropped": 0}
+    server -> {"type": "message", "text": "...", "outbox": 7, "at": "...", "held": true}
+              (the `waiting` messages that no client got yet, oldest first: with "outbox")
     client -> {"type": "message", "id": "...", "text": "/status"}
-    server -> {"type": "message", "text": "..."}          (any number, any time)
+    server -> {"type": "message", "text": "...", "outbox": 9, "at": "..."}  (any time)
+    server -> {"type": "image", "path": "...", "caption": "...", "outbox": 10, "at": "..."}
+    client -> {"type": "ack", "outbox": 9}                 (shown: "ack" clients only)
     server -> {"type": "settled", "id": "..."}             (that message is fully handled)
     server -> {"type": "error", "text": "...", "id": ...}  (a line it could not take)
+
+Every message is kept in the outbox (assistant/channels/local_outbox.py) until a client got
+it: an "ack" client acknowledged it, or it was written to a client that does not ack. The
+send is recorded in the chain as it was: delivered, or kept for the next client (the
+`message_sent` action fails, saying so); a kept message that a client gets later is a
+`message_delivered` action under the same event. Lines from a client are read while its
+messages are handled, so its acks are seen while the assistant waits for them.
 
 A line over 1 MiB, not UTF-8, not JSON, or not an object of the shape above is answered
 with one `error` line that says what was wrong and what is expected; the connection stays
@@ -26,12 +38,16 @@ import json
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from assistant import log_context
 from assistant.channels.base import Channel, Inbox, IncomingMessage
+from assistant.channels.local_outbox import Held, Outbox
 from assistant.errors import ChannelError
 from assistant.jobs.text import valid_text
+from storage.ids import encode
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +58,31 @@ HELLO_SHAPE = 'expected one line of UTF-8 JSON: {"token": "<from local-channel.j
 MESSAGE_SHAPE = (
     'expected one line of UTF-8 JSON: {"type": "message", "id": "<string>", "text": "<string>"}'
 )
+OUTBOX_NAME = "local-outbox.db"
+# How long a send waits for an attached "ack" client to confirm it got the message.
+ACK_WAIT_S = 2.0
+
+
+class HeldInOutbox(ChannelError):
+    """No client got the message: it waits in the local outbox for the next one."""
+
+
+class DeliveryLog(Protocol):
+    """Where a late delivery is recorded (the event log's `log_action`)."""
+
+    def log_action(
+        self,
+        triggered_by: int | None,
+        action_type: str,
+        *,
+        target: str | None = None,
+        content: object = None,
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class _Client:
+    acks: bool  # acknowledges each message it got (the assistant CLI does)
 
 
 def write_private(path: Path, data: dict[str, Any]) -> None:
@@ -59,26 +100,50 @@ class LocalChannel(Channel):
     name = "local"
     prefix = "local"
 
-    def __init__(self, endpoint_path: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        endpoint_path: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        outbox_path: Path | None = None,
+        ack_wait_s: float = ACK_WAIT_S,
+    ) -> None:
         self._endpoint_path = endpoint_path
         self._port = port
         self._host = host
         self._token = secrets.token_urlsafe(32)
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
+        self._clients: dict[asyncio.StreamWriter, _Client] = {}
         self._inbox: Inbox | None = None
+        self._outbox_path = outbox_path or endpoint_path.with_name(OUTBOX_NAME)
+        self._outbox: Outbox | None = None
+        self._ack_wait_s = ack_wait_s
+        self._acked: dict[int, asyncio.Future[None]] = {}  # sends waiting for an ack
+        self._deliveries: DeliveryLog | None = None
         self.port: int | None = None
+
+    def record_deliveries(self, log: DeliveryLog) -> None:
+        """Record kept messages that a client gets later as `message_delivered` actions."""
+        self._deliveries = log
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """What waits for a client (None until started)."""
+        return self._outbox
 
     @property
     def is_connected(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
     async def start(self, inbox: Inbox) -> None:
-        """Listen on loopback and publish port and token.
+        """Open the outbox, listen on loopback and publish port and token.
 
         :raises ChannelError: if the port is taken.
+        :raises DatabaseOpenError: if the outbox file cannot be used.
         """
         self._inbox = inbox
+        self._outbox = await Outbox.open(self._outbox_path)
         try:
             self._server = await asyncio.start_server(
                 self._serve, self._host, self._port, limit=MAX_LINE
@@ -114,22 +179,99 @@ class LocalChannel(Channel):
                 await _write(writer, {"type": "error", "text": "bad token"})
                 log.warning("local channel: a client gave a wrong token")
                 return
-            await _write(writer, {"type": "ready", "chat": LOCAL_CHAT})
-            self._clients.add(writer)
-            while (line := await _read_line(reader)) != b"":
-                await self._handle_line(writer, line)
+            await self._attach(writer, _Client(acks=hello.get("ack") is True), hello)
+            work: asyncio.Queue[dict[str, Any] | str | None] = asyncio.Queue()
+            worker = asyncio.create_task(self._work(writer, work), name="local-client")
+            try:
+                while (line := await _read_line(reader)) != b"":
+                    request = _parse(line, MESSAGE_SHAPE)
+                    if isinstance(request, dict) and request.get("type") == "ack":
+                        await self._ack(writer, request)
+                    else:
+                        work.put_nowait(request)
+            finally:
+                work.put_nowait(None)  # what it sent before hanging up is still handled
+                await worker
         except ConnectionError as exc:
             log.debug("local client dropped: %s", exc)
         except Exception:  # one client must never take the channel down
             log.exception("local channel: a client connection failed")
         finally:
-            self._clients.discard(writer)
+            self._clients.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _handle_line(self, writer: asyncio.StreamWriter, line: bytes | None) -> None:
-        request = _parse(line, MESSAGE_SHAPE)
+    async def _attach(
+        self, writer: asyncio.StreamWriter, client: _Client, hello: dict[str, Any]
+    ) -> None:
+        """Say ready, hand over what waits (when asked), and join the live messages.
+
+        The snapshot, its lines and joining happen with no await between them, so every
+        message reaches this client once: in the snapshot, or live.
+        """
+        assert self._outbox is not None
+        ready: dict[str, Any] = {"type": "ready", "chat": LOCAL_CHAT}
+        waiting: list[Held] = []
+        if client.acks and hello.get("outbox") is True:
+            waiting = self._outbox.waiting()
+            ready.update(
+                waiting=len(waiting), dropped=self._outbox.dropped, kept=self._outbox.limit
+            )
+        writer.write(_encode(ready))
+        for held in waiting:
+            writer.write(_encode(held.line(held=True)))
+        self._clients[writer] = client
+        await writer.drain()
+        if ready.get("dropped"):
+            await self._outbox.told_dropped()
+
+    async def _ack(self, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        """A client got message `outbox`: it leaves the outbox; a late one is recorded."""
+        assert self._outbox is not None
+        seq = request.get("outbox")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            text = 'expected one line of UTF-8 JSON: {"type": "ack", "outbox": <integer>}'
+            await _write(writer, {"type": "error", "text": text})
+            return
+        waiter = self._acked.get(seq)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # its send is still waiting: recorded there, as ok
+            await self._outbox.remove(seq)
+            return
+        held = await self._outbox.remove(seq)
+        if held is not None:
+            self._record_late(held)
+
+    def _record_late(self, held: Held) -> None:
+        if self._deliveries is None:
+            return
+        self._deliveries.log_action(
+            held.event_id,
+            "message_delivered",
+            target=held.chat_id,
+            content={
+                "message_sent": None if held.action_id is None else encode(held.action_id),
+                "said_at": held.at,
+                "text": held.text[:500],
+            },
+        )
+
+    async def _work(
+        self, writer: asyncio.StreamWriter, work: asyncio.Queue[dict[str, Any] | str | None]
+    ) -> None:
+        """A client's message lines, handled one after another in the order sent."""
+        while (request := await work.get()) is not None:
+            try:
+                await self._handle_line(writer, request)
+            except ConnectionError as exc:
+                log.debug("local client dropped: %s", exc)
+            except Exception:  # one message must never take the connection down
+                log.exception("local channel: a client line failed")
+
+    async def _handle_line(
+        self, writer: asyncio.StreamWriter, request: dict[str, Any] | str
+    ) -> None:
         if isinstance(request, str):
             await _write(writer, {"type": "error", "text": request})
             return
@@ -161,19 +303,72 @@ class LocalChannel(Channel):
         await _write(writer, {"type": "settled", "id": incoming.platform_id})
 
     async def send_text(self, chat_id: str, text: str) -> str | None:
-        await self._broadcast({"type": "message", "text": text})
-        return None
+        """Deliver to the attached clients, or keep it for the next one.
+
+        :raises HeldInOutbox: no client got it; it waits in the outbox.
+        """
+        return await self._say(chat_id, "message", text)
 
     async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
-        await self._broadcast({"type": "image", "path": str(path), "caption": caption})
-        return None
+        """As send_text; a client is shown the image's path.
 
-    async def _broadcast(self, payload: dict[str, Any]) -> None:
-        for writer in list(self._clients):
-            try:
-                await _write(writer, payload)
-            except ConnectionError:
-                self._clients.discard(writer)
+        :raises HeldInOutbox: no client got it; it waits in the outbox.
+        """
+        return await self._say(chat_id, "image", caption, str(path))
+
+    async def _say(self, chat_id: str, kind: str, text: str, path: str | None = None) -> str:
+        """Keep the message, write it to every client, and wait until one has it.
+
+        Returns its outbox number once a client got it: an "ack" client acknowledged it
+        within `ack_wait_s`, or it was written to a client that does not ack.
+        """
+        if self._outbox is None:
+            raise ChannelError("the local channel is not started")
+        chain = log_context.current()
+        held = await self._outbox.add(
+            chat_id,
+            kind,
+            text,
+            path,
+            event_id=chain.event_id if chain else None,
+            action_id=chain.action_id if chain else None,
+        )
+        # From the add to these writes, no await: a client attaching now sees it once.
+        line = _encode(held.line(held=False))
+        clients = list(self._clients.items())
+        for writer, _ in clients:
+            writer.write(line)
+        acked = asyncio.get_running_loop().create_future()
+        self._acked[held.seq] = acked
+        try:
+            got = False
+            for writer, client in clients:
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    self._clients.pop(writer, None)
+                    continue
+                got = got or not client.acks
+            if not got and any(client.acks for _, client in clients):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._ack_wait_s):
+                        await acked
+                got = acked.done() and not acked.cancelled()
+        finally:
+            del self._acked[held.seq]
+        if got:
+            await self._outbox.remove(held.seq)  # a no-op where the ack removed it
+            return str(held.seq)
+        waiting = len(self._outbox.waiting())
+        nobody = (
+            f"no attached client acknowledged it within {self._ack_wait_s:g} s"
+            if clients
+            else "no local client is attached"
+        )
+        raise HeldInOutbox(
+            f"{nobody}: kept in the local outbox ({waiting} waiting), shown by the next"
+            " `assistant chat` or `assistant inbox`"
+        )
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -184,11 +379,18 @@ class LocalChannel(Channel):
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self._endpoint_path.unlink()
+        if self._outbox is not None:
+            await self._outbox.aclose()
+            self._outbox = None
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    # ASCII JSON: whatever the text holds, the line is valid UTF-8 and one line.
+    return json.dumps(payload).encode() + b"\n"
 
 
 async def _write(writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:
-    # ASCII JSON: whatever the text holds, the line is valid UTF-8 and one line.
-    writer.write(json.dumps(payload).encode() + b"\n")
+    writer.write(_encode(payload))
     await writer.drain()
 
 
