@@ -4,10 +4,11 @@
 #   2. wheels build/wheelhouse: torch (CPU build where the host's pip offers it), numpy,
 #             scikit-learn, aiohttp (the benchmark client), prometheus-client (the
 #             benchmark reads the server's /metrics with its parser), fetched by the host's pip
-#             for the base's Python (3.11)
+#             for the base's Python (3.11), each at its version in the lock (constraints.txt)
 #   3. image  assistant-run:latest from deploy/run-image/Dockerfile
 # Each step is skipped when its output is already there, so re-running costs seconds.
-# A GPU host with a registry builds the Dockerfile straight from its CUDA base instead.
+# A GPU host with a registry builds the Dockerfile from its default base instead (pip takes
+# the lock's torch, its CUDA build, from the index).
 #
 #   ASSISTANT_RUN_IMAGE   tag of the run image (default assistant-run:latest)
 #   ASSISTANT_BASE_IMAGE  tag of the imported base (default assistant-base:bookworm)
@@ -21,7 +22,9 @@ base_tag=${ASSISTANT_BASE_IMAGE:-assistant-base:bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 python=${PYTHON:-python3}
 wheelhouse=build/wheelhouse
-requirements=(torch==2.13.0 numpy scikit-learn aiohttp prometheus-client)
+# versions: the lock's (constraints.txt), here and in the image's own pip install
+requirements=(torch numpy scikit-learn aiohttp prometheus-client)
+lock=constraints.txt
 target_python=3.11 # bookworm's python3
 
 say() { printf '== %s\n' "$*"; }
@@ -71,7 +74,7 @@ build_wheelhouse() {
   local arch stamp want start=$SECONDS
   arch=$(uname -m)
   stamp="$wheelhouse/.requirements"
-  want="${requirements[*]} cp${target_python/./} $arch"
+  want="${requirements[*]} cp${target_python/./} $arch lock $(sha256sum "$lock" | cut -c1-16)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     say "wheels: $wheelhouse has ${requirements[*]}, skipping"
     return 0
@@ -84,7 +87,7 @@ build_wheelhouse() {
   mkdir -p "$wheelhouse"
   "$python" -m pip download --disable-pip-version-check --progress-bar off \
     --python-version "$target_python" --only-binary=:all: "${platforms[@]}" \
-    -d "$wheelhouse" "${requirements[@]}" || die "wheels: pip download failed"
+    -c "$lock" -d "$wheelhouse" "${requirements[@]}" || die "wheels: pip download failed"
   ls "$wheelhouse"/torch-*.whl >/dev/null 2>&1 || die "wheels: no torch wheel in $wheelhouse"
   printf '%s\n' "$want" >"$stamp"
   say "wheels: $(find "$wheelhouse" -name '*.whl' | wc -l) wheels, $(du -sh "$wheelhouse" | cut -f1)"
@@ -97,7 +100,7 @@ build_image() {
   # The context is exactly what the Dockerfile copies, streamed as a tar: the repo root
   # also holds .venv and .git, which would cost seconds to send on every build.
   tar -c --exclude=__pycache__ --exclude='*.pyc' --exclude="$wheelhouse/.requirements" \
-    assistant/__init__.py assistant/jobs deploy/run-image "$wheelhouse" \
+    assistant/__init__.py assistant/jobs deploy/run-image constraints.txt "$wheelhouse" \
     | docker build --network host --force-rm -f deploy/run-image/Dockerfile \
       --build-arg "BASE_IMAGE=$base_tag" --build-arg "WHEELS=$wheelhouse" \
       -t "$run_tag" -
