@@ -72,6 +72,19 @@ class HostStats:
             log.debug("NVML query failed: %s", exc)
         return found
 
+    def status_lines(self, gpus: list[GpuInfo]) -> list[str]:
+        """The GPU lines /status shows for what `gpus()` returned: one a GPU, or why none.
+
+        scripts/gpu-check prints the same lines, so both show NVML's view alike.
+        """
+        if not gpus:
+            return [f"GPUs: {self.gpu_note}"]
+        return [
+            f"GPU {g.index}: {g.name} · {g.util_percent}% util"
+            f" · {g.mem_used_mb:,}/{g.mem_total_mb:,} MB"
+            for g in gpus
+        ]
+
     def aclose(self) -> None:
         if self._nvml is not None:
             try:

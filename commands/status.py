@@ -60,14 +60,7 @@ async def dashboard(ctx: CommandContext) -> str:
     )
     gpus = s.host.gpus()
     lines.extend(await runs_section(ctx, {g.index: g for g in gpus}))
-    if gpus:
-        for gpu in gpus:
-            lines.append(
-                f"GPU {gpu.index}: {gpu.name} · {gpu.util_percent}% util"
-                f" · {gpu.mem_used_mb:,}/{gpu.mem_total_mb:,} MB"
-            )
-    else:
-        lines.append(f"GPUs: {s.host.gpu_note}")
+    lines.extend(s.host.status_lines(gpus))
     summary = await s.scheduler.summary()
     task_line = f"Tasks: {summary.active} active, {summary.paused} paused"
     due = summary.next_due
