@@ -12,7 +12,8 @@ A run dir holds:
 
 Event types and their fields (paths are relative to the run dir):
 
-    started     step (the first step, > 0 on resume), total, device, world_size, params
+    started     step (the first step, > 0 on resume), total, device, world_size, params,
+                device_name?, peak_flops? (the dense peak its mfu is of; null: unknown)
     progress    step, total, loss, lr, tokens_per_s?, mfu?, elapsed_s
     metric      step, name, value               (val_loss, accuracy, macro_f1, ...)
     checkpoint  step, path, best (bool), val_loss?

@@ -51,6 +51,7 @@ from assistant.jobs.recipes.common import (
     stop_status,
     write_json,
 )
+from assistant.jobs.recipes.peaks import peak_flops
 
 INFO = RECIPES["gpt"]
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size")
@@ -199,32 +200,11 @@ class GPT(nn.Module):
         )
 
 
-# Dense peak FLOP/s per GPU: (bf16/fp16, tf32). First match on the device name wins,
-# so longer names come before their prefixes (A100 before A10, L40S before L4).
-_PEAKS = (
-    ("H100 PCIe", 756e12, 378e12),
-    ("H100 NVL", 835e12, 418e12),
-    ("H100", 989e12, 494e12),
-    ("H200", 989e12, 494e12),
-    ("H800", 989e12, 494e12),
-    ("A100", 312e12, 156e12),
-    ("A800", 312e12, 156e12),
-    ("L40S", 362e12, 183e12),
-    ("L40", 181e12, 90.5e12),
-    ("L4", 121e12, 60e12),
-    ("A10", 125e12, 62.5e12),
-)
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The device's peak for MFU, or None where we do not know it (CPU, unknown GPU)."""
+def peak_for(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's dense peak for MFU, or None where we do not know it (CPU, unknown GPU)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, half, tf32 in _PEAKS:
-        if key in name:
-            return tf32 if dtype == torch.float32 else half
-    return None
+    return peak_flops(torch.cuda.get_device_name(device), float32=dtype == torch.float32)
 
 
 # ----------------------------------------------------------------------------- data
@@ -376,7 +356,7 @@ def _train(
         train_model = DDP(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
 
     n_params = raw_model.num_params(non_embedding=False)
-    peak = peak_flops(device, ptdtype)
+    peak = peak_for(device, ptdtype)
     flops_per_token = raw_model.flops_per_token()
     report.emit(
         "started",
@@ -391,6 +371,7 @@ def _train(
             "vocab_size": vocab_size,
             "dtype": str(ptdtype).removeprefix("torch."),
         },
+        peak_flops=peak,
         resumed_from=args.resume,
     )
 
