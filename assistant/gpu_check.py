@@ -1,6 +1,6 @@
 """The GPU check (`scripts/gpu-check`): the project's own code on this machine's GPU, reported.
 
-    scripts/gpu-check [--cpu] [--keep DIR]
+    scripts/gpu-check [--cpu] [--no-compile] [--keep DIR]
 
 Four parts, each a real run of what the service runs, each one line of the report:
 
@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ _QUIET = {"eval_iters": 1, "checkpoint_every": 0, "keep_last": 1}
 
 GPU_SIZES = Sizes(
     device="cuda",
-    # 14 blocks of width 768: 99M parameters; 64k tokens a step in micro-batches that fit
+    # 14 blocks of width 768: 100M parameters; 64k tokens a step in micro-batches that fit
     # a 24 GB card. Progress every 20 steps: the first window holds the compile, the
     # other four are the steady rate.
     bench={
@@ -319,7 +319,7 @@ def bench_part(sizes: Sizes, work: Path) -> Part:
         raise PartFailed(f"the recipe exited {code}{why_not(run_dir)}")
     started = last_event(run_dir, "started")
     progress = read_events(run_dir, "progress")
-    steady = progress[1:]  # the first window holds start-up and the compile
+    steady = progress[1:]  # the first window holds the compile and the first steps' warm-up
     if not steady:
         raise PartFailed(f"{len(progress)} progress event(s): too few for a steady rate")
     tps = statistics.median(float(e["tokens_per_s"]) for e in steady)
@@ -329,8 +329,9 @@ def bench_part(sizes: Sizes, work: Path) -> Part:
     compiled = "torch.compile" if params.get("compile") else "eager"
     detail = (
         f"gpt {info['n_params'] / 1e6:.1f}M parameters, {info['dtype']}, {compiled},"
-        f" {attention}; {steps} steps of {tokens:,} tokens in {took:.1f} s"
-        f" · {tps:,.0f} tokens/s · {mfu_text(started, steady)}"
+        f" {attention}; {steps} steps of {tokens:,} tokens, {took:.1f} s wall"
+        f" · {tps:,.0f} tokens/s after the first {info['log_every']} steps"
+        f" · {mfu_text(started, steady)}"
     )
     return Part("throughput", "NOT usable" not in attention, detail)
 
@@ -471,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (for CI)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the run dirs in DIR")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="measure without torch.compile (eager)"
+    )
     args = parser.parse_args(argv)
     refusal = preflight(want_gpu=not args.cpu)
     if refusal is not None:
@@ -479,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     sizes = CPU_SIZES if args.cpu else GPU_SIZES
+    if args.no_compile:
+        sizes = replace(sizes, bench={**sizes.bench, "compile": False})
     on_gpu = sizes.device == "cuda"
     name = torch.cuda.get_device_name(0) if on_gpu else "CPU"
     print(f"gpu-check on {sizes.device}: {name} · torch {torch.__version__} · {sys.executable}")

@@ -57,7 +57,9 @@ def test_nvml_is_shown_as_status_shows_it(report: dict[str, str]) -> None:
 
 def test_throughput_is_the_recipes_own_figure(report: dict[str, str]) -> None:
     line = report["throughput"]
-    found = re.search(r"30 steps of 512 tokens in [\d.]+ s · ([\d,]+) tokens/s", line)
+    found = re.search(
+        r"30 steps of 512 tokens, [\d.]+ s wall · ([\d,]+) tokens/s after the first 10 steps", line
+    )
     assert found is not None, line
     assert int(found[1].replace(",", "")) > 0
     assert "float32, eager" in line
