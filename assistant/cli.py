@@ -1,4 +1,10 @@
-"""The `assistant` command line: `up` runs the service; `send` and `chat` talk to it."""
+"""The `assistant` command line: `up` runs the service; `send`, `chat` and `inbox` talk to it.
+
+The client commands are run many times a day, so this module imports only click and the
+standard library at the top: each command imports what it needs when it runs. The client
+path (client_config.py, local_client.py) never loads the service, its SDKs or pydantic;
+tests/test_cli_end_to_end.py checks which modules a real `assistant send` loaded.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +18,18 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from assistant import log_context
-from assistant.access import Access
-from assistant.channels.local import LocalChannel
-from assistant.config import Settings, load_settings
 from assistant.errors import ChannelError, ConfigError, OpsError
-from assistant.home import HomeError, HomeLock, prepare_home
-from assistant.local_client import Incoming, LocalClient, exchange
-from assistant.orchestrator import Orchestrator
-from assistant.redaction import Redactor
-from assistant.services import shared_redactor
-from storage.chats import ChatRepo
-from storage.db import Database, DatabaseOpenError
 from storage.ids import encode
+
+if TYPE_CHECKING:
+    from assistant.config import Settings
+    from assistant.local_client import Incoming, LocalClient
+    from assistant.redaction import Redactor
 
 
 class RedactingFormatter(logging.Formatter):
@@ -97,13 +98,16 @@ def _say(settings: Settings, message: str, level: int = logging.INFO) -> None:
     cannot parse; these lines are shown whatever the log level, as the plain ones are.
     """
     if settings.log_format != "json":
-        click.echo(message if level < logging.ERROR else f"assistant: {message}", err=True)
+        prefix = "assistant: warning: " if level == logging.WARNING else "assistant: "
+        click.echo(message if level < logging.WARNING else prefix + message, err=True)
         return
     logger = logging.getLogger("assistant")
     logger.handle(logger.makeRecord(logger.name, level, __file__, 0, message, (), None))
 
 
 def _settings() -> Settings:
+    from assistant.config import load_settings
+
     try:
         return load_settings()
     except ConfigError as exc:
@@ -112,6 +116,8 @@ def _settings() -> Settings:
 
 def _setup_logging(settings: Settings) -> None:
     """The service log on stderr, in the configured format, through the one redactor."""
+    from assistant.services import shared_redactor
+
     handler = logging.StreamHandler()
     redactor = shared_redactor(settings)
     formatter = JsonFormatter(redactor) if settings.log_format == "json" else None
@@ -126,15 +132,26 @@ def _setup_logging(settings: Settings) -> None:
 
 
 @click.group()
+@click.version_option(package_name="gpu-chatops-assistant", prog_name="assistant")
 def main() -> None:
-    """A chat-ops assistant for training and benchmark runs on a GPU host."""
+    """A chat-ops assistant for training and benchmark runs on a GPU host.
+
+    Shell completion: eval "$(_ASSISTANT_COMPLETE=bash_source assistant)" in ~/.bashrc
+    (zsh_source for zsh, fish_source for fish).
+    """
 
 
 @main.command()
 def up() -> None:
     """Run the assistant in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
+    from assistant.config import unknown_settings
+    from assistant.home import HomeError, HomeLock, prepare_home
+    from storage.db import DatabaseOpenError
+
     settings = _settings()
     _setup_logging(settings)
+    for line in unknown_settings():  # a typo would be ignored without a word
+        _say(settings, line, logging.WARNING)
     # One service per home, decided before anything in it is opened or written.
     lock = HomeLock(settings.assistant_home)
     try:
@@ -160,6 +177,9 @@ def up() -> None:
 
 
 async def _serve(settings: Settings) -> None:
+    from assistant.channels.local import LocalChannel
+    from assistant.orchestrator import Orchestrator
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -189,11 +209,12 @@ def send(text: str, wait: float, timeout: float) -> None:
 
     With --wait, what the assistant said while no client was attached comes first.
     """
-    settings = _settings()
+    from assistant.client_config import endpoint_path
+    from assistant.local_client import exchange
 
     async def run() -> None:
         # Staying to print later messages, it also shows what waited for a client.
-        replies = exchange(settings.endpoint_path, text, within=timeout, wait=wait, outbox=wait > 0)
+        replies = exchange(endpoint_path(), text, within=timeout, wait=wait, outbox=wait > 0)
         async for reply in replies:
             click.echo(reply)
             click.echo()
@@ -207,6 +228,10 @@ def send(text: str, wait: float, timeout: float) -> None:
 @main.command()
 def chats() -> None:
     """List the chats the assistant has seen, to find the id to make admin."""
+    from assistant.access import Access
+    from storage.chats import ChatRepo
+    from storage.db import Database, DatabaseOpenError
+
     settings = _settings()
 
     async def run() -> None:
@@ -287,10 +312,11 @@ def recipes_schema() -> None:
 @main.command()
 def chat() -> None:
     """An interactive prompt on the local channel; later messages print as they come."""
-    settings = _settings()
+    from assistant.client_config import endpoint_path
+    from assistant.local_client import LocalClient
 
     async def run() -> None:
-        async with LocalClient(settings.endpoint_path, mode="chat", outbox=True) as client:
+        async with LocalClient(endpoint_path(), mode="chat", outbox=True) as client:
             click.echo("Connected. Type /help, or Ctrl-D to leave.", err=True)
             stream = client.incoming()
             await _show_backlog(client, stream)
@@ -343,10 +369,11 @@ def inbox() -> None:
     Run reports, alerts and notices sent to the local console wait in its outbox until a
     client gets them; `assistant chat` shows them too when it connects.
     """
-    settings = _settings()
+    from assistant.client_config import endpoint_path
+    from assistant.local_client import LocalClient
 
     async def run() -> None:
-        async with LocalClient(settings.endpoint_path, mode="inbox", outbox=True) as client:
+        async with LocalClient(endpoint_path(), mode="inbox", outbox=True) as client:
             if not await _show_backlog(client, client.incoming()):
                 click.echo("No messages waiting.")
 

@@ -1,13 +1,20 @@
 """Settings: read once from the environment (and an optional `.env`), then passed down.
 
-No other module reads `os.environ`; tests build a `Settings` directly.
+No other module reads `os.environ` (client_config.py reads ASSISTANT_HOME alone, the same
+way, for the CLI's client path); tests build a `Settings` directly. A variable that looks
+meant for the assistant but is no setting (`ASSISTANT_TIMEZON`) would be ignored without a
+word, so `unknown_settings` names each one, with the closest setting, for `assistant up`
+to warn about.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 import shlex
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from assistant.client_config import ENDPOINT_NAME
 from assistant.errors import ConfigError
 
 CHAT_ID_RE = re.compile(r"^(tg|sl|dc|local):[A-Za-z0-9_.@-]{1,64}$")
@@ -262,7 +270,7 @@ class Settings(BaseSettings):
     @property
     def endpoint_path(self) -> Path:
         """Port and token of the running local channel (mode 0600)."""
-        return self.assistant_home / "local-channel.json"
+        return self.assistant_home / ENDPOINT_NAME
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for the redactor."""
@@ -290,3 +298,61 @@ def load_settings(**overrides: object) -> Settings:
             name = str(err["loc"][0]).upper() if err["loc"] else "?"
             problems.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+# ASSISTANT_* variables that are read by the project's other tools, not by the service.
+NOT_SETTINGS = frozenset(
+    {
+        "ASSISTANT_BASE_IMAGE",  # deploy/build-images.sh
+        "ASSISTANT_DOCKERD_DIR",  # scripts/docker-engine
+        "ASSISTANT_DOCKERD_WAIT",  # scripts/docker-engine
+        "ASSISTANT_REPORT_PREFIX",  # set for a run by its agent (assistant/jobs)
+        "ASSISTANT_TEST_NO_DOCKER",  # the tests
+    }
+)
+
+
+def setting_names() -> frozenset[str]:
+    """The variable name of every setting, as the environment or `.env` spells it."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names.add((alias if isinstance(alias, str) else name).upper())
+    return frozenset(names)
+
+
+def unknown_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> list[str]:
+    """A line for each variable meant for the assistant that is no setting, with the
+    closest setting: any `ASSISTANT_*` in the environment or in `.env`, and any other name
+    in `.env` close to a setting's (`TELEGRAM_BOT_TOKN`). Settings ignore them silently.
+    """
+    known = setting_names()
+    ours = known | NOT_SETTINGS
+    found: dict[str, str] = {}
+    for name in os.environ if environ is None else environ:
+        if name.upper().startswith("ASSISTANT_") and name.upper() not in ours:
+            found[name] = "the environment"
+    if env_file is not None and env_file.is_file():
+        from dotenv import dotenv_values
+
+        for name in dotenv_values(env_file, encoding="utf-8"):
+            upper = name.upper()
+            if upper in ours:
+                continue
+            if upper.startswith("ASSISTANT_") or _closest(upper, known, cutoff=0.85):
+                found.setdefault(name, str(env_file))
+    lines = []
+    for name, where in sorted(found.items()):
+        close = _closest(name.upper(), known, cutoff=0.8)
+        hint = (
+            f"did you mean {close}?" if close else "deploy/assistant.env.example lists the settings"
+        )
+        lines.append(f"{name} (in {where}) is not a setting and is ignored; {hint}")
+    return lines
+
+
+def _closest(name: str, known: frozenset[str], *, cutoff: float) -> str | None:
+    matches = difflib.get_close_matches(name, sorted(known), n=1, cutoff=cutoff)
+    return matches[0] if matches else None

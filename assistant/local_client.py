@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from assistant.channels.local import MAX_LINE
+from assistant.channels.local_protocol import MAX_LINE
 from assistant.errors import ChannelError
 
 

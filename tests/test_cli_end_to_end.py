@@ -76,6 +76,54 @@ def test_send_gets_answers_from_a_running_service(
     assert "my password is [REDACTED]" in logged and "sesame-1234-open" not in logged
 
 
+# What the everyday client must never load: each costs tens to hundreds of ms at start.
+HEAVY = (
+    "anthropic",
+    "docker",
+    "telegram",
+    "slack_sdk",
+    "discord",
+    "matplotlib",
+    "torch",
+    "pydantic",
+    "aiosqlite",
+    "assistant.orchestrator",
+    "assistant.services",
+)
+_SEND_AND_LIST_MODULES = """
+import json, sys
+from assistant.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_send_loads_only_the_client(service: tuple[Path, subprocess.Popen[str]]) -> None:
+    """A real `assistant send /status` round trip, in a fresh interpreter, then its modules."""
+    home, _ = service
+    done = subprocess.run(
+        [sys.executable, "-c", _SEND_AND_LIST_MODULES, "send", "/status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=env_for(home),
+    )
+    *reply, last = done.stdout.strip().splitlines()
+    outcome = json.loads(last)
+    assert outcome["code"] in (0, None), done.stderr
+    assert "Uptime:" in "\n".join(reply)  # it did the whole round trip
+    loaded = [
+        name
+        for name in outcome["modules"]
+        if any(name == heavy or name.startswith(heavy + ".") for heavy in HEAVY)
+    ]
+    assert loaded == []
+
+
 def test_chat_is_an_interactive_prompt(service: tuple[Path, subprocess.Popen[str]]) -> None:
     home, _ = service
     chat = subprocess.run(
@@ -111,3 +159,41 @@ def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "ASSISTANT_TIMEZONE" in result.stderr and "Mars/Olympus" in result.stderr
+
+
+def test_a_mistyped_setting_is_warned_about_at_start_with_the_closest_name(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    with running_service(home, ASSISTANT_TIMEZON="Asia/Tokyo") as proc:
+        status = cli(home, "send", "/status")
+        assert "Timezone: Europe/Berlin" in status.stdout  # the typo changed nothing...
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    # ...and was said: the variable, that it is ignored, and what was meant.
+    assert "assistant: warning: ASSISTANT_TIMEZON (in the environment) is not a setting" in err
+    assert "did you mean ASSISTANT_TIMEZONE?" in err
+
+
+def test_version_and_shell_completion(tmp_path: Path) -> None:
+    version = cli(tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("assistant, version ")
+    env = env_for(tmp_path, _ASSISTANT_COMPLETE="bash_source")
+    script = subprocess.run(
+        [str(Path(sys.executable).with_name("assistant"))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert script.returncode == 0, script.stderr
+    assert "complete -o nosort -F _assistant_completion assistant" in script.stdout
+    env.update(_ASSISTANT_COMPLETE="bash_complete", COMP_WORDS="assistant in", COMP_CWORD="1")
+    words = subprocess.run(
+        [str(Path(sys.executable).with_name("assistant"))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert "plain,inbox" in words.stdout.splitlines()  # it completes the subcommands

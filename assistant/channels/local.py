@@ -45,26 +45,22 @@ from typing import Any, Protocol
 from assistant import log_context
 from assistant.channels.base import Channel, Inbox, IncomingMessage
 from assistant.channels.local_outbox import Held, Outbox
+from assistant.channels.local_protocol import (
+    ACK_SHAPE,
+    HELLO_SHAPE,
+    LOCAL_CHAT,
+    MAX_LINE,
+    MESSAGE_SHAPE,
+)
 from assistant.errors import ChannelError
 from assistant.jobs.text import valid_text
 from storage.ids import encode
 
 log = logging.getLogger(__name__)
 
-LOCAL_CHAT = "local:console"
-MAX_LINE = 1024 * 1024
-# What each line must be, quoted in the error reply to a line that is not.
-HELLO_SHAPE = 'expected one line of UTF-8 JSON: {"token": "<from local-channel.json>"}'
-MESSAGE_SHAPE = (
-    'expected one line of UTF-8 JSON: {"type": "message", "id": "<string>", "text": "<string>"}'
-)
 OUTBOX_NAME = "local-outbox.db"
 # How long a send waits for an attached "ack" client to confirm it got the message.
 ACK_WAIT_S = 2.0
-
-
-class HeldInOutbox(ChannelError):
-    """No client got the message: it waits in the local outbox for the next one."""
 
 
 class DeliveryLog(Protocol):
@@ -231,8 +227,7 @@ class LocalChannel(Channel):
         assert self._outbox is not None
         seq = request.get("outbox")
         if not isinstance(seq, int) or isinstance(seq, bool):
-            text = 'expected one line of UTF-8 JSON: {"type": "ack", "outbox": <integer>}'
-            await _write(writer, {"type": "error", "text": text})
+            await _write(writer, {"type": "error", "text": ACK_SHAPE})
             return
         waiter = self._acked.get(seq)
         if waiter is not None and not waiter.done():
@@ -305,14 +300,14 @@ class LocalChannel(Channel):
     async def send_text(self, chat_id: str, text: str) -> str | None:
         """Deliver to the attached clients, or keep it for the next one.
 
-        :raises HeldInOutbox: no client got it; it waits in the outbox.
+        :raises ChannelError: no client got it; it waits in the outbox for the next one.
         """
         return await self._say(chat_id, "message", text)
 
     async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
         """As send_text; a client is shown the image's path.
 
-        :raises HeldInOutbox: no client got it; it waits in the outbox.
+        :raises ChannelError: no client got it; it waits in the outbox for the next one.
         """
         return await self._say(chat_id, "image", caption, str(path))
 
@@ -365,7 +360,7 @@ class LocalChannel(Channel):
             if clients
             else "no local client is attached"
         )
-        raise HeldInOutbox(
+        raise ChannelError(
             f"{nobody}: kept in the local outbox ({waiting} waiting), shown by the next"
             " `assistant chat` or `assistant inbox`"
         )
