@@ -59,6 +59,9 @@ from storage.ids import encode
 log = logging.getLogger(__name__)
 
 OUTBOX_NAME = "local-outbox.db"
+# The longest text sent in one line: even escaped at 12 bytes a character (a surrogate
+# pair as two \uXXXX), it fits the client's MAX_LINE, so no message can wedge the outbox.
+MAX_TEXT = 64_000
 # How long a send waits for an attached "ack" client to confirm it got the message.
 ACK_WAIT_S = 2.0
 
@@ -319,6 +322,8 @@ class LocalChannel(Channel):
         """
         if self._outbox is None:
             raise ChannelError("the local channel is not started")
+        if len(text) > MAX_TEXT:
+            text = f"{text[:MAX_TEXT]}\n[cut here: {len(text) - MAX_TEXT:,} more characters]"
         chain = log_context.current()
         held = await self._outbox.add(
             chat_id,
