@@ -100,6 +100,20 @@ def test_a_report_sent_while_no_client_is_attached_waits_in_the_inbox(tmp_path: 
         assert "Uptime:" not in again.stdout
 
 
+def test_send_with_wait_shows_what_waited_before_its_answer(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with running_service(home):
+        _schedule_a_report_while_away(home)
+        plain = cli(home, "send", "/help")  # no --wait: just the answer; the report stays
+        assert "Uptime:" not in plain.stdout and "/debug" in plain.stdout
+        waited = cli(home, "send", "/help", "--wait", "0.5")
+        assert waited.returncode == 0, waited.stderr
+        out = waited.stdout
+        assert "1 message arrived while no client was attached" in out
+        assert out.index("Uptime:") < out.index("/debug")  # what waited comes first
+        assert "No messages waiting" in cli(home, "inbox").stdout
+
+
 def test_what_waits_survives_a_restart_and_the_next_chat_shows_it(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with running_service(home) as proc:
