@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     command += ["-c", LOCK, "-e", spec]
     print("install: " + " ".join(command[1:]), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    status = subprocess.run(command, cwd=ROOT).returncode
+    if status != 0:  # nothing recorded: the next start tries again
+        print(f"install: pip failed (exit status {status})", file=sys.stderr)
+        return status
     mark(extras, current)
     return 0
 

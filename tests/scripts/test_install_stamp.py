@@ -59,6 +59,9 @@ def test_unchanged_inputs_need_no_install(tmp_path: Path) -> None:
     done = install(root, "ml", python=str(root / "bare" / "bin" / "python"))
     assert done.returncode != 0
     assert "No module named pip" in done.stderr
+    assert "install: pip failed" in done.stderr
+    # a failed install is not recorded: the next start tries again
+    assert install(root, "--check", "ml").returncode == NEEDED
 
 
 def test_a_changed_lock_needs_an_install(tmp_path: Path) -> None:
