@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import secrets
 import tarfile
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,7 +18,7 @@ import docker
 import pytest
 
 from assistant.errors import EngineUnavailable, RunStartError
-from assistant.runs.docker_runner import DEFAULT_DOCKER_HOST, DockerRunner
+from assistant.runs.docker_runner import DEFAULT_DOCKER_HOST, INSTANCE_LABEL, DockerRunner
 
 TEST_LABEL = "assistant.test"
 PROBE_IMAGE = "assistant-test-probe:latest"
@@ -85,8 +86,18 @@ elif action == "tamper":
 """
 
 
+# This test process's instance on the engine: services of other test processes on the same
+# engine (another checkout's suite) reconcile "default" containers away, never these.
+TEST_INSTANCE = f"tests-{secrets.token_hex(4)}"
+
+
 def _docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def docker_runner(image: str = "assistant-run:latest") -> DockerRunner:
+    """A runner on the test engine, in this test process's instance."""
+    return DockerRunner(_docker_host(), image=image, instance=TEST_INSTANCE)
 
 
 @pytest.fixture(scope="session")
@@ -104,8 +115,9 @@ def docker_engine() -> Iterator[docker.DockerClient]:
     asyncio.run(probe.aclose())
     client = docker.from_env(use_context=False)
     yield client
-    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
-        container.remove(force=True)
+    for label in (TEST_LABEL, f"{INSTANCE_LABEL}={TEST_INSTANCE}"):
+        for container in client.containers.list(all=True, filters={"label": label}):
+            container.remove(force=True)
     client.close()
 
 

@@ -18,12 +18,11 @@ import pytest
 
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.serving import SERVER_OF_LABEL
 from tests.assistant.recording import RecordingChannel
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.runs.conftest import _docker_host, build_test_image
+from tests.runs.conftest import build_test_image, docker_runner
 from tests.runs.test_run_flow import ADMIN, RUN_ID
 
 RUN_IMAGE = "assistant-run:latest"
@@ -144,7 +143,7 @@ async def test_the_server_runs_in_a_container_and_goes_with_the_run(
     docker_settings: Settings, docker_engine: docker.DockerClient
 ) -> None:
     channel = RecordingChannel()
-    runner = DockerRunner(_docker_host(), image=RUN_IMAGE)
+    runner = docker_runner(RUN_IMAGE)
     async with Orchestrator(docker_settings, channels=[channel], runner=runner) as orch:
         run_id = await bench(
             channel, "/run bench serve model=fake-model profiles=none in=32 out=16 c=2 n=40 gpus=0"
@@ -173,7 +172,7 @@ async def test_without_metrics_the_servers_log_lines_are_read(
     """A server started with /metrics off (vLLM behind a proxy that hides it): log lines."""
     s = docker_settings.model_copy(update={"bench_server_args": "--metrics off"})
     channel = RecordingChannel()
-    runner = DockerRunner(_docker_host(), image=RUN_IMAGE)
+    runner = docker_runner(RUN_IMAGE)
     async with Orchestrator(s, channels=[channel], runner=runner) as orch:
         run_id = await bench(
             channel, "/run bench serve model=fake-model profiles=none in=32 out=16 c=2 n=40 gpus=0"
@@ -195,7 +194,7 @@ async def test_a_server_that_never_gets_healthy_is_reported_with_its_log(
 ) -> None:
     s = docker_settings.model_copy(update={"bench_server_args": "--start-delay-s 600"})
     channel = RecordingChannel()
-    runner = DockerRunner(_docker_host(), image=RUN_IMAGE)
+    runner = docker_runner(RUN_IMAGE)
     async with Orchestrator(s, channels=[channel], runner=runner):
         run_id = await bench(
             channel, f"/run bench serve model=fake-model {SMALL} gpus=0 health_timeout_s=3"

@@ -21,7 +21,7 @@ from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.process_runner import ProcessRunner
 from tests.assistant.recording import RecordingChannel
-from tests.runs.conftest import _docker_host
+from tests.runs.conftest import docker_runner
 from tests.runs.test_run_flow import ADMIN, RUN_ID, step_of, wait_until
 
 FOREIGN_IMAGE = "assistant-base:bookworm"  # python3, and nothing of ours
@@ -141,9 +141,7 @@ def declared(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path)
 async def service(declared: Settings) -> AsyncIterator[tuple[Orchestrator, RecordingChannel]]:
     channel = RecordingChannel()
     runner: ProcessRunner | DockerRunner = (
-        DockerRunner(_docker_host())
-        if declared.runner == "docker"
-        else ProcessRunner(declared.runs_dir)
+        docker_runner() if declared.runner == "docker" else ProcessRunner(declared.runs_dir)
     )
     async with Orchestrator(declared, channels=[channel], runner=runner) as orch:
         yield orch, channel

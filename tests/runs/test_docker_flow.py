@@ -14,7 +14,7 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DockerRunner
 from tests.assistant.recording import RecordingChannel
-from tests.runs.conftest import _docker_host
+from tests.runs.conftest import docker_runner
 from tests.runs.test_run_flow import ADMIN, launch, step_of, wait_until
 
 RUN_IMAGE = "assistant-run:latest"
@@ -39,7 +39,7 @@ def docker_settings(settings: Settings, docker_engine: docker.DockerClient) -> S
 
 
 def runner() -> DockerRunner:
-    return DockerRunner(_docker_host(), image=RUN_IMAGE)
+    return docker_runner(RUN_IMAGE)
 
 
 @pytest.fixture
@@ -141,9 +141,7 @@ async def test_a_missing_image_is_built_first_and_the_chat_is_told(
     settings = docker_settings.model_copy(update={"run_image": image})
     channel = RecordingChannel()
     try:
-        async with Orchestrator(
-            settings, channels=[channel], runner=DockerRunner(_docker_host(), image=image)
-        ):
+        async with Orchestrator(settings, channels=[channel], runner=docker_runner(image)):
             replies = await channel.say(ADMIN, "/run train classifier steps=5")
             reply = next(r for r in replies if r.startswith("Run "))
             run_id = re.search(r"^Run (\w+):", reply).group(1)  # type: ignore[union-attr]
