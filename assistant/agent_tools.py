@@ -1,44 +1,56 @@
-"""The model's tools: typed inputs turned into the chat command that does the same thing.
+"""The model's tools: each one is a chat command's typed handler, called with the tool's JSON.
 
-Every tool builds the text of a built-in command and runs it through the orchestrator's
-`execute_command`, so a tool and a command share one implementation, one validation and
-one reply. Inputs are checked here first (ids, keys, types, bounds) and every value is
-shell-quoted, so no input can add words to the command it builds. Results go back to the
-model redacted like the event log, and cut to `RESULT_LIMIT`.
+A tool names the command form it stands for (`/run stop`) and the handler that form runs
+after parsing (`commands.runs.stop`); its input is validated by the same argument model
+the command parses into (`assistant/operations/`), whose JSON Schema is what the model is
+shown. No command text is built or parsed again: a value can only ever be that value.
+String inputs are masked like a chat's text first. Results go back to the model redacted
+like the event log, and cut to `RESULT_LIMIT`.
 
-What the model may run is read from the commands' registry entries (`Guard`): no tool
-runs or schedules a people-only command (/chat), and a destructive command, run directly
-or scheduled through add_task, needs `confirmed=true` (the user's yes) first.
+What the model may run is read from the commands' registry entries (`Guard`), by the form
+a tool stands for: no tool runs or schedules a people-only command (/chat), and a
+destructive command, run directly or scheduled through add_task, needs `confirmed=true`
+(the user's yes) first.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from anthropic.types import ToolParam
 
-from assistant.errors import CommandError
-from assistant.jobs.recipes import RECIPES
-from assistant.recipes.rules import RECIPE_NAME
+from assistant.errors import CommandError, Refused
+from assistant.operations.arguments import Arguments, Id, json_schema
+from assistant.operations.runs import (
+    LaunchTraining,
+    RecipeQuery,
+    RunLogs,
+    RunRef,
+)
+from assistant.operations.tasks import AddTask, TaskRef
 from assistant.redaction import Redactor, truncate
 from assistant.reply import Reply
-from commands import build_router
-from commands.registry import CommandRouter
-
-# run_command(chat_id, sender, text, event_id) -> (reply, error or None)
-RunCommand = Callable[[str, str, str, int | None], Awaitable[tuple[Reply, str | None]]]
+from commands import build_router, debug, runs, status, tasks
+from commands.registry import Bound, CommandContext, CommandRouter, CommandRules, TypedHandler
 
 RESULT_LIMIT = 8 * 1024
-ID_RE = re.compile(r"^[0-9a-z]{1,13}$")
-KEY_RE = re.compile(r"^[a-z_]{1,40}$")
-MAX_TEXT = 2000
-# parse_command turns typographic quotes into plain ones before splitting; doing it to a
-# value first keeps a quoted value one word after that translation.
-_TYPOGRAPHIC = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'"})
+
+# A handler bound to its validated arguments: what `Invoke` runs with a fresh context.
+Call = Callable[[CommandContext], Awaitable[str | Reply]]
+
+
+class Invoke(Protocol):
+    """Runs a typed handler as the command `command` would run (the orchestrator's
+    `invoke`): a context for this chat, sender and event, the command's metrics.
+
+    :raises CommandError, Refused: as the handler does.
+    """
+
+    def __call__(
+        self, chat_id: str, sender: str, event_id: int | None, command: str, call: Call
+    ) -> Awaitable[Reply]: ...
 
 
 class ToolError(Exception):
@@ -51,218 +63,72 @@ class ToolError(Exception):
 
 @dataclass(frozen=True)
 class ToolResult:
-    """What a tool sends back to the model, and the command that produced it."""
+    """What a tool sends back to the model, and the command form that produced it."""
 
     text: str
     command: str | None
 
 
-def quote(value: str) -> str:
-    """One shell word that `parse_command` reads back as `value`."""
-    return shlex.quote(value.translate(_TYPOGRAPHIC))
+class DebugTarget(Arguments):
+    id: Id | None = None
 
 
-class Args:
-    """A tool's input, read with typed getters that raise `ToolError` naming the problem."""
-
-    def __init__(self, tool: str, raw: object, accepted: Mapping[str, object]) -> None:
-        if not isinstance(raw, dict):
-            raise ToolError(f"{tool} takes a JSON object, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - set(accepted))
-        if unknown:
-            names = ", ".join(accepted) or "no arguments"
-            raise ToolError(f"{tool} does not take {', '.join(unknown)} (it takes {names})")
-        self._tool = tool
-        self._raw: dict[str, object] = raw
-
-    def _get(self, name: str, required: bool) -> object:
-        value = self._raw.get(name)
-        if value is None and required:
-            raise ToolError(f"{self._tool} needs {name}")
-        return value
-
-    def id(self, name: str, *, required: bool = True) -> str | None:
-        value = self._get(name, required)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not ID_RE.match(value):
-            raise ToolError(
-                f"{name}={value!r} is not an id: 1 to 13 lower-case letters and digits"
-                " (as /runs, /task list or /debug show them)"
-            )
-        return value
-
-    def need_id(self, name: str) -> str:
-        value = self.id(name)
-        assert value is not None
-        return value
-
-    def integer(self, name: str, low: int, high: int) -> int | None:
-        value = self._get(name, False)
-        if value is None:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ToolError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
-        return value
-
-    def text(self, name: str, *, limit: int = MAX_TEXT) -> str:
-        value = self._get(name, True)
-        if not isinstance(value, str) or not value.strip():
-            raise ToolError(f"{name} must be non-empty text")
-        if len(value) > limit:
-            raise ToolError(f"{name} is longer than {limit} characters")
-        return value.strip()
-
-    def choice(self, name: str, choices: tuple[str, ...], *, required: bool = True) -> str | None:
-        value = self._get(name, required)
-        if value is None:
-            return None
-        if value not in choices:
-            raise ToolError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        assert isinstance(value, str)
-        return value
-
-    def recipe(self, name: str, *, required: bool = True) -> str | None:
-        """A recipe name; whether it exists is for the command to say, with the list."""
-        value = self._get(name, required)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not RECIPE_NAME.fullmatch(value):
-            raise ToolError(f"{name} must be a recipe name like gpt, got {value!r}")
-        return value
-
-    def flag(self, name: str) -> bool:
-        value = self._get(name, False)
-        if value is None:
-            return False
-        if not isinstance(value, bool):
-            raise ToolError(f"{name} must be true or false, got {value!r}")
-        return value
-
-    def assignments(self, name: str) -> list[str]:
-        """`key=value` words of an object of parameters, keys checked, values quoted."""
-        value = self._get(name, False)
-        if value is None:
-            return []
-        if not isinstance(value, dict):
-            raise ToolError(f"{name} must be an object of parameter names to values")
-        words = []
-        for key, raw in value.items():
-            if not isinstance(key, str) or not KEY_RE.match(key):
-                raise ToolError(f"{key!r} is not a parameter name (lower-case letters and _)")
-            words.append(f"{key}={quote(_scalar(key, raw))}")
-        return words
+class DebugEvent(Arguments):
+    id: Id
 
 
-def _scalar(key: str, value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    if isinstance(value, str) and value and len(value) <= 200:
-        return value
-    raise ToolError(f"{key}: a value is a number, true/false, or short text; got {value!r}")
-
-
-# ---- the tools ---------------------------------------------------------------------------
-
-Build = Callable[[Args], str]
+_CONFIRMED: dict[str, object] = {
+    "type": "boolean",
+    "description": "true only if the user explicitly asked for this or confirmed it",
+}
 
 
 @dataclass(frozen=True)
 class Tool:
     name: str
     description: str
-    properties: Mapping[str, object]
-    required: tuple[str, ...]
-    build: Build  # typed input -> the chat command's text
-    # the input that holds a command (or prompt) to schedule: checked like a direct call
+    arguments: type[Arguments]  # the operation's argument model: validates, gives the schema
+    handler: TypedHandler  # the typed handler the command form runs after parsing
+    command: tuple[str, str]  # (command, form) it stands for: that entry's Guards apply
+    # the argument a guard's confirmation names ("stop run {0} for good")
+    subject: str | None = None
+    confirmable: bool = False  # takes `confirmed`: what it runs may be destructive
+    # the argument that holds a command (or prompt) to schedule: checked like a direct call
     schedules: str | None = None
 
     @property
-    def confirmable(self) -> bool:
-        """Takes `confirmed`: what it runs (or schedules) may be destructive."""
-        return "confirmed" in self.properties
+    def form(self) -> str:
+        """The command form, as the chain records it (`/run stop`)."""
+        return f"/{self.command[0]} {self.command[1]}".strip()
+
+    @property
+    def properties(self) -> dict[str, object]:
+        """The input's properties as the model is shown them (`confirmed` where it asks)."""
+        properties: dict[str, object] = dict(json_schema(self.arguments).get("properties", {}))
+        if self.confirmable:
+            properties["confirmed"] = _CONFIRMED
+        return properties
 
     def param(self) -> ToolParam:
+        properties = self.properties
+        required = list(json_schema(self.arguments).get("required", []))
+        if self.confirmable and self.subject is not None:  # a direct destructive call
+            required.append("confirmed")
         return {
             "name": self.name,
             "description": self.description,
             "input_schema": {
                 "type": "object",
-                "properties": dict(self.properties),
-                "required": list(self.required),
+                "properties": properties,
+                "required": required,
                 "additionalProperties": False,
             },
         }
 
 
-_ID: dict[str, object] = {
-    "type": "string",
-    "pattern": ID_RE.pattern,
-    "description": "an id as listed (a unique prefix is enough)",
-}
-_CONFIRMED: dict[str, object] = {
-    "type": "boolean",
-    "description": "true only if the user explicitly asked for this or confirmed it",
-}
-_RECIPE: dict[str, object] = {
-    "type": "string",
-    "pattern": f"^{RECIPE_NAME.pattern}$",
-    "description": f"a recipe: built-in {', '.join(sorted(RECIPES))}, or one the admin"
-    " declared (list_recipes shows them all)",
-}
+def _none(handler: Callable[[CommandContext], Awaitable[str]]) -> TypedHandler:
+    return lambda ctx, _: handler(ctx)
 
-
-def _run_sub(sub: str) -> Build:
-    return lambda a: f"/run {sub} {quote(a.need_id('run_id'))}"
-
-
-def _task_sub(sub: str) -> Build:
-    return lambda a: f"/task {sub} {quote(a.need_id('task_id'))}"
-
-
-def _logs(a: Args) -> str:
-    lines = a.integer("lines", 1, 200)
-    tail = f" {lines}" if lines is not None else ""
-    return f"/run logs {quote(a.need_id('run_id'))}{tail}"
-
-
-def _train(a: Args) -> str:
-    recipe = a.recipe("recipe")
-    assert recipe is not None
-    words = [quote(recipe), *a.assignments("params")]
-    gpus = a.integer("gpus", 0, 64)
-    if gpus is not None:
-        if any(w.startswith("gpus=") for w in words):
-            raise ToolError("give gpus once: as the gpus argument or in params, not both")
-        words.append(f"gpus={gpus}")
-    return "/run train " + " ".join(words)
-
-
-def _recipes(a: Args) -> str:
-    recipe = a.recipe("recipe", required=False)
-    return "/run recipes" + (f" {quote(recipe)}" if recipe else "")
-
-
-def _add_task(a: Args) -> str:
-    kind = a.choice("kind", ("cron", "every", "once"))
-    assert kind is not None
-    schedule, what = a.text("schedule", limit=100), a.text("what")
-    return f"/task add {kind} {quote(schedule)} {quote(what)}"
-
-
-def _why(a: Args) -> str:
-    target = a.id("id", required=False)
-    return "/debug why" + (f" {quote(target)}" if target else "")
-
-
-_RUN_ID: dict[str, object] = {"run_id": _ID}
-_TASK_ID: dict[str, object] = {"task_id": _ID}
 
 TOOLS: dict[str, Tool] = {
     t.name: t
@@ -271,90 +137,87 @@ TOOLS: dict[str, Tool] = {
             "status",
             "The dashboard (/status): uptime, chats, queue, active runs with step, loss, ETA"
             " and GPU memory, GPUs, tasks, model.",
-            {},
-            (),
-            lambda a: "/status",
+            Arguments,
+            _none(status.dashboard),
+            ("status", ""),
         ),
         Tool(
             "list_runs",
             "Active runs, then recent ones, with id, recipe, state, step, key metric (/runs).",
-            {},
-            (),
-            lambda a: "/runs",
+            Arguments,
+            runs.runs_list,
+            ("runs", ""),
         ),
         Tool(
             "show_run",
             "One run in detail: params, resources, metrics, checkpoint, exit code, state history.",
-            _RUN_ID,
-            ("run_id",),
-            _run_sub("show"),
+            RunRef,
+            runs.show,
+            ("run", "show"),
         ),
         Tool(
             "run_logs",
             "The last lines of a run's output (default 20).",
-            {**_RUN_ID, "lines": {"type": "integer", "minimum": 1, "maximum": 200}},
-            ("run_id",),
-            _logs,
+            RunLogs,
+            runs.logs,
+            ("run", "logs"),
         ),
         Tool(
             "list_recipes",
             "Training recipes, or one recipe's parameters with types, defaults and bounds.",
-            {"recipe": _RECIPE},
-            (),
-            _recipes,
+            RecipeQuery,
+            runs.recipes,
+            ("run", "recipes"),
         ),
         Tool(
             "launch_training",
             "Start a training run of a recipe (/run train). params: recipe parameters by name"
             " (list_recipes shows them); gpus: GPUs it needs (it queues until they are free)."
             " Uses GPUs and time: launch only what the user asked for.",
-            {
-                "recipe": _RECIPE,
-                "params": {
-                    "type": "object",
-                    "propertyNames": {"pattern": KEY_RE.pattern},
-                    "additionalProperties": {"type": ["string", "number", "boolean"]},
-                },
-                "gpus": {"type": "integer", "minimum": 0, "maximum": 64},
-            },
-            ("recipe",),
-            _train,
+            LaunchTraining,
+            runs.train,
+            ("run", "train"),
         ),
         Tool(
             "stop_run",
             "Stop a run for good (it checkpoints first). Destructive: does nothing unless"
             " confirmed is true.",
-            {**_RUN_ID, "confirmed": _CONFIRMED},
-            ("run_id", "confirmed"),
-            _run_sub("stop"),
+            RunRef,
+            runs.stop,
+            ("run", "stop"),
+            subject="run_id",
+            confirmable=True,
         ),
         Tool(
             "pause_run",
             "Checkpoint a run and free its GPUs; resume_run continues it.",
-            _RUN_ID,
-            ("run_id",),
-            _run_sub("pause"),
+            RunRef,
+            runs.pause,
+            ("run", "pause"),
+            subject="run_id",
         ),
         Tool(
             "resume_run",
             "Relaunch a paused run from its checkpoint.",
-            _RUN_ID,
-            ("run_id",),
-            _run_sub("resume"),
+            RunRef,
+            runs.resume,
+            ("run", "resume"),
+            subject="run_id",
         ),
         Tool(
             "retry_run",
             "Start the same spec as a fresh run (uses GPUs).",
-            _RUN_ID,
-            ("run_id",),
-            _run_sub("retry"),
+            RunRef,
+            runs.retry,
+            ("run", "retry"),
+            subject="run_id",
         ),
         Tool(
             "list_tasks",
             "Scheduled tasks with schedule, next and last run, and id.",
-            {},
-            (),
-            lambda a: "/task list",
+            Arguments,
+            tasks.listing,
+            ("task", "list"),
         ),
         Tool(
             "add_task",
@@ -363,53 +226,66 @@ TOOLS: dict[str, Tool] = {
             " like 2h or 1h30m (10s..3650d); once: an ISO time or +duration like +30m."
             " Scheduling a destructive command (stopping a run, deleting a task) does"
             " nothing unless confirmed is true. It runs with the rights this chat has then.",
-            {
-                "kind": {"type": "string", "enum": ["cron", "every", "once"]},
-                "schedule": {"type": "string", "maxLength": 100},
-                "what": {"type": "string", "maxLength": MAX_TEXT},
-                "confirmed": _CONFIRMED,
-            },
-            ("kind", "schedule", "what"),
-            _add_task,
+            AddTask,
+            tasks.add,
+            ("task", "add"),
+            confirmable=True,
             schedules="what",
         ),
-        Tool("pause_task", "Pause a task.", _TASK_ID, ("task_id",), _task_sub("pause")),
-        Tool("resume_task", "Resume a paused task.", _TASK_ID, ("task_id",), _task_sub("resume")),
+        Tool(
+            "pause_task",
+            "Pause a task.",
+            TaskRef,
+            tasks.pause,
+            ("task", "pause"),
+            subject="task_id",
+        ),
+        Tool(
+            "resume_task",
+            "Resume a paused task.",
+            TaskRef,
+            tasks.resume,
+            ("task", "resume"),
+            subject="task_id",
+        ),
         Tool(
             "delete_task",
             "Delete a task and its run history. Destructive: does nothing unless confirmed is"
             " true.",
-            {**_TASK_ID, "confirmed": _CONFIRMED},
-            ("task_id", "confirmed"),
-            _task_sub("delete"),
+            TaskRef,
+            tasks.delete,
+            ("task", "delete"),
+            subject="task_id",
+            confirmable=True,
         ),
         Tool(
             "run_task",
             "Run a task now, outside its schedule; its reply follows in the chat.",
-            _TASK_ID,
-            ("task_id",),
-            _task_sub("run"),
+            TaskRef,
+            tasks.run_now,
+            ("task", "run"),
+            subject="task_id",
         ),
         Tool(
             "debug_why",
             "The chain of events and actions behind the last action, or behind an id.",
-            {"id": _ID},
-            (),
-            _why,
+            DebugTarget,
+            lambda ctx, a: debug.why(ctx, (a.id,) if a.id else ()),
+            ("debug", "why"),
         ),
         Tool(
             "debug_event",
             "An event and everything it triggered.",
-            {"id": _ID},
-            ("id",),
-            lambda a: f"/debug event {quote(a.need_id('id'))}",
+            DebugEvent,
+            lambda ctx, a: debug.event(ctx, a.id),
+            ("debug", "event"),
         ),
         Tool(
             "debug_run",
             "A run's chain: what asked for it, launch, engine calls, state changes.",
-            _RUN_ID,
-            ("run_id",),
-            lambda a: f"/debug run {quote(a.need_id('run_id'))}",
+            RunRef,
+            lambda ctx, a: debug.run_story(ctx, a.run_id),
+            ("debug", "run"),
         ),
     )
 }
@@ -420,37 +296,67 @@ def tool_params() -> list[ToolParam]:
     return [tool.param() for tool in TOOLS.values()]
 
 
-def command_for(name: str, raw_input: object) -> str:
-    """The command text a tool call stands for.
+@dataclass(frozen=True)
+class Prepared:
+    """A tool call whose input validated: the tool, its typed arguments, the user's yes."""
+
+    tool: Tool
+    arguments: Arguments
+    confirmed: bool
+
+    @property
+    def bound(self) -> Bound:
+        """What the call runs: the form's typed handler with these arguments."""
+        return Bound(self.tool.handler, self.arguments)
+
+
+def prepare(name: str, raw_input: object, redact: Redactor | None = None) -> Prepared:
+    """A tool call's input, checked by its operation's argument model.
+
+    String values are masked first (`redact`), as a chat's text is before a command runs.
 
     :raises ToolError: for an unknown tool or an input that does not validate.
     """
-    return _prepare(name, raw_input)[2]
-
-
-def _prepare(name: str, raw_input: object) -> tuple[Tool, Args, str]:
     tool = TOOLS.get(name)
     if tool is None:
         raise ToolError(f"there is no tool {name!r}")
-    args = Args(name, raw_input, tool.properties)
-    command = tool.build(args)
-    if tool.confirmable:
-        args.flag("confirmed")  # checked now, read in AgentTools.run
-    return tool, args, command
+    if not isinstance(raw_input, dict):
+        raise ToolError(f"{name} takes a JSON object, got {type(raw_input).__name__}")
+    fields: dict[str, object] = {k: _masked(v, redact) for k, v in raw_input.items()}
+    confirmed = fields.pop("confirmed", None) if tool.confirmable else None
+    if confirmed is not None and not isinstance(confirmed, bool):
+        raise ToolError(f"confirmed must be true or false, got {confirmed!r}")
+    try:
+        arguments = tool.arguments.read(fields, who=name)
+    except CommandError as exc:
+        raise ToolError(str(exc)) from None
+    return Prepared(tool, arguments, bool(confirmed))
+
+
+def _masked(value: object, redact: Redactor | None) -> object:
+    if redact is None:
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: _masked(v, redact) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, redact) for v in value]
+    return value
 
 
 class AgentTools:
-    """Runs the model's tool calls as chat commands, for one chat and sender."""
+    """Runs the model's tool calls through the commands' typed handlers, for one chat."""
 
     def __init__(
         self,
-        run_command: RunCommand,
+        invoke: Invoke,
         redactor: Redactor,
         *,
         limit: int = RESULT_LIMIT,
         router: CommandRouter | None = None,
     ) -> None:
-        self._run = run_command
+        self._invoke = invoke
         self._redact = redactor
         self._limit = limit
         self._router = router or build_router()  # whose entries say what needs a yes
@@ -479,10 +385,11 @@ class AgentTools:
         :raises ToolError: the input was refused or the command failed (message cleaned).
         """
         try:
-            tool, args, command = _prepare(name, raw_input)
+            call = prepare(name, raw_input, self._redact)
         except ToolError as exc:
             raise ToolError(self.clean(str(exc))) from None
-        unconfirmed = self._needs_yes(tool, args, command, unattended=unattended)
+        tool = call.tool
+        unconfirmed = self._needs_yes(call, unattended=unattended)
         if unconfirmed is not None and unattended:
             return ToolResult(
                 f"Not done: this would {unconfirmed}, and a scheduled prompt has nobody to"
@@ -497,37 +404,43 @@ class AgentTools:
                 None,
             )
         try:
-            reply, error = await self._run(chat_id, sender, command, event_id)
-        except CommandError as exc:
-            raise ToolError(self.clean(str(exc)), command) from None
+            reply = await self._invoke(chat_id, sender, event_id, tool.command[0], call.bound)
+        except (CommandError, Refused) as exc:
+            raise ToolError(self.clean(str(exc)), tool.form) from None
         text = reply.text
         if reply.images:
             text += f"\n({len(reply.images)} image(s) sent to the chat, not shown here)"
-        if error is not None:
-            raise ToolError(self.clean(text), command)
-        return ToolResult(self.clean(text), command)
+        return ToolResult(self.clean(text), tool.form)
 
-    def _needs_yes(
-        self, tool: Tool, args: Args, command: str, *, unattended: bool = False
-    ) -> str | None:
+    def rules(self, tool: Tool, arguments: Arguments) -> CommandRules:
+        """The registry's rules for the command form `tool` stands for, with its subject."""
+        name, form = tool.command
+        spec = self._router.find(name)
+        if spec is None:  # a tool and the registry disagree: refuse, never run
+            raise ToolError(f"{tool.name} stands for /{name}, which is not a command")
+        subject = getattr(arguments, tool.subject) if tool.subject else ""
+        return spec.rules(form, str(subject))
+
+    def _needs_yes(self, call: Prepared, *, unattended: bool = False) -> str | None:
         """What the call would destroy, if the user has not confirmed it; None to go on.
 
         :raises ToolError: for a command the model may never run or schedule.
         """
-        rules = self._router.rules(command)
+        tool = call.tool
+        rules = self.rules(tool, call.arguments)
         if rules.people_only is not None:
-            raise ToolError(rules.people_only, command)
+            raise ToolError(rules.people_only, tool.form)
         confirm = rules.confirm
         if tool.schedules is not None:
-            what = args.text(tool.schedules)
+            what = str(getattr(call.arguments, tool.schedules))
             scheduled = self._router.rules(what)
             refused = scheduled.people_only or scheduled.unscheduled
             if refused is not None:
-                raise ToolError(self.clean(refused), command)
+                raise ToolError(self.clean(refused), tool.form)
             if scheduled.confirm is not None:
                 confirm = f"schedule {what}, which would {scheduled.confirm}"
-        if confirm is None or (args.flag("confirmed") and not unattended):
+        if confirm is None or (call.confirmed and not unattended):
             return None
         if not tool.confirmable:  # a registry entry and a tool disagree: refuse, never run
-            raise ToolError(f"{tool.name} cannot ask for the confirmation that {command} needs")
+            raise ToolError(f"{tool.name} cannot ask for the confirmation that {tool.form} needs")
         return confirm

@@ -26,7 +26,7 @@ from anthropic.types import (
     ToolUseBlock,
 )
 
-from assistant.agent_tools import AgentTools, RunCommand, ToolError, tool_params
+from assistant.agent_tools import AgentTools, Invoke, ToolError, tool_params
 from assistant.config import Settings
 from assistant.errors import ConfigError, OpsError
 from assistant.observability import ActionScope, EventLog
@@ -193,7 +193,7 @@ class ClaudeAgent:
         event_log: EventLog,
         usage: UsageRepo,
         messages: MessageRepo,
-        run_command: RunCommand,
+        invoke: Invoke,
         redactor: Redactor,
         is_admin: Callable[[str], bool],
         max_retries: int = 2,
@@ -205,7 +205,7 @@ class ClaudeAgent:
         self._log = event_log
         self._usage = usage
         self._messages = messages
-        self._tools = AgentTools(run_command, redactor)
+        self._tools = AgentTools(invoke, redactor)
         self._redact = redactor
         self._is_admin = is_admin
         self._retries = max_retries
@@ -423,7 +423,7 @@ def build_claude_agent(
     db: Database,
     event_log: EventLog,
     messages: MessageRepo,
-    run_command: RunCommand,
+    invoke: Invoke,
     is_admin: Callable[[str], bool],
 ) -> ClaudeAgent | None:
     """The Claude agent when an API key is configured, else None (the offline reply)."""
@@ -435,7 +435,7 @@ def build_claude_agent(
         event_log=event_log,
         usage=UsageRepo(db),
         messages=messages,
-        run_command=run_command,
+        invoke=invoke,
         redactor=shared_redactor(settings),
         is_admin=is_admin,
     )

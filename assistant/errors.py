@@ -1,14 +1,29 @@
-"""The project's exceptions, one root.
+"""The project's exceptions, one root. The whole tree (tests/test_errors.py keeps it true):
 
 OpsError
- ├── ConfigError        settings are missing or malformed (named variable, expected form)
- ├── CommandError       a chat command's input is wrong; the message is the reply
- │    ├── NotFoundError      an id names nothing
- │    ├── StateError         the thing is in the wrong state ("already paused")
- │    └── AmbiguousIdError   an id prefix matches several rows (carries the candidates)
- ├── ChannelError       a chat channel could not connect or send
- ├── RunStartError      the engine refused to start a run (its reason)
- └── EngineUnavailable  the engine did not answer; what was asked may still happen
+ ├── ConfigError            settings missing or malformed (the variable, the expected form)
+ ├── HomeError              home.py: the home folder cannot be used (which, why, the fix)
+ ├── DatabaseOpenError      storage/db.py: the database file cannot be used
+ ├── CommandError           input that does not parse or validate: problem, then the usage
+ ├── Refused                understood, and what exists says no: one line, no usage
+ │    ├── NotFoundError          an id names nothing
+ │    ├── AmbiguousIdError       an id prefix matches several rows (carries the candidates)
+ │    ├── StateError             the thing is in the wrong state ("already paused")
+ │    └── CapacityError          more than this host has ("asks for 3 GPU(s) but ... has 1")
+ ├── ChannelError           a chat channel could not connect or send
+ │    ├── RetryAfter             channels/delivery.py: the platform said to wait (429)
+ │    ├── TransientError         channels/delivery.py: worth sending again (5xx, dropped)
+ │    ├── SlackRefused           channels/slack.py: an error retrying will not fix
+ │    ├── _Unparsable            channels/telegram.py: our HTML did not parse; sent plain
+ │    ├── _NotModified           channels/telegram.py: an edit to the same text
+ │    └── _CannotEdit            channels/telegram.py: too old to edit; sent anew
+ ├── ModelError             claude_agent.py: the model API failed after the SDK's retries
+ ├── RunStartError          the engine refused to start a run (its reason)
+ └── EngineUnavailable      the engine did not answer; what was asked may still happen
+
+A command handler raises `CommandError` for input it cannot read (the command's usage
+follows the problem) and lets a `Refused` through as it is: a wrong id or a wrong state
+is one line, and the usage would only bury it. Both are what the user is told.
 """
 
 from __future__ import annotations
@@ -23,18 +38,26 @@ class ConfigError(OpsError):
 
 
 class CommandError(OpsError):
-    """Bad command input; the message is what the user is told."""
+    """Input that does not parse or validate; the message is what the user is told."""
 
 
-class NotFoundError(CommandError):
+class Refused(OpsError):
+    """A well-formed request that what exists says no to; the message is the whole reply."""
+
+
+class NotFoundError(Refused):
     """An id that matches nothing."""
 
 
-class StateError(CommandError):
+class StateError(Refused):
     """A request the current state does not allow."""
 
 
-class AmbiguousIdError(CommandError):
+class CapacityError(Refused):
+    """A request for more than this host has (GPUs)."""
+
+
+class AmbiguousIdError(Refused):
     """An id prefix that matches several rows."""
 
     def __init__(self, prefix: str, candidates: list[str]) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
 from assistant.access import Access
@@ -22,7 +22,7 @@ from assistant.channels.factory import platform_channels
 from assistant.claude_agent import ClaudeAgent, build_claude_agent
 from assistant.clock import Clock, SystemClock
 from assistant.config import Settings
-from assistant.errors import CommandError
+from assistant.errors import CommandError, Refused
 from assistant.health import HealthChecks
 from assistant.hoststats import HostStats
 from assistant.http_server import HttpServer
@@ -220,7 +220,7 @@ class Orchestrator:
             db=db,
             event_log=event_log,
             messages=self.messages,
-            run_command=self.execute_command,
+            invoke=self.invoke,
             is_admin=self.is_admin,
         )
         if claude is not None:
@@ -333,14 +333,35 @@ class Orchestrator:
             self.services.metrics.observe_command(None, 0.0, ok=False)
             problem = f"Unknown command /{parsed.name}. /help lists the commands."
             return Reply(problem), problem
+        reply = await self.invoke(
+            chat_id, sender, event_id, spec.name, lambda ctx: spec.handler(ctx, parsed)
+        )
+        return reply, None
+
+    async def invoke(
+        self,
+        chat_id: str,
+        sender: str,
+        event_id: int | None,
+        command: str,
+        call: Callable[[CommandContext], Awaitable[str | Reply]],
+    ) -> Reply:
+        """Run a command's handler (parsed text, or a tool's typed call) in a context for
+        this chat, counted under `command` in the metrics.
+
+        The model's tools come in here with their validated arguments: the same handler a
+        person's command runs after parsing, with no command text in between.
+
+        :raises CommandError, Refused: as the handler does.
+        """
         ctx = CommandContext(chat_id, sender, self.services, event_id)
         started, ok = time.perf_counter(), False
         try:
-            result = await spec.handler(ctx, parsed)
+            result = await call(ctx)
             ok = True
         finally:
-            self.services.metrics.observe_command(spec.name, time.perf_counter() - started, ok=ok)
-        return (result if isinstance(result, Reply) else Reply(result)), None
+            self.services.metrics.observe_command(command, time.perf_counter() - started, ok=ok)
+        return result if isinstance(result, Reply) else Reply(result)
 
     async def handle_command(
         self,
@@ -386,7 +407,7 @@ class Orchestrator:
             if isinstance(command, ParsedCommand):
                 return await self._execute(chat_id, sender, command, event_id)
             return await self.execute_command(chat_id, sender, command, event_id)
-        except CommandError as exc:
+        except (CommandError, Refused) as exc:
             return Reply(str(exc)), str(exc)
         except Exception as exc:
             log.exception("command %r failed", str(command)[:80])
@@ -400,7 +421,7 @@ class Orchestrator:
     async def run_task(self, task: Task, event_id: int) -> str:
         """Run a task's `what`: a built-in command, or a prompt for the agent in its own context.
 
-        :raises CommandError: if the command refused (the scheduler reports it to the chat).
+        :raises CommandError: if the command failed or refused (the scheduler reports it).
         """
         if looks_like_command(task.what):
             reply, error = await self.execute_command(

@@ -41,17 +41,17 @@ async def debug_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
     if sub == "last":
         return await _last(ctx, rest)
     if sub == "why":
-        return await _why(ctx, rest)
+        return await why(ctx, rest)
     if sub == "event":
         if len(rest) != 1:
             raise usage_error(spec, "/debug event needs one id.")
-        return await _event(ctx, rest[0])
+        return await event(ctx, rest[0])
     if sub == "report" and not rest:
         return await _report(ctx)
     if sub == "run":
         if len(rest) != 1:
             raise usage_error(spec, "/debug run needs one run id.")
-        return await _run(ctx, rest[0])
+        return await run_story(ctx, rest[0])
     raise usage_error(spec, f"Unknown /debug view {sub!r}.")
 
 
@@ -164,7 +164,7 @@ async def _last(ctx: CommandContext, rest: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-async def _why(ctx: CommandContext, rest: tuple[str, ...]) -> str:
+async def why(ctx: CommandContext, rest: tuple[str, ...]) -> str:
     spec = ctx.services.router.commands["debug"]
     db = ctx.services.db
     if len(rest) > 1:
@@ -228,7 +228,7 @@ def _tree_lines(tree: EventTree, zone: ZoneInfo, now: datetime, indent: str) -> 
     return lines
 
 
-async def _event(ctx: CommandContext, text: str) -> str:
+async def event(ctx: CommandContext, text: str) -> str:
     db = ctx.services.db
     kind, row_id = await resolve(ctx, text, ("event",), ("action",))
     if kind == "action":
@@ -315,10 +315,10 @@ async def _report(ctx: CommandContext) -> str:
     return "\n".join(lines)
 
 
-async def _run(ctx: CommandContext, text: str) -> str:
+async def run_story(ctx: CommandContext, text: str) -> str:
     """Each launch with what asked for it, then the run's other events once each."""
     s = ctx.services
-    run = await s.runs.repo.resolve(text)
+    run = await ctx.run_ops.find(text)
     zone, now = s.settings.zone, s.clock.now()
     story = await s.db.read_sync(eventlog.run_story, run.id, run.launch_action)
     lines = [f"Run {run.id} ({run.recipe}, {run.state})"]

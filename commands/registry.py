@@ -1,8 +1,9 @@
 """The command registry: `/name args` -> an async handler, the first match wins.
 
 Handlers take an explicit `CommandContext` and the parsed arguments, return the reply, and
-raise `CommandError` (whose message is the reply) for bad input. Decorator and explicit
-registration share one path, as in aiogram.
+raise `CommandError` for input they cannot read (`usage_error` adds the usage) or let a
+`Refused` through (one line: no such id, the wrong state); either message is the reply.
+Decorator and explicit registration share one path, as in aiogram.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import re
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
 
-from assistant.errors import CommandError
+from assistant.errors import CommandError, Refused
+from assistant.operations.arguments import Arguments
+from assistant.operations.caller import Caller
+from assistant.operations.runs import RunOperations
+from assistant.operations.tasks import TaskOperations
 from assistant.reply import Reply
 from commands.formatting import bound_lines, shorten
 
@@ -44,6 +50,36 @@ class CommandContext:
     sender: str
     services: Services
     event_id: int | None = None
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.chat_id, self.event_id)
+
+    @cached_property
+    def run_ops(self) -> RunOperations:
+        """The run operations, over this context's services."""
+        s = self.services
+        return RunOperations(s.runs, s.settings, s.host)
+
+    @cached_property
+    def task_ops(self) -> TaskOperations:
+        return TaskOperations(self.services.scheduler)
+
+
+# A typed handler: what a command form runs once its words are parsed, and what the model's
+# tool of the same form runs with its JSON (validated by the same `Arguments` model).
+TypedHandler = Callable[[CommandContext, Any], Awaitable["str | Reply"]]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A typed handler with its validated arguments: what a command's words parse to."""
+
+    handler: TypedHandler
+    arguments: Arguments
+
+    async def __call__(self, ctx: CommandContext) -> str | Reply:
+        return await self.handler(ctx, self.arguments)
 
 
 class Handler(Protocol):
@@ -214,7 +250,7 @@ def _bounded_errors(handler: Handler) -> Handler:
     async def bounded(ctx: CommandContext, cmd: ParsedCommand, /) -> str | Reply:
         try:
             return await handler(ctx, cmd)
-        except CommandError as exc:
+        except (CommandError, Refused) as exc:
             exc.args = (bound_lines(str(exc)),)
             raise
 

@@ -1,30 +1,41 @@
-"""/run and /runs: launch, watch, stop, pause, resume and retry training runs."""
+"""/run and /runs: launch, watch, stop, pause, resume and retry training runs.
+
+Each form parses its words into the typed arguments of a run operation
+(`assistant/operations/runs.py`) and renders what it returns. The model's tools call the
+same typed handlers below (`train`, `stop`, ...) with their JSON fields, so a person and
+the model share one validation, one operation and one reply.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import shlex
 from datetime import datetime
 
 from assistant.durations import format_duration
 from assistant.errors import CommandError
 from assistant.jobs import protocol
 from assistant.jobs.bench.profiles import profiles_from_params
+from assistant.operations.arguments import Arguments
+from assistant.operations.runs import (
+    CompareRuns,
+    LaunchBench,
+    LaunchTraining,
+    RecipeQuery,
+    RunLogs,
+    RunRef,
+)
 from assistant.reply import Reply
-from assistant.runs import rundir
-from assistant.runs.bench_report import compare_chart, compare_text, load_results
-from assistant.runs.bench_spec import build_bench_spec, hardware_label
 from assistant.runs.lifecycle import ACTIVE
 from assistant.runs.monitor import Live, key_metric, run_numbers
-from assistant.runs.report import eta, log_tail, number
-from assistant.runs.signals import pending
-from assistant.runs.spec import build_spec, recipe_help
+from assistant.runs.report import eta, number
+from assistant.runs.spec import recipe_help
 from commands.formatting import time_ago
 from commands.registry import (
+    Bound,
     CommandContext,
     CommandRouter,
     Guard,
     ParsedCommand,
+    TypedHandler,
     usage_error,
 )
 from storage.runs import RunRecord
@@ -58,9 +69,10 @@ USAGE = "\n".join(
     guards=(Guard("stop", confirm="stop run {0} for good"),),
 )
 async def run_command(ctx: CommandContext, cmd: ParsedCommand) -> str | Reply:
+    """Input it cannot read gets the usage; a refusal (`Refused`) passes as one line."""
     try:
-        return await _dispatch(ctx, cmd)
-    except CommandError as exc:
+        return await parse(cmd)(ctx)
+    except CommandError as exc:  # words it cannot read, or a value the recipe refused
         raise usage_error(router.commands["run"], str(exc)) from None
 
 
@@ -72,7 +84,7 @@ async def run_command(ctx: CommandContext, cmd: ParsedCommand) -> str | Reply:
 )
 async def recipes_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
     try:
-        return recipes_text(ctx, list(cmd.args))
+        return await recipes(ctx, _recipe_query(list(cmd.args)))
     except CommandError as exc:
         raise usage_error(router.commands["recipes"], str(exc)) from None
 
@@ -83,9 +95,191 @@ async def recipes_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
 async def runs_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
     if cmd.args:
         raise usage_error(router.commands["runs"], "/runs takes no arguments.")
-    manager = ctx.services.runs
-    active = await manager.repo.in_states(ACTIVE)
-    recent = [r for r in await manager.repo.recent(15) if r.state not in ACTIVE]
+    return await runs_list(ctx, Arguments())
+
+
+# ---- parsing: words -> an operation's arguments ------------------------------------------
+
+
+def parse(cmd: ParsedCommand) -> Bound:
+    """`/run <form> <words>` -> the typed handler of that form and its validated arguments.
+
+    :raises CommandError: the words do not make a request (the reply adds the usage).
+    """
+    if not cmd.args:
+        raise CommandError("say what to do: train, show, logs, stop, pause, resume, retry")
+    sub, rest = cmd.args[0].lower(), list(cmd.args[1:])
+    if sub == "train":
+        if not rest:
+            return Bound(_name_a_recipe, Arguments())
+        params = assignments(rest[1:])
+        fields: dict[str, object] = {"recipe": rest[0], "params": params}
+        if "gpus" in params:  # an argument of its own, as the model's tool gives it
+            gpus = params.pop("gpus")
+            fields["gpus"] = int(gpus) if gpus.isdigit() else gpus
+        return Bound(train, LaunchTraining.read(fields))
+    if sub == "recipes":
+        return Bound(recipes, _recipe_query(rest))
+    if sub == "bench":
+        if not rest or rest[0].lower() != "serve":
+            raise CommandError(
+                "the benchmark is /run bench serve model=<id> (or url=... model=...)"
+            )
+        return Bound(bench, LaunchBench.read({"settings": tuple(rest[1:])}))
+    if sub == "compare":
+        if not 2 <= len(rest) <= 12:
+            raise CommandError("name 2 to 12 benchmark runs: /run compare <id> <id> ...")
+        return Bound(compare, CompareRuns.read({"run_ids": tuple(w.lower() for w in rest)}))
+    if sub not in _BY_ID:
+        raise CommandError(f"unknown subcommand {cmd.args[0]!r}")
+    if not rest:
+        raise CommandError(f"missing the run id: /run {sub} <id>; /runs shows ids")
+    if len(rest) > (2 if sub == "logs" else 1):
+        raise CommandError(
+            f"/run {sub} takes one run id" + (" and a count" if sub == "logs" else "")
+        )
+    run_id = rest[0].lower()
+    if sub == "logs":
+        wanted: dict[str, object] = {"run_id": run_id}
+        if len(rest) > 1:
+            wanted["lines"] = int(rest[1]) if rest[1].isdigit() else rest[1]
+        return Bound(logs, RunLogs.read(wanted))
+    return Bound(_BY_ID[sub], RunRef.read({"run_id": run_id}))
+
+
+async def _name_a_recipe(ctx: CommandContext, _: Arguments) -> str:
+    """`/run train` alone: the reply names the recipes there are (the catalog may change)."""
+    raise CommandError(f"name a recipe: {', '.join(ctx.run_ops.catalog.names())}")
+
+
+def assignments(words: list[str]) -> dict[str, str]:
+    """`key=value` words as typed -> the parameters (keys lower-cased).
+
+    :raises CommandError: a word that is not key=value, or a key given twice.
+    """
+    params: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise CommandError(f"{word!r} is not key=value, e.g. steps=2000")
+        if key in params:
+            raise CommandError(f"{key} is given twice")
+        params[key] = value
+    return params
+
+
+def _recipe_query(words: list[str]) -> RecipeQuery:
+    if len(words) > 1:
+        raise CommandError("/recipes takes at most one recipe name")
+    return RecipeQuery.read({"recipe": words[0]} if words else {})
+
+
+# ---- the typed handlers: commands and the model's tools call these -------------------------
+
+
+async def train(ctx: CommandContext, args: LaunchTraining) -> str:
+    launched = await ctx.run_ops.launch_training(ctx.caller, args)
+    spec, run = launched.spec, launched.run
+    shown = ", ".join(f"{k}={v}" for k, v in spec.params.items() if k in spec.overrides) or (
+        "defaults"
+    )
+    gpus = (
+        f"GPUs {run.gpus}" if run.gpus else ("no GPU" if not spec.gpus else f"{spec.gpus} GPU(s)")
+    )
+    head = f"Run {run.id}: {run.recipe} ({shown}) · {gpus} · image {run.image} · {launched.runner}."
+    if run.state == "queued":
+        if launched.building:
+            return f"{head}\nQueued: the run image is being built first; it starts after."
+        if spec.gpus:
+            wait = f" (position {launched.position})" if launched.position else ""
+            return f"{head}\nQueued: waiting for {spec.gpus} free GPU(s){wait}."
+        return f"{head}\nQueued: waiting for a free CPU slot (ASSISTANT_MAX_CPU_RUNS)."
+    if run.state == "failed":
+        return f"{head}\nIt could not start: {run.error}"
+    return (
+        f"{head}\nState: {run.state}. /run show {run.id} follows it; the report comes at the end."
+    )
+
+
+async def bench(ctx: CommandContext, args: LaunchBench) -> str:
+    launched = await ctx.run_ops.launch_bench(ctx.caller, args)
+    spec, run = launched.spec, launched.run
+    p = run.params
+    names = ", ".join(pr.name for pr in profiles_from_params(p))
+    target = p["url"] or f"a server from {spec.server['image'] if spec.server else '?'}"
+    head = (
+        f"Run {run.id}: bench serve {p['model']} on {target} · profiles {names}"
+        f" · {run.gpus_wanted} GPU(s) · {launched.runner}."
+    )
+    if run.state == "failed":
+        return f"{head}\nIt could not start: {run.error}"
+    if run.state == "queued":
+        return f"{head}\nQueued: waiting for {run.gpus_wanted} free GPU(s)."
+    return (
+        f"{head}\nState: {run.state}. /run show {run.id} follows it; the report comes at the end."
+    )
+
+
+async def stop(ctx: CommandContext, ref: RunRef) -> str:
+    run = await ctx.run_ops.stop(ctx.caller, ref)
+    return f"Run {run.id}: {run.state}." + (
+        " It checkpoints, then stops; the report follows." if run.state == "stopping" else ""
+    )
+
+
+async def pause(ctx: CommandContext, ref: RunRef) -> str:
+    run = await ctx.run_ops.pause(ctx.caller, ref)
+    return f"Run {run.id}: pausing — it checkpoints, then frees its GPUs."
+
+
+async def resume(ctx: CommandContext, ref: RunRef) -> str:
+    run = await ctx.run_ops.resume(ctx.caller, ref)
+    return f"Run {run.id} resumes from {run.checkpoint} ({run.state})."
+
+
+async def retry(ctx: CommandContext, ref: RunRef) -> str:
+    retried = await ctx.run_ops.retry(ctx.caller, ref)
+    fresh = retried.fresh
+    return f"Run {fresh.id} retries {retried.original.id}: {fresh.recipe}, {fresh.state}."
+
+
+async def logs(ctx: CommandContext, args: RunLogs) -> str:
+    """The last n lines of the run's output; "yet" only while it may still print some."""
+    log = await ctx.run_ops.logs(args)
+    run = log.run
+    if not log.lines:
+        if run.state in ACTIVE:
+            return f"Run {run.id} has no output yet."
+        return f"Run {run.id} printed no output."
+    return f"Run {run.id}, last {len(log.lines)} line(s):\n" + "\n".join(log.lines)
+
+
+async def compare(ctx: CommandContext, args: CompareRuns) -> Reply:
+    comparison = await ctx.run_ops.compare(args)
+    return Reply(comparison.text, (comparison.chart,) if comparison.chart else ())
+
+
+async def recipes(ctx: CommandContext, query: RecipeQuery) -> str:
+    """`/recipes`: every recipe a run can name; `/recipes <name>`: one in full."""
+    catalog = ctx.run_ops.catalog
+    if query.recipe is not None:
+        return recipe_help(catalog.require(query.recipe))
+    entries = catalog.entries()
+    lines = [f"{e.info.name} — {e.info.summary}" for e in entries if e.declared is None]
+    declared = [e for e in entries if e.declared is not None]
+    if declared:
+        lines.append(f"Declared in {catalog.path}:")
+        lines.extend(f"{e.info.name} — {e.info.summary}" for e in declared)
+    if catalog.note:
+        lines.append(f"Note: {catalog.note}")
+    lines.append("/recipes <name> shows its parameters.")
+    return "\n".join(lines)
+
+
+async def runs_list(ctx: CommandContext, _: Arguments) -> str:
+    """Active runs, then recent ones."""
+    active, recent = await ctx.run_ops.overview()
     if not active and not recent:
         return "No runs yet. Start one: /run train gpt"
     now = ctx.services.clock.now()
@@ -95,7 +289,7 @@ async def runs_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
         lines.extend(_run_line(r, now, ctx.services.monitor.live.get(r.id)) for r in active)
     if recent:
         lines.append("Recent:")
-        lines.extend(_run_line(r, now, None) for r in recent[:10])
+        lines.extend(_run_line(r, now, None) for r in recent)
     return "\n".join(lines)
 
 
@@ -120,179 +314,9 @@ def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
     return "  " + " · ".join(parts)
 
 
-async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str | Reply:
-    if not cmd.args:
-        raise CommandError("say what to do: train, show, logs, stop, pause, resume, retry")
-    sub, rest = cmd.args[0].lower(), list(cmd.args[1:])
-    if sub == "train":
-        return await _train(ctx, rest)
-    if sub == "recipes":
-        return recipes_text(ctx, rest)
-    if sub == "bench":
-        return await _bench(ctx, rest)
-    if sub == "compare":
-        return await _compare(ctx, rest)
-    if sub not in ("show", "logs", "stop", "pause", "resume", "retry"):
-        raise CommandError(f"unknown subcommand {cmd.args[0]!r}")
-    if not rest:
-        raise CommandError(f"missing the run id: /run {sub} <id>; /runs shows ids")
-    if len(rest) > (2 if sub == "logs" else 1):
-        raise CommandError(
-            f"/run {sub} takes one run id" + (" and a count" if sub == "logs" else "")
-        )
-    manager = ctx.services.runs
-    run = await manager.repo.resolve(rest[0])
-    if sub == "show":
-        return await _show(ctx, run)
-    if sub == "logs":
-        return _logs(ctx, run, rest[1:])
-    if sub == "stop":
-        return halt_text(await manager.stop(run, ctx.event_id))
-    if sub == "pause":
-        return halt_text(await manager.pause(run, ctx.event_id))
-    if sub == "resume":
-        run = await manager.resume(run, ctx.event_id)
-        return f"Run {run.id} resumes from {run.checkpoint} ({run.state})."
-    fresh = await manager.retry(run, ctx.event_id)
-    return f"Run {fresh.id} retries {run.id}: {fresh.recipe}, {fresh.state}."
-
-
-def halt_text(run: RunRecord) -> str:
-    """What a stop or pause did: done, asked, or waiting for the engine (never "failed")."""
-    if pending(run):
-        return (
-            f"Run {run.id}: {run.state} — the {run.wanted} is recorded (control.json written);"
-            f" it reaches the run when the engine answers: {run.blocked}."
-        )
-    if run.wanted == "kill":
-        return (
-            f"Run {run.id} was already stopping: it is killed now (its steps since the last"
-            " checkpoint are lost); the report follows."
-        )
-    if run.state == "stopping":
-        return f"Run {run.id}: stopping. It checkpoints, then stops; the report follows."
-    if run.state == "pausing":
-        return f"Run {run.id}: pausing — it checkpoints, then frees its GPUs."
-    return f"Run {run.id}: {run.state}."
-
-
-def recipes_text(ctx: CommandContext, words: list[str]) -> str:
-    """`/recipes`: every recipe a run can name; `/recipes <name>`: one in full."""
-    catalog = ctx.services.runs.catalog
-    if len(words) > 1:
-        raise CommandError("/recipes takes at most one recipe name")
-    if words:
-        return recipe_help(catalog.require(words[0]))
-    entries = catalog.entries()
-    lines = [f"{e.info.name} — {e.info.summary}" for e in entries if e.declared is None]
-    declared = [e for e in entries if e.declared is not None]
-    if declared:
-        lines.append(f"Declared in {catalog.path}:")
-        lines.extend(f"{e.info.name} — {e.info.summary}" for e in declared)
-    if catalog.note:
-        lines.append(f"Note: {catalog.note}")
-    lines.append("/recipes <name> shows its parameters.")
-    return "\n".join(lines)
-
-
-async def _train(ctx: CommandContext, words: list[str]) -> str:
-    s = ctx.services
-    manager = s.runs
-    if not words:
-        raise CommandError(f"name a recipe: {', '.join(manager.catalog.names())}")
-    spec = build_spec(
-        manager.catalog.require(words[0]),
-        words[1:],
-        chat_id=ctx.chat_id,
-        image=s.settings.run_image,
-        default_gpus=min(1, len(manager.gpu_inventory)),
-        memory_mb=s.settings.run_memory_mb,
-        cpus=s.settings.run_cpus,
-    )
-    run = await manager.submit(spec, ctx.event_id)
-    shown = ", ".join(f"{k}={v}" for k, v in spec.params.items() if k in spec.overrides) or (
-        "defaults"
-    )
-    where = manager.runner.description
-    gpus = (
-        f"GPUs {run.gpus}" if run.gpus else ("no GPU" if not spec.gpus else f"{spec.gpus} GPU(s)")
-    )
-    head = f"Run {run.id}: {run.recipe} ({shown}) · {gpus} · image {run.image} · {where}."
-    if run.state == "queued":
-        if run.blocked:
-            return f"{head}\nQueued: {run.blocked}; it starts when the engine answers."
-        if manager.building:
-            return f"{head}\nQueued: the run image is being built first; it starts after."
-        if spec.gpus:
-            position = await manager.queue_position(run)
-            wait = f" (position {position})" if position else ""
-            return f"{head}\nQueued: waiting for {spec.gpus} free GPU(s){wait}."
-        return f"{head}\nQueued: waiting for a free CPU slot (ASSISTANT_MAX_CPU_RUNS)."
-    if run.state == "failed":
-        return f"{head}\nIt could not start: {run.error}"
-    return (
-        f"{head}\nState: {run.state}. /run show {run.id} follows it; the report comes at the end."
-    )
-
-
-async def _bench(ctx: CommandContext, words: list[str]) -> str:
-    if not words or words[0].lower() != "serve":
-        raise CommandError("the benchmark is /run bench serve model=<id> (or url=... model=...)")
-    s = ctx.services
-    manager = s.runs
-    spec = build_bench_spec(
-        words[1:],
-        chat_id=ctx.chat_id,
-        run_image=s.settings.run_image,
-        server_image=s.settings.bench_image,
-        server_admin_args=shlex.split(s.settings.bench_server_args),
-        default_gpus=min(1, len(manager.gpu_inventory)),
-        memory_mb=s.settings.run_memory_mb,
-        cpus=s.settings.run_cpus,
-        hardware=hardware_label(s.host, manager.gpu_inventory),
-        cluster_label=s.settings.cluster_label,
-        engine_known=manager.servers is not None,
-        allow_link_local=s.settings.bench_allow_link_local,
-    )
-    run = await manager.submit(spec, ctx.event_id)
-    p = run.params
-    names = ", ".join(pr.name for pr in profiles_from_params(p))
-    target = p["url"] or f"a server from {spec.server['image'] if spec.server else '?'}"
-    head = (
-        f"Run {run.id}: bench serve {p['model']} on {target} · profiles {names}"
-        f" · {run.gpus_wanted} GPU(s) · {manager.runner.description}."
-    )
-    if run.state == "failed":
-        return f"{head}\nIt could not start: {run.error}"
-    if run.state == "queued":
-        if run.blocked:
-            return f"{head}\nQueued: {run.blocked}; it starts when the engine answers."
-        return f"{head}\nQueued: waiting for {run.gpus_wanted} free GPU(s)."
-    return (
-        f"{head}\nState: {run.state}. /run show {run.id} follows it; the report comes at the end."
-    )
-
-
-async def _compare(ctx: CommandContext, words: list[str]) -> str | Reply:
-    if not 2 <= len(words) <= 12:
-        raise CommandError("name 2 to 12 benchmark runs: /run compare <id> <id> ...")
-    manager = ctx.services.runs
-    runs = [await manager.repo.resolve(w) for w in words]
-    not_bench = [r.id for r in runs if r.kind != "bench"]
-    if not_bench:
-        raise CommandError(f"not benchmark runs: {', '.join(not_bench)}")
-    rows = [(r.id, str(r.params.get("model")), load_results(manager.run_dir(r.id))) for r in runs]
-    empty = [run_id for run_id, _, results in rows if not results]
-    if empty:
-        raise CommandError(f"no results yet for: {', '.join(empty)}")
-    text = compare_text(rows)
-    out = manager.run_dir(runs[0].id) / protocol.ARTIFACTS / f"compare-{'-'.join(words)}.png"
-    chart = await asyncio.to_thread(compare_chart, rows, out)
-    return Reply(text, (chart,) if chart else ())
-
-
-async def _show(ctx: CommandContext, run: RunRecord) -> str:
-    manager = ctx.services.runs
+async def show(ctx: CommandContext, ref: RunRef) -> str:
+    view = await ctx.run_ops.show(ref)
+    run, run_dir = view.run, view.run_dir
     zone = ctx.services.settings.zone
     lines = [
         f"Run {run.id} · {run.kind} {run.recipe} · {run.state}"
@@ -310,12 +334,10 @@ async def _show(ctx: CommandContext, run: RunRecord) -> str:
         if values:
             shown = ", ".join(f"{k} {number(v)}" for k, v in sorted(values.items()))
             lines.append(f"{label}: {shown}")
-    run_dir = manager.run_dir(run.id)
     if run.checkpoint:
         lines.append(f"Checkpoint: {run_dir / run.checkpoint}")
-    artifacts = rundir.names(run_dir, protocol.ARTIFACTS, dirs=True)  # follows no link the run left
-    if artifacts:
-        lines.append(f"Artifacts ({run_dir / protocol.ARTIFACTS}): {', '.join(artifacts)}")
+    if view.artifacts:
+        lines.append(f"Artifacts ({run_dir / protocol.ARTIFACTS}): {', '.join(view.artifacts)}")
     lines.append(
         f"Runner: {run.runner or '-'} {run.handle or ''} · exit code"
         f" {run.exit_code if run.exit_code is not None else '-'}"
@@ -325,20 +347,18 @@ async def _show(ctx: CommandContext, run: RunRecord) -> str:
     if run.retry_of:
         lines.append(f"Retry of {run.retry_of}")
     lines.append("History:")
-    for ts, state, note in await manager.repo.history(run.id):
+    for ts, state, note in view.history:
         local = from_iso(ts).astimezone(zone).strftime("%m-%d %H:%M:%S")
         lines.append(f"  {local} {state}" + (f" — {note}" if note else ""))
     return "\n".join(lines)
 
 
-def _logs(ctx: CommandContext, run: RunRecord, rest: list[str]) -> str:
-    """The last n lines of the run's output; "yet" only while it may still print some."""
-    if rest and (not rest[0].isdigit() or not 1 <= int(rest[0]) <= 200):
-        raise CommandError("the line count is a number from 1 to 200")
-    n = int(rest[0]) if rest else 20
-    lines = log_tail(ctx.services.runs.run_dir(run.id), n)
-    if not lines:
-        if run.state in ACTIVE:
-            return f"Run {run.id} has no output yet."
-        return f"Run {run.id} printed no output."
-    return f"Run {run.id}, last {len(lines)} line(s):\n" + "\n".join(lines)
+# the forms that take one run id (and /run logs a count too: parsed on its own)
+_BY_ID: dict[str, TypedHandler] = {
+    "show": show,
+    "logs": logs,
+    "stop": stop,
+    "pause": pause,
+    "resume": resume,
+    "retry": retry,
+}

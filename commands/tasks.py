@@ -1,7 +1,10 @@
 """/task: schedule a built-in command or a prompt (cron, every, once), and manage tasks.
 
 Replies confirm what happened with the id and the next run, relative and local. Every
-wrong input gets a one-line problem plus the usage, and changes nothing.
+wrong input gets a one-line problem plus the usage, a refusal (no such task, the wrong
+state) one line; neither changes anything. The forms parse into the typed arguments of a
+task operation (`assistant/operations/tasks.py`); the model's tools call the same typed
+handlers (`add`, `pause`, ...) with their JSON fields.
 """
 
 from __future__ import annotations
@@ -13,10 +16,20 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from assistant.errors import CommandError
-from assistant.observability import current_action
+from assistant.operations.arguments import Arguments
+from assistant.operations.tasks import AddTask, TaskRef
+from assistant.reply import Reply
 from assistant.scheduler import SCHEDULE_HINTS, describe_schedule
 from commands.formatting import format_local, time_ago, time_until, truncate
-from commands.registry import CommandContext, CommandRouter, Guard, ParsedCommand, usage_error
+from commands.registry import (
+    Bound,
+    CommandContext,
+    CommandRouter,
+    Guard,
+    ParsedCommand,
+    TypedHandler,
+    usage_error,
+)
 from storage.tasks import Task
 
 router = CommandRouter()
@@ -34,7 +47,6 @@ USAGE = "\n".join(
     ]
 )
 WHAT_WIDTH = 50
-_BY_ID = ("pause", "resume", "delete", "run")
 _GROUPS = (("active", "Active"), ("paused", "Paused"), ("done", "Done"))
 
 
@@ -53,34 +65,37 @@ GUARDS = (
     quiet=frozenset({"list"}),
     guards=GUARDS,
 )
-async def task_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
+async def task_command(ctx: CommandContext, cmd: ParsedCommand) -> str | Reply:
     try:
-        return await _dispatch(ctx, cmd)
+        return await parse(cmd)(ctx)
     except CommandError as exc:
         raise usage_error(router.commands["task"], str(exc)) from None
 
 
-async def _dispatch(ctx: CommandContext, cmd: ParsedCommand) -> str:
+def parse(cmd: ParsedCommand) -> Bound:
+    """`/task <form> <words>` -> the typed handler of that form and its arguments.
+
+    :raises CommandError: the words do not make a request (the reply adds the usage).
+    """
     if not cmd.args:
         raise CommandError("say what to do with tasks")
     sub, rest = cmd.args[0].lower(), cmd.args[1:]
-    s = ctx.services
     if sub == "add":
-        return await _add(ctx, cmd.raw_args)
+        return Bound(add, _parse_add(cmd.raw_args))
     if sub == "list":
         if rest:
             raise CommandError("/task list takes no arguments")
-        return format_task_list(await s.scheduler.list_tasks(), s.clock.now(), s.settings.zone)
+        return Bound(listing, Arguments())
     if sub in _BY_ID:
         if not rest:
             raise CommandError(f"missing the task id: /task {sub} <id>; /task list shows ids")
         if len(rest) > 1:
             raise CommandError(f"/task {sub} takes one id, got {len(rest)} words")
-        return await _by_id(ctx, sub, rest[0])
+        return Bound(_BY_ID[sub], TaskRef.read({"task_id": rest[0].lower()}))
     raise CommandError(f"unknown subcommand {cmd.args[0]!r}")
 
 
-async def _add(ctx: CommandContext, raw_args: str) -> str:
+def _parse_add(raw_args: str) -> AddTask:
     words, what = _split_head(raw_args, 3)
     if len(words) < 2:
         raise CommandError("missing the kind: cron, every or once")
@@ -95,8 +110,15 @@ async def _add(ctx: CommandContext, raw_args: str) -> str:
         )
     if not what:
         raise CommandError("missing what the task should do: a command like /status, or text")
+    return AddTask.read({"kind": kind, "schedule": words[2], "what": what})
+
+
+# ---- the typed handlers: commands and the model's tools call these -------------------------
+
+
+async def add(ctx: CommandContext, args: AddTask) -> str:
     s = ctx.services
-    task = await s.scheduler.add(ctx.chat_id, kind, words[2], what, triggered_by=ctx.event_id)
+    task = await ctx.task_ops.add(ctx.caller, args)
     zone = s.settings.zone
     return (
         f"Task {task.id} scheduled: {truncate(task.what, WHAT_WIDTH)} —"
@@ -104,27 +126,45 @@ async def _add(ctx: CommandContext, raw_args: str) -> str:
     )
 
 
-async def _by_id(ctx: CommandContext, sub: str, prefix: str) -> str:
+async def listing(ctx: CommandContext, _: Arguments) -> str:
     s = ctx.services
-    scheduler, zone, event = s.scheduler, s.settings.zone, ctx.event_id
-    if sub == "pause":
-        task = await scheduler.pause(prefix, triggered_by=event)
-        return (
-            f"Task {task.id} paused ({truncate(task.what, WHAT_WIDTH)})."
-            f" /task resume {task.id} starts it again."
-        )
-    if sub == "resume":
-        task = await scheduler.resume(prefix, triggered_by=event)
-        return (
-            f"Task {task.id} resumed ({truncate(task.what, WHAT_WIDTH)})."
-            f" {_next_run(task, s.clock.now(), zone)}"
-        )
-    if sub == "delete":
-        task = await scheduler.delete(prefix, triggered_by=event)
-        return f"Task {task.id} deleted ({truncate(task.what, WHAT_WIDTH)}), with its run history."
-    # The manual run hangs off the action this command runs in (the orchestrator opens it).
-    task = await scheduler.run_now(prefix, current_action.get())
+    return format_task_list(await ctx.task_ops.listing(), s.clock.now(), s.settings.zone)
+
+
+async def pause(ctx: CommandContext, ref: TaskRef) -> str:
+    task = await ctx.task_ops.pause(ctx.caller, ref)
+    return (
+        f"Task {task.id} paused ({truncate(task.what, WHAT_WIDTH)})."
+        f" /task resume {task.id} starts it again."
+    )
+
+
+async def resume(ctx: CommandContext, ref: TaskRef) -> str:
+    s = ctx.services
+    task = await ctx.task_ops.resume(ctx.caller, ref)
+    return (
+        f"Task {task.id} resumed ({truncate(task.what, WHAT_WIDTH)})."
+        f" {_next_run(task, s.clock.now(), s.settings.zone)}"
+    )
+
+
+async def delete(ctx: CommandContext, ref: TaskRef) -> str:
+    task = await ctx.task_ops.delete(ctx.caller, ref)
+    return f"Task {task.id} deleted ({truncate(task.what, WHAT_WIDTH)}), with its run history."
+
+
+async def run_now(ctx: CommandContext, ref: TaskRef) -> str:
+    task = await ctx.task_ops.run_now(ctx.caller, ref)
     return f"Running task {task.id} now ({truncate(task.what, WHAT_WIDTH)}); its reply follows."
+
+
+# the forms that take one task id
+_BY_ID: dict[str, TypedHandler] = {
+    "pause": pause,
+    "resume": resume,
+    "delete": delete,
+    "run": run_now,
+}
 
 
 def _next_run(task: Task, now: datetime, zone: ZoneInfo) -> str:

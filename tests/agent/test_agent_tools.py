@@ -1,4 +1,4 @@
-"""Tools -> command text: every value stays one word, every id and key is checked first."""
+"""Tools -> the typed handler a command runs: the same arguments, checked by the same model."""
 
 from __future__ import annotations
 
@@ -7,56 +7,75 @@ from typing import Any
 
 import pytest
 
-from assistant.agent_tools import RESULT_LIMIT, TOOLS, AgentTools, ToolError, command_for
-from assistant.errors import NotFoundError
+from assistant.agent_tools import RESULT_LIMIT, TOOLS, AgentTools, ToolError, prepare
+from assistant.errors import NotFoundError, StateError
+from assistant.operations.runs import LaunchTraining
+from assistant.operations.tasks import AddTask
 from assistant.redaction import Redactor
 from assistant.reply import Reply
-from commands import build_router
-from commands.registry import parse_command
-from commands.tasks import _split_head
+from commands import build_router, runs, tasks
+from commands.registry import Bound, parse_command
 
-ROUND_TRIPS: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
-    ("status", {}, ()),
-    ("list_runs", {}, ()),
-    ("show_run", {"run_id": "ab12cd"}, ("show", "ab12cd")),
-    ("run_logs", {"run_id": "ab12cd", "lines": 50}, ("logs", "ab12cd", "50")),
-    ("run_logs", {"run_id": "ab12cd"}, ("logs", "ab12cd")),
-    ("list_recipes", {"recipe": "gpt"}, ("recipes", "gpt")),
+# (tool, its input, the command that does the same)
+ROUND_TRIPS: list[tuple[str, dict[str, Any], str]] = [
+    ("list_runs", {}, "/runs"),
+    ("show_run", {"run_id": "ab12cd"}, "/run show ab12cd"),
+    ("run_logs", {"run_id": "ab12cd", "lines": 50}, "/run logs ab12cd 50"),
+    ("run_logs", {"run_id": "ab12cd"}, "/run logs ab12cd"),
+    ("list_recipes", {"recipe": "gpt"}, "/run recipes gpt"),
+    ("list_recipes", {}, "/run recipes"),
     (
         "launch_training",
         {"recipe": "gpt", "params": {"steps": 2000, "lr": 0.0003, "compile": True}, "gpus": 2},
-        ("train", "gpt", "steps=2000", "lr=0.0003", "compile=true", "gpus=2"),
+        "/run train gpt steps=2000 lr=0.0003 compile=true gpus=2",
     ),
-    ("stop_run", {"run_id": "ab12cd", "confirmed": True}, ("stop", "ab12cd")),
-    ("pause_run", {"run_id": "ab12cd"}, ("pause", "ab12cd")),
-    ("resume_run", {"run_id": "ab12cd"}, ("resume", "ab12cd")),
-    ("retry_run", {"run_id": "ab12cd"}, ("retry", "ab12cd")),
-    ("list_tasks", {}, ("list",)),
-    ("pause_task", {"task_id": "k3m9x2aa"}, ("pause", "k3m9x2aa")),
-    ("resume_task", {"task_id": "k3m9x2aa"}, ("resume", "k3m9x2aa")),
-    ("delete_task", {"task_id": "k3m9x2aa", "confirmed": True}, ("delete", "k3m9x2aa")),
-    ("run_task", {"task_id": "k3m9x2aa"}, ("run", "k3m9x2aa")),
-    ("debug_why", {}, ("why",)),
-    ("debug_why", {"id": "0123456789abc"}, ("why", "0123456789abc")),
-    ("debug_event", {"id": "0123456789abc"}, ("event", "0123456789abc")),
-    ("debug_run", {"run_id": "ab12cd"}, ("run", "ab12cd")),
+    ("stop_run", {"run_id": "ab12cd", "confirmed": True}, "/run stop ab12cd"),
+    ("pause_run", {"run_id": "ab12cd"}, "/run pause ab12cd"),
+    ("resume_run", {"run_id": "ab12cd"}, "/run resume ab12cd"),
+    ("retry_run", {"run_id": "ab12cd"}, "/run retry ab12cd"),
+    ("list_tasks", {}, "/task list"),
+    (
+        "add_task",
+        {"kind": "every", "schedule": "1h30m", "what": "check the loss of run ab12"},
+        "/task add every 1h30m check the loss of run ab12",
+    ),
+    ("pause_task", {"task_id": "k3m9x2aa"}, "/task pause k3m9x2aa"),
+    ("resume_task", {"task_id": "k3m9x2aa"}, "/task resume k3m9x2aa"),
+    ("delete_task", {"task_id": "k3m9x2aa", "confirmed": True}, "/task delete k3m9x2aa"),
+    ("run_task", {"task_id": "k3m9x2aa"}, "/task run k3m9x2aa"),
 ]
+# read-only views whose handlers take their one argument as the command does
+VIEWS = {"status", "debug_why", "debug_event", "debug_run"}
 
 
-@pytest.mark.parametrize(("name", "given", "args"), ROUND_TRIPS)
-def test_each_tool_is_the_command_it_stands_for(
-    name: str, given: dict[str, Any], args: tuple[str, ...]
+def _parsed(text: str) -> Bound:
+    cmd = parse_command(text)
+    if cmd.name == "runs":
+        return Bound(runs.runs_list, prepare("list_runs", {}).arguments)
+    family = {"run": runs.parse, "task": tasks.parse}[cmd.name]
+    return family(cmd)
+
+
+@pytest.mark.parametrize(("name", "given", "text"), ROUND_TRIPS)
+def test_each_tool_runs_what_its_command_parses_to(
+    name: str, given: dict[str, Any], text: str
 ) -> None:
-    assert parse_command(command_for(name, given)).args == args
+    call = prepare(name, given)
+    assert call.bound == _parsed(text)
+    assert text.startswith(call.tool.form)
 
 
-def test_every_tool_is_covered_and_has_a_closed_schema() -> None:
-    assert {name for name, _, _ in ROUND_TRIPS} | {"add_task"} == set(TOOLS)
+def test_every_tool_is_covered_stands_for_a_command_and_has_a_closed_schema() -> None:
+    assert {name for name, _, _ in ROUND_TRIPS} | VIEWS == set(TOOLS)
+    router = build_router()
     for tool in TOOLS.values():
+        spec = router.find(tool.command[0])
+        assert spec is not None and tool.form in spec.usage, tool.name
         schema = tool.param()["input_schema"]
         assert isinstance(schema, dict)
         assert schema["type"] == "object" and schema["additionalProperties"] is False
-        assert set(tool.required) <= set(tool.properties)
+        assert set(schema["required"]) <= set(schema["properties"])
+        assert "title" not in str(schema["properties"])
 
 
 @pytest.mark.parametrize(
@@ -64,16 +83,14 @@ def test_every_tool_is_covered_and_has_a_closed_schema() -> None:
     [
         "1 gpus=64",
         "x'; /run stop abc '",
-        "‘typographic’ “quotes” stay one word",
+        "‘typographic’ “quotes” stay as typed",
         'a "b" \\c $HOME `d`',
     ],
 )
-def test_no_value_can_add_words(value: str) -> None:
-    text = command_for("launch_training", {"recipe": "gpt", "params": {"device": value}})
-    args = parse_command(text).args
-    assert len(args) == 3 and args[2].startswith("device=")
-    plain = value.translate(str.maketrans("‘’“”", "''\"\""))
-    assert args[2] == f"device={plain}"
+def test_a_value_is_only_ever_that_value(value: str) -> None:
+    call = prepare("launch_training", {"recipe": "gpt", "params": {"device": value}})
+    assert call.arguments == LaunchTraining(recipe="gpt", params={"device": value})
+    assert call.arguments.assignments() == [f"device={value}"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -86,10 +103,8 @@ def test_no_value_can_add_words(value: str) -> None:
     ],
 )
 def test_add_task_keeps_schedule_and_what_intact(kind: str, schedule: str, what: str) -> None:
-    text = command_for("add_task", {"kind": kind, "schedule": schedule, "what": what})
-    parsed = parse_command(text)
-    words, rest = _split_head(parsed.raw_args, 3)
-    assert words == ["add", kind, schedule] and rest == what
+    call = prepare("add_task", {"kind": kind, "schedule": schedule, "what": what})
+    assert call.arguments == AddTask(kind=kind, schedule=schedule, what=what)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -107,35 +122,41 @@ def test_add_task_keeps_schedule_and_what_intact(kind: str, schedule: str, what:
         ("launch_training", {"recipe": "gpt", "params": {"Steps": 1}}, "not a parameter name"),
         ("launch_training", {"recipe": "gpt", "params": {"x-y": 1}}, "not a parameter name"),
         ("launch_training", {"recipe": "gpt", "params": {"steps": [1]}}, "a value is a number"),
-        (
-            "launch_training",
-            {"recipe": "gpt", "params": {"gpus": 1}, "gpus": 2},
-            "give gpus once",
-        ),
+        ("launch_training", {"recipe": "gpt", "gpus": 65}, "from 0 to 64"),
         ("add_task", {"kind": "hourly", "schedule": "1h", "what": "x"}, "must be one of"),
         ("add_task", {"kind": "every", "schedule": "1h", "what": "  "}, "non-empty text"),
         ("stop_run", {"run_id": "ab", "confirmed": "yes"}, "true or false"),
+        ("status", {"confirmed": True}, "does not take confirmed"),
         ("frobnicate", {}, "there is no tool 'frobnicate'"),
         ("status", [], "takes a JSON object"),
     ],
 )
-def test_bad_input_is_refused_before_any_command(name: str, given: Any, problem: str) -> None:
+def test_bad_input_is_refused_before_anything_runs(name: str, given: Any, problem: str) -> None:
     with pytest.raises(ToolError, match=problem.replace("(", r"\(")):
-        command_for(name, given)
+        prepare(name, given)
+
+
+def test_gpus_is_given_once() -> None:
+    call = prepare("launch_training", {"recipe": "gpt", "params": {"gpus": 1}, "gpus": 2})
+    with pytest.raises(Exception, match="give gpus once"):
+        call.arguments.assignments()  # type: ignore[attr-defined]
 
 
 class Recorder:
-    def __init__(self, reply: Reply, error: str | None = None, exc: Exception | None = None):
-        self.reply, self.error, self.exc = reply, error, exc
-        self.calls: list[tuple[str, str, str, int | None]] = []
+    """An `Invoke` that keeps what it was asked to run and answers with a fixed reply."""
+
+    def __init__(self, reply: Reply, exc: Exception | None = None):
+        self.reply, self.exc = reply, exc
+        self.calls: list[tuple[str, str, int | None, str, Bound]] = []
 
     async def __call__(
-        self, chat: str, sender: str, text: str, event: int | None
-    ) -> tuple[Reply, str | None]:
-        self.calls.append((chat, sender, text, event))
+        self, chat: str, sender: str, event: int | None, command: str, call: Any
+    ) -> Reply:
+        assert isinstance(call, Bound)
+        self.calls.append((chat, sender, event, command, call))
         if self.exc is not None:
             raise self.exc
-        return self.reply, self.error
+        return self.reply
 
 
 async def test_results_are_redacted_and_cut() -> None:
@@ -143,17 +164,28 @@ async def test_results_are_redacted_and_cut() -> None:
     run = Recorder(Reply(f"token {secret} " + "é" * 10_000, images=(Path("loss.png"),)))
     tools = AgentTools(run, Redactor([secret]))
     result = await tools.run("list_runs", {}, chat_id="tg:1", sender="ann", event_id=7)
-    assert run.calls == [("tg:1", "ann", "/runs", 7)]
+    assert [c[:4] for c in run.calls] == [("tg:1", "ann", 7, "runs")]
+    assert run.calls[0][4].handler is runs.runs_list
     assert result.command == "/runs" and secret not in result.text
     assert "[REDACTED]" in result.text and "truncated" in result.text
     assert len(result.text.encode()) <= RESULT_LIMIT
 
 
-async def test_a_refused_command_is_a_tool_error() -> None:
-    tools = AgentTools(Recorder(Reply("Run ab is already paused."), error="paused"), Redactor())
+async def test_a_secret_in_the_input_is_masked_before_it_is_used() -> None:
+    secret = "hunter2-secret-value"
+    run = Recorder(Reply("Task abcd scheduled"))
+    tools = AgentTools(run, Redactor([secret]))
+    call = {"kind": "every", "schedule": "1h", "what": f"deploy with {secret}"}
+    await tools.run("add_task", call, chat_id="tg:1", sender="a", event_id=None)
+    (*_, bound) = run.calls[0]
+    assert bound.arguments == AddTask(kind="every", schedule="1h", what="deploy with [REDACTED]")
+
+
+async def test_a_refused_call_is_a_tool_error() -> None:
+    paused = AgentTools(Recorder(Reply(""), exc=StateError("run ab is already paused")), Redactor())
     with pytest.raises(ToolError, match="already paused") as caught:
-        await tools.run("pause_run", {"run_id": "ab"}, chat_id="tg:1", sender="a", event_id=None)
-    assert caught.value.command == "/run pause ab"
+        await paused.run("pause_run", {"run_id": "ab"}, chat_id="tg:1", sender="a", event_id=None)
+    assert caught.value.command == "/run pause"
     missing = AgentTools(Recorder(Reply(""), exc=NotFoundError("no run 'zz'")), Redactor())
     with pytest.raises(ToolError, match="no run 'zz'"):
         await missing.run("show_run", {"run_id": "zz"}, chat_id="tg:1", sender="a", event_id=None)
@@ -172,11 +204,21 @@ async def test_destructive_tools_need_confirmation_and_run_nothing() -> None:
 
 
 def test_every_tool_that_can_need_a_yes_can_take_it() -> None:
-    router = build_router()
+    tools = AgentTools(Recorder(Reply("")), Redactor())
     for name, given, _ in ROUND_TRIPS:
-        needs = router.rules(command_for(name, given)).confirm is not None
+        if TOOLS[name].schedules is not None:
+            continue  # what it schedules decides: the next test
+        call = prepare(name, given)
+        needs = tools.rules(call.tool, call.arguments).confirm is not None
         assert TOOLS[name].confirmable == needs, name
+        assert build_router().rules(_command(name, given)).confirm == (
+            tools.rules(call.tool, call.arguments).confirm
+        )
     assert TOOLS["add_task"].confirmable  # what it schedules may be destructive
+
+
+def _command(name: str, given: dict[str, Any]) -> str:
+    return next(text for n, g, text in ROUND_TRIPS if n == name and g == given)
 
 
 async def test_add_task_refuses_access_management_and_asks_before_destruction() -> None:
@@ -213,5 +255,7 @@ async def test_add_task_refuses_access_management_and_asks_before_destruction() 
         sender="a",
         event_id=None,
     )
-    assert done.command == "/task add every 1h '/run stop ab12'"
-    assert len(run.calls) == 1
+    assert done.command == "/task add"
+    ((_, _, _, command, bound),) = run.calls
+    assert command == "task"
+    assert bound == tasks.parse(parse_command("/task add every 1h '/run stop ab12'"))

@@ -333,18 +333,18 @@ async def test_a_chat_without_command_rights_gets_no_tools(
 ) -> None:
     ran: list[str] = []
 
-    async def run_command(
-        chat: str, sender: str, text: str, event: int | None
-    ) -> tuple[Reply, str | None]:
-        ran.append(text)
-        return Reply("done"), None
+    async def invoke(
+        chat: str, sender: str, event: int | None, command: str, call: object
+    ) -> Reply:
+        ran.append(command)
+        return Reply("done")
 
     agent = ClaudeAgent(
         settings=model_settings(settings, fake),
         event_log=event_log,
         usage=UsageRepo(db),
         messages=MessageRepo(db),
-        run_command=run_command,
+        invoke=invoke,
         redactor=Redactor([API_KEY]),
         is_admin=lambda chat: False,
     )

@@ -14,7 +14,7 @@ import pytest
 from assistant.access import Access
 from assistant.clock import Clock, ManualClock
 from assistant.config import Settings
-from assistant.errors import CommandError
+from assistant.errors import CommandError, Refused
 from assistant.observability import EventLog
 from assistant.redaction import Redactor
 from assistant.scheduler import TaskScheduler
@@ -59,6 +59,7 @@ class TaskServices:
 class Env:
     say: Callable[[str], Awaitable[str]]
     refused: Callable[[str], Awaitable[str]]
+    declined: Callable[[str], Awaitable[str]]
     scheduler: TaskScheduler
     tasks: TaskRepo
     runner: RecordingRunner
@@ -107,7 +108,17 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         assert await repo.list_all() == before
         return problem
 
-    yield Env(say, refused, scheduler, repo, runner, clock)
+    async def declined(text: str) -> str:
+        """The one line a well-formed request the tasks say no to gets (no usage); checks
+        nothing changed."""
+        before = await repo.list_all()
+        with pytest.raises(Refused) as err:
+            await say(text)
+        assert "\n" not in str(err.value)
+        assert await repo.list_all() == before
+        return str(err.value)
+
+    yield Env(say, refused, declined, scheduler, repo, runner, clock)
     await scheduler.aclose()
     await log.aclose()
     await db.aclose()
@@ -144,7 +155,9 @@ async def test_add_each_kind_confirms_id_and_next_run(env: Env) -> None:
     ]
 
 
-async def test_every_wrong_input_gets_a_problem_and_the_usage(env: Env) -> None:
+async def test_every_wrong_input_gets_a_problem_and_the_usage_a_refusal_one_line(
+    env: Env,
+) -> None:
     await env.tasks.create(_task("ab12cd34"))
     await env.tasks.create(_task("ab12ef56"))
     await env.tasks.create(_task("k7m2p9q4", status="paused", next_run_at=None))
@@ -181,6 +194,10 @@ async def test_every_wrong_input_gets_a_problem_and_the_usage(env: Env) -> None:
         "/task list all": "/task list takes no arguments",
         "/task pause": "missing the task id: /task pause <id>; /task list shows ids",
         "/task pause ab12cd34 k7": "/task pause takes one id, got 2 words",
+    }
+    for text, problem in cases.items():
+        assert await env.refused(text) == problem, text
+    refusals = {
         "/task pause zz": "no task with id starting 'zz'; /task list shows ids",
         "/task delete ab12": (
             "id prefix 'ab12' is ambiguous: ab12cd34, ab12ef56. Give more characters."
@@ -189,8 +206,8 @@ async def test_every_wrong_input_gets_a_problem_and_the_usage(env: Env) -> None:
         "/task resume ab12c": "task ab12cd34 is not paused",
         "/task run nope": "no task with id starting 'nope'; /task list shows ids",
     }
-    for text, problem in cases.items():
-        assert await env.refused(text) == problem, text
+    for text, problem in refusals.items():
+        assert await env.declined(text) == problem, text
 
 
 async def test_pause_resume_run_delete_replies(env: Env) -> None:

@@ -159,13 +159,16 @@ async def test_runs_wait_for_gpus_in_order(
 async def test_bad_requests_start_nothing(service: tuple[Orchestrator, RecordingChannel]) -> None:
     orch, channel = service
     for text, says in [
-        ("/run train gpt gpus=3", "asks for 3 GPU(s) but this host has 2"),
         ("/run train gpt stepz=5", "unknown parameter 'stepz'"),
         ("/run train", "name a recipe"),
-        ("/run pause zzzzzz", "no run with id starting 'zzzzzz'"),
     ]:
         (reply,) = await channel.say(ADMIN, text)
         assert says in reply and "Usage:" in reply, text
+    for text, says in [  # refusals: one line, no usage
+        ("/run train gpt gpus=3", "the run asks for 3 GPU(s) but this host has 2"),
+        ("/run pause zzzzzz", "no run with id starting 'zzzzzz'; /runs shows ids"),
+    ]:
+        assert await channel.say(ADMIN, text) == [says], text
     assert await orch.services.runs.repo.recent(10) == []
 
 

@@ -142,12 +142,10 @@ class RecipeInfo:
         for p in self.params:
             if p.name == name:
                 return p
-        known = [p.name for p in self.params]
-        close = difflib.get_close_matches(name, known, n=1)
+        # The accepted names are the caller's to list (the host's adds the run parameters).
+        close = difflib.get_close_matches(name, [p.name for p in self.params], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ParamError(
-            f"unknown parameter {name!r} for recipe {self.name!r}{hint} (known: {', '.join(known)})"
-        )
+        raise ParamError(f"unknown parameter {name!r} for recipe {self.name!r}{hint}")
 
     def defaults(self) -> dict[str, Value]:
         return {p.name: p.default for p in self.params}
