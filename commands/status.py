@@ -5,7 +5,6 @@ from __future__ import annotations
 from assistant.durations import format_duration
 from assistant.health import OK, engine_probe
 from assistant.hoststats import GpuInfo
-from assistant.runs.lifecycle import ACTIVE
 from assistant.runs.monitor import run_numbers
 from commands.formatting import format_local, quote, time_until
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
@@ -87,14 +86,14 @@ async def dashboard(ctx: CommandContext) -> str:
 
 async def tasks_view(ctx: CommandContext) -> str:
     s = ctx.services
-    return format_task_list(await s.scheduler.list_tasks(), s.clock.now(), s.settings.zone)
+    return format_task_list(await ctx.task_ops.listing(), s.clock.now(), s.settings.zone)
 
 
 async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[str]:
     """Each active run: recipe, step/total, loss, throughput, ETA, GPU memory; the queue."""
     s = ctx.services
     manager = s.runs
-    active = await manager.repo.in_states(ACTIVE)
+    active = await ctx.run_ops.active()
     lines = [f"Runner: {manager.runner.description}"]
     # the probe /healthz shares: a kept answer, or one ping bounded to 2.5 s
     engine = await engine_probe(manager.runner).check()
