@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
-from assistant.errors import CapacityError, CommandError, StateError
+from assistant.errors import CommandError, StateError
 from assistant.jobs import protocol
 from assistant.jobs.recipes import RECIPES
 from assistant.operations.arguments import Arguments, Id, Params, whole
@@ -202,13 +202,8 @@ class RunOperations:
         return await self._submit(caller, spec)
 
     async def _submit(self, caller: Caller, spec: RunSpec) -> Launched:
+        """:raises CapacityError: more GPUs than the host has (the manager's check)."""
         manager = self._manager
-        have = len(manager.gpu_inventory)
-        if spec.gpus > have:
-            raise CapacityError(
-                f"the run asks for {spec.gpus} GPU(s) but this host has {have}"
-                + ("" if have else " (set ASSISTANT_GPUS, or gpus=0 to run on the CPU)")
-            )
         run = await manager.submit(spec, caller.event_id)
         building = run.state == "queued" and manager.building
         position = None

@@ -22,7 +22,7 @@ from typing import Any
 
 from assistant.clock import Clock
 from assistant.config import Settings
-from assistant.errors import CommandError, RunStartError, StateError
+from assistant.errors import CapacityError, RunStartError, StateError
 from assistant.jobs import protocol
 from assistant.jobs.declared import DeclaredRecipe, from_json, to_json
 from assistant.jobs.recipes import RECIPES
@@ -102,11 +102,11 @@ class RunManager:
     ) -> RunRecord:
         """Queue a validated run and start it if its GPUs are free.
 
-        :raises CommandError: if it asks for more GPUs than the host has.
+        :raises CapacityError: if it asks for more GPUs than the host has.
         """
         if spec.gpus > len(self.gpu_inventory):
             have = len(self.gpu_inventory)
-            raise CommandError(
+            raise CapacityError(
                 f"the run asks for {spec.gpus} GPU(s) but this host has {have}"
                 + ("" if have else " (set ASSISTANT_GPUS, or gpus=0 to run on the CPU)")
             )
