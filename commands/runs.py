@@ -27,6 +27,7 @@ from assistant.reply import Reply
 from assistant.runs.lifecycle import ACTIVE
 from assistant.runs.monitor import Live, key_metric, run_numbers
 from assistant.runs.report import eta, number
+from assistant.runs.signals import pending
 from assistant.runs.spec import recipe_help
 from commands.formatting import time_ago
 from commands.registry import (
@@ -189,6 +190,8 @@ async def train(ctx: CommandContext, args: LaunchTraining) -> str:
     )
     head = f"Run {run.id}: {run.recipe} ({shown}) · {gpus} · image {run.image} · {launched.runner}."
     if run.state == "queued":
+        if run.blocked:
+            return f"{head}\nQueued: {run.blocked}; it starts when the engine answers."
         if launched.building:
             return f"{head}\nQueued: the run image is being built first; it starts after."
         if spec.gpus:
@@ -215,6 +218,8 @@ async def bench(ctx: CommandContext, args: LaunchBench) -> str:
     if run.state == "failed":
         return f"{head}\nIt could not start: {run.error}"
     if run.state == "queued":
+        if run.blocked:
+            return f"{head}\nQueued: {run.blocked}; it starts when the engine answers."
         return f"{head}\nQueued: waiting for {run.gpus_wanted} free GPU(s)."
     return (
         f"{head}\nState: {run.state}. /run show {run.id} follows it; the report comes at the end."
@@ -222,26 +227,43 @@ async def bench(ctx: CommandContext, args: LaunchBench) -> str:
 
 
 async def stop(ctx: CommandContext, ref: RunRef) -> str:
-    run = await ctx.run_ops.stop(ctx.caller, ref)
-    return f"Run {run.id}: {run.state}." + (
-        " It checkpoints, then stops; the report follows." if run.state == "stopping" else ""
-    )
+    return halt_text(await ctx.run_ops.stop(ctx.caller, ref))
 
 
 async def pause(ctx: CommandContext, ref: RunRef) -> str:
-    run = await ctx.run_ops.pause(ctx.caller, ref)
-    return f"Run {run.id}: pausing — it checkpoints, then frees its GPUs."
+    return halt_text(await ctx.run_ops.pause(ctx.caller, ref))
+
+
+def halt_text(run: RunRecord) -> str:
+    """What a stop or pause did: done, asked, or waiting for the engine (never "failed")."""
+    if pending(run):
+        return (
+            f"Run {run.id}: {run.state} — the {run.wanted} is recorded (control.json written);"
+            f" it reaches the run when the engine answers: {run.blocked}."
+        )
+    if run.wanted == "kill":
+        return (
+            f"Run {run.id} was already stopping: it is killed now (its steps since the last"
+            " checkpoint are lost); the report follows."
+        )
+    if run.state == "stopping":
+        return f"Run {run.id}: stopping. It checkpoints, then stops; the report follows."
+    if run.state == "pausing":
+        return f"Run {run.id}: pausing — it checkpoints, then frees its GPUs."
+    return f"Run {run.id}: {run.state}."
 
 
 async def resume(ctx: CommandContext, ref: RunRef) -> str:
     run = await ctx.run_ops.resume(ctx.caller, ref)
-    return f"Run {run.id} resumes from {run.checkpoint} ({run.state})."
+    waits = f"; {run.blocked}: it starts when the engine answers" if run.blocked else ""
+    return f"Run {run.id} resumes from {run.checkpoint} ({run.state}{waits})."
 
 
 async def retry(ctx: CommandContext, ref: RunRef) -> str:
     retried = await ctx.run_ops.retry(ctx.caller, ref)
     fresh = retried.fresh
-    return f"Run {fresh.id} retries {retried.original.id}: {fresh.recipe}, {fresh.state}."
+    waits = f"; {fresh.blocked}: it starts when the engine answers" if fresh.blocked else ""
+    return f"Run {fresh.id} retries {retried.original.id}: {fresh.recipe}, {fresh.state}{waits}."
 
 
 async def logs(ctx: CommandContext, args: RunLogs) -> str:
