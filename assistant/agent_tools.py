@@ -322,7 +322,8 @@ def prepare(name: str, raw_input: object, redact: Redactor | None = None) -> Pre
         raise ToolError(f"there is no tool {name!r}")
     if not isinstance(raw_input, dict):
         raise ToolError(f"{name} takes a JSON object, got {type(raw_input).__name__}")
-    fields: dict[str, object] = {k: _masked(v, redact) for k, v in raw_input.items()}
+    # a null field is one not given (the model sends both)
+    fields = {k: _masked(v, redact) for k, v in raw_input.items() if v is not None}
     confirmed = fields.pop("confirmed", None) if tool.confirmable else None
     if confirmed is not None and not isinstance(confirmed, bool):
         raise ToolError(f"confirmed must be true or false, got {confirmed!r}")

@@ -14,11 +14,11 @@ import asyncio
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Self
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
-from assistant.errors import CommandError, StateError
+from assistant.errors import StateError
 from assistant.jobs import protocol
 from assistant.jobs.recipes import RECIPES
 from assistant.operations.arguments import Arguments, Id, Params, whole
@@ -75,15 +75,16 @@ class LaunchTraining(Arguments):
     params: Params = Field(default_factory=dict)
     gpus: Annotated[int | None, whole(0, 64, "gpus"), Field(ge=0, le=64)] = None
 
-    def assignments(self) -> list[str]:
-        """The parameters as the spec reads them (`key=value`), `gpus` among them.
+    @model_validator(mode="after")
+    def _gpus_once(self) -> Self:
+        if self.gpus is not None and "gpus" in self.params:
+            raise ValueError("give gpus once: as the gpus argument or in params, not both")
+        return self
 
-        :raises CommandError: `gpus` given twice.
-        """
+    def assignments(self) -> list[str]:
+        """The parameters as the spec reads them (`key=value`), `gpus` among them."""
         words = [f"{key}={value}" for key, value in self.params.items()]
         if self.gpus is not None:
-            if "gpus" in self.params:
-                raise CommandError("give gpus once: as the gpus argument or in params, not both")
             words.append(f"gpus={self.gpus}")
         return words
 

@@ -123,6 +123,11 @@ def test_add_task_keeps_schedule_and_what_intact(kind: str, schedule: str, what:
         ("launch_training", {"recipe": "gpt", "params": {"x-y": 1}}, "not a parameter name"),
         ("launch_training", {"recipe": "gpt", "params": {"steps": [1]}}, "a value is a number"),
         ("launch_training", {"recipe": "gpt", "gpus": 65}, "from 0 to 64"),
+        (
+            "launch_training",
+            {"recipe": "gpt", "params": {"gpus": 1}, "gpus": 2},
+            "give gpus once",
+        ),
         ("add_task", {"kind": "hourly", "schedule": "1h", "what": "x"}, "must be one of"),
         ("add_task", {"kind": "every", "schedule": "1h", "what": "  "}, "non-empty text"),
         ("stop_run", {"run_id": "ab", "confirmed": "yes"}, "true or false"),
@@ -136,10 +141,11 @@ def test_bad_input_is_refused_before_anything_runs(name: str, given: Any, proble
         prepare(name, given)
 
 
-def test_gpus_is_given_once() -> None:
-    call = prepare("launch_training", {"recipe": "gpt", "params": {"gpus": 1}, "gpus": 2})
-    with pytest.raises(Exception, match="give gpus once"):
-        call.arguments.assignments()  # type: ignore[attr-defined]
+def test_a_null_field_is_one_not_given() -> None:
+    call = prepare("run_logs", {"run_id": "ab12cd", "lines": None})
+    assert call.bound == _parsed("/run logs ab12cd")
+    with pytest.raises(ToolError, match="show_run needs run_id"):
+        prepare("show_run", {"run_id": None})
 
 
 class Recorder:
