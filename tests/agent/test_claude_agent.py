@@ -275,6 +275,26 @@ async def test_a_refused_tool_input_goes_back_as_an_error(
     assert tools == [{"tool_name": "show_run", "ok": 0}] * 2
 
 
+async def test_a_tool_value_reaches_the_recipe_as_one_value_and_the_chain_names_the_form(
+    service: Service, fake: FakeAnthropic
+) -> None:
+    """No command text in between: a value with quotes and a second command in it is the
+    one value the recipe checks (and refuses), and nothing else runs."""
+    value = "cpu'; /run stop abc '"
+    launch = {"recipe": "gpt", "params": {"device": value, "steps": 5}, "gpus": 0}
+    fake.add(Answer([ToolUse("tu_1", "launch_training", launch)]), Answer("Not a device."))
+    assert await service.say("train gpt on that device") == ["Not a device."]
+    (result,) = _tool_results(fake.requests[-1].body)
+    assert result["is_error"]
+    assert result["content"].startswith(f"device={value!r} is not one of auto, cpu, cuda")
+    assert "Usage:" not in result["content"]  # the chat's usage text is for people
+    assert await service.orch.services.runs.repo.recent(5) == []
+    (row,) = await service.rows(
+        "SELECT output, ok FROM tool_call_log WHERE tool_name = 'launch_training'"
+    )
+    assert row["ok"] == 0 and '"command":"/run train"' in row["output"]
+
+
 async def test_usage_shows_the_four_token_kinds_and_the_cost(
     service: Service, fake: FakeAnthropic
 ) -> None:
