@@ -114,7 +114,7 @@ def parse(cmd: ParsedCommand) -> Bound:
         if not rest:
             return Bound(_name_a_recipe, Arguments())
         params = assignments(rest[1:])
-        fields: dict[str, object] = {"recipe": rest[0], "params": params}
+        fields: dict[str, object] = {"recipe": rest[0].lower(), "params": params}
         if "gpus" in params:  # an argument of its own, as the model's tool gives it
             gpus = params.pop("gpus")
             fields["gpus"] = int(gpus) if gpus.isdigit() else gpus
@@ -173,7 +173,7 @@ def assignments(words: list[str]) -> dict[str, str]:
 def _recipe_query(words: list[str]) -> RecipeQuery:
     if len(words) > 1:
         raise CommandError("/recipes takes at most one recipe name")
-    return RecipeQuery.read({"recipe": words[0]} if words else {})
+    return RecipeQuery.read({"recipe": words[0].lower()} if words else {})
 
 
 # ---- the typed handlers: commands and the model's tools call these -------------------------

@@ -88,6 +88,19 @@ async def test_a_misuse_gets_the_problem_then_the_usage_once(
         assert await channel.say(ADMIN, text) == [f"{problem}\nUsage:\n{USAGE}"], text
 
 
+async def test_names_and_ids_are_read_in_any_case(
+    service: tuple[Orchestrator, RecordingChannel],
+) -> None:
+    orch, channel = service
+    run = await _queued(orch)
+    (shown,) = await channel.say(ADMIN, f"/run show {run.id.upper()}")
+    assert shown.startswith(f"Run {run.id} · train gpt · queued")
+    (recipe,) = await channel.say(ADMIN, "/recipes GPT")
+    assert recipe.startswith("gpt: ")
+    (unknown,) = await channel.say(ADMIN, "/run train GPT stepz=1")
+    assert unknown.startswith("unknown parameter 'stepz' for recipe 'gpt'")
+
+
 async def test_an_unknown_parameter_lists_the_accepted_ones_once(
     service: tuple[Orchestrator, RecordingChannel],
 ) -> None:
