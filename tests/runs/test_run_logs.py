@@ -124,4 +124,4 @@ async def test_a_finished_classifier_run_shows_its_lines(
     assert "digits: train" in text, text
     for bad in ("0", "201", "x"):
         (reply,) = await channel.say(ADMIN, f"/run logs {run_id} {bad}")
-        assert "the line count is a number from 1 to 200" in reply, bad
+        assert "must be a whole number from 1 to 200" in reply, bad  # the operation's words
