@@ -23,6 +23,7 @@ from assistant.metrics import (
     StoredFigures,
 )
 from assistant.orchestrator import Orchestrator
+from assistant.runs.lifecycle import RunState
 from tests.exports.metrics_support import (
     ADMIN,
     MODEL,
@@ -146,6 +147,7 @@ async def test_only_the_first_active_runs_get_series_and_queued_ones_are_counted
                 chat_id=ADMIN,
                 total=10,
                 now=now,
+                state=RunState.QUEUED,
             )
             ids.append(run.id)
         _, text = await service.scrape()
