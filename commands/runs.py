@@ -333,7 +333,19 @@ def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
     parts.append(time_ago(from_iso(run.created_at), now))
     if run.stalled:
         parts.append("STALLED")
+    waiting = _waiting(run)
+    if waiting:
+        parts.append(waiting)
     return "  " + " · ".join(parts)
+
+
+def _waiting(run: RunRecord) -> str | None:
+    """What the run waits for from the engine, shown where its state alone would mislead."""
+    if pending(run):
+        return f"{run.wanted} pending: the engine does not answer"
+    if run.state == "queued" and run.blocked:
+        return f"waiting for the engine ({run.blocked})"
+    return None
 
 
 async def show(ctx: CommandContext, ref: RunRef) -> str:
@@ -364,6 +376,9 @@ async def show(ctx: CommandContext, ref: RunRef) -> str:
         f"Runner: {run.runner or '-'} {run.handle or ''} · exit code"
         f" {run.exit_code if run.exit_code is not None else '-'}"
     )
+    waiting = _waiting(run)
+    if waiting:
+        lines.append(f"Waiting: {waiting}" + (f" ({run.blocked})" if pending(run) else ""))
     if run.error:
         lines.append(f"Error: {run.error}")
     if run.retry_of:

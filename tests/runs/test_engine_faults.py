@@ -143,6 +143,10 @@ async def test_a_stop_during_an_outage_is_kept_and_delivered_when_the_engine_ans
     assert run.state == "stopping", run  # not settled as lost or failed
     told = [t for _, t in channel.sent if "does not answer" in t and "Run" not in t[:4]]
     assert len(told) == 1 and "Runs keep their state" in told[0], told  # once, not per pass
+    (shown,) = await channel.say(ADMIN, f"/run show {run_id}")
+    assert "Waiting: stop pending: the engine does not answer" in shown, shown
+    (listed,) = await channel.say(ADMIN, "/runs")
+    assert f"{run_id} gpt stopping" in listed and "stop pending" in listed, listed
 
     await proxy.restore()
     report = await channel.wait_for(f"Run {run_id} (gpt) cancelled", timeout=120)
