@@ -13,6 +13,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 
 from assistant.access import Access
@@ -521,17 +522,28 @@ class Orchestrator:
 async def _deliver(
     channel: Channel | None, chat_id: str, reply: Reply, *, raise_errors: bool = False
 ) -> bool:
+    """Send every part of `reply`; one part that fails does not keep back the others.
+
+    A channel that keeps what it could not deliver (the local outbox) must get the images
+    too, or a report read later would lack its plot. The first failure is what counts.
+    """
     if channel is None:
         return False
-    try:
-        if reply.text:
-            await channel.send_text(chat_id, reply.text)
-        for image in reply.images:
-            await channel.send_image(chat_id, image)
-    except Exception:
+    first: Exception | None = None
+    sends: list[tuple[str, Path | None]] = [("text", None)] if reply.text else []
+    sends += [("image", image) for image in reply.images]
+    for kind, image in sends:
+        try:
+            if image is None:
+                await channel.send_text(chat_id, reply.text)
+            else:
+                await channel.send_image(chat_id, image)
+        except Exception as exc:
+            log.warning("sending the %s to %s failed", kind, chat_id, exc_info=True)
+            first = first or exc
+    if first is not None:
         if raise_errors:
-            raise
-        log.warning("sending to %s failed", chat_id, exc_info=True)
+            raise first
         return False
     return True
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from assistant.config import Settings
+from assistant.errors import ChannelError
 from assistant.orchestrator import Orchestrator
+from assistant.reply import Reply
 from storage.ids import encode
 from tests.assistant.recording import RecordingChannel, Running
 
@@ -94,6 +97,26 @@ async def test_a_failed_send_is_a_failed_action_with_the_error(settings: Setting
         )
     assert row is not None and row["ok"] == 0
     assert row["error"] == "ConnectionError: telegram unreachable"
+
+
+async def test_a_reply_whose_text_fails_still_sends_its_images_and_fails_the_action(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A channel that keeps what it could not deliver (the local outbox) gets every part:
+    a run report read later must not lose its plot because its text waited."""
+    channel = RecordingChannel(fail_with=ChannelError("no client attached: kept"))
+    picture = tmp_path / "curves.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n")
+    async with Orchestrator(settings, channels=[channel]) as orch:
+        sent = await orch.send(ADMIN, Reply("Run ab12cd succeeded", (picture,)), None)
+        await orch.services.log.flush()
+        row = await orch.services.db.fetchone(
+            "SELECT ok, error FROM action_log WHERE action_type = 'message_sent'"
+        )
+    assert sent is False  # the text did not reach anyone: not told as sent
+    assert channel.images == [(ADMIN, picture)]
+    assert row is not None and row["ok"] == 0
+    assert row["error"] == "ChannelError: no client attached: kept"
 
 
 async def test_conversation_left_unprocessed_by_a_crash_is_answered_at_start(
