@@ -29,7 +29,6 @@ LOCK = ROOT / "constraints.txt"
 
 # Declared and never imported by our code: what each one is there for.
 NOT_IMPORTED = {
-    "paramiko": "docker-py imports it for an ssh:// DOCKER_HOST (a remote engine)",
     "import-linter": "lint-imports, the layers check scripts/test runs",
     "ruff": "the linter and formatter scripts/test runs",
     "pytest-asyncio": "the pytest plugin that runs the async tests (asyncio_mode = auto)",

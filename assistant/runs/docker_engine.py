@@ -13,11 +13,19 @@ The one slower call is a container's start, which runs the GPU runtime's hook: i
 `START_TIMEOUT_S`, and only after a create the engine answered within the ordinary bound.
 Image builds are not engine calls here: they run deploy/build-images.sh in the background
 (docker_runner.build_images), never on a command's path.
+
+An ssh:// engine is reached with paramiko (docker-py's ssh transport; `docker system
+dial-stdio` runs on the far side): its socket timeouts bound every call like a local
+socket's, and it reads the usual client files, ~/.ssh/config (User, Port, IdentityFile,
+ProxyCommand) and ~/.ssh/known_hosts (an unknown host key is refused, never accepted). An
+ssh failure (refused, host key unknown, key refused, session gone) is `EngineUnavailable`
+naming what to check, and the clients are dropped so the next call connects afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import threading
@@ -30,6 +38,7 @@ from urllib.parse import urlsplit
 
 import docker
 import docker.errors
+import paramiko
 import requests
 from docker.tls import TLSConfig
 
@@ -138,7 +147,7 @@ class DockerEngine:
         base_url: str = DEFAULT_DOCKER_HOST,
         *,
         tls_cert_dir: Path | None = None,
-        use_ssh_client: bool = True,
+        use_ssh_client: bool = False,
         call_timeout_s: float = CALL_TIMEOUT_S,
         instance: str = "default",
     ) -> None:
@@ -148,6 +157,7 @@ class DockerEngine:
         self._tls_cert_dir = tls_cert_dir
         self._use_ssh_client = use_ssh_client
         self._clients: _Clients | None = None
+        self._lost: str | None = None  # why the ssh session was dropped, until a reconnect
         self._connect_lock = asyncio.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -164,6 +174,11 @@ class DockerEngine:
     def version(self) -> str | None:
         """The engine's version once connected; None before."""
         return self._clients.version if self._clients is not None else None
+
+    @property
+    def lost(self) -> str | None:
+        """Why the ssh session was dropped ("connection lost: ..."), until a reconnect."""
+        return self._lost
 
     @property
     def gpu_runtime(self) -> bool:
@@ -185,6 +200,7 @@ class DockerEngine:
                 async with self._connect_lock:
                     if self._clients is None:
                         self._clients = await self._in_thread(self._make_clients)
+                        self._lost = None
         except TimeoutError:
             raise self._unavailable(f"no answer within {self.bound_s:g} s") from None
         return self._clients
@@ -249,7 +265,7 @@ class DockerEngine:
         """
         clients = self._clients
         if clients is None:
-            raise self._unavailable("not connected yet")
+            raise self._unavailable(self._lost or "not connected yet")
         api = clients.quick.api
 
         def call() -> None:
@@ -319,10 +335,34 @@ class DockerEngine:
             raise
         except docker.errors.APIError as exc:
             raise RunStartError(self.explain(exc)) from exc
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise self._unavailable(_reason(exc)) from exc
+        except (
+            docker.errors.DockerException,
+            requests.RequestException,
+            OSError,
+            paramiko.SSHException,
+        ) as exc:
+            why = _reason(exc)
+            if self.host.scheme == "ssh":
+                self._drop_clients(why)  # a dead ssh session is never reused: reconnect
+            raise self._unavailable(why) from exc
+
+    def _drop_clients(self, why: str) -> None:
+        """Forget the clients; the next call (not a ping) connects again."""
+        if self._clients is not None:
+            self._lost = f"connection lost: {why}"
+        clients, self._clients = self._clients, None
+        if clients is not None:
+            with contextlib.suppress(Exception):
+                clients.close()
 
     def _unavailable(self, why: str) -> EngineUnavailable:
+        if self.host.scheme == "ssh":
+            return EngineUnavailable(
+                f"no Docker engine answers at {self.url} ({why}); check that sshd answers"
+                f" there, that ~/.ssh/known_hosts has its host key (ssh {self.host.host} once"
+                " adds it) and ~/.ssh/config its IdentityFile, and that `docker info` works"
+                " in an ssh session there"
+            )
         return EngineUnavailable(
             f"no Docker engine answers at {self.url} ({why}); start one with "
             "`scripts/docker-engine up`, or set DOCKER_HOST"

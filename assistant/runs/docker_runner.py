@@ -161,7 +161,7 @@ class DockerRunner:
         run_mount: str = RUN_MOUNT,
         gpu_count: int = 0,
         tls_cert_dir: Path | None = None,
-        use_ssh_client: bool = True,
+        use_ssh_client: bool = False,
         shm_size: str = "1g",
         tmp_size: str = "512m",
         timeout_s: float = CALL_TIMEOUT_S,
@@ -199,7 +199,7 @@ class DockerRunner:
     def description(self) -> str:
         version = self.engine.version
         if version is None:
-            return f"docker at {self.base_url} (not connected yet)"
+            return f"docker at {self.base_url} ({self.engine.lost or 'not connected yet'})"
         gpus = (
             f"{self.gpu_count} GPUs via nvidia runtime"
             if self.engine.gpu_runtime

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
     """Docker if an engine answers (or is required), else local processes.
 
-    :raises ConfigError: when ASSISTANT_RUNNER=docker and no engine answers.
+    :raises ConfigError: when ASSISTANT_RUNNER=docker, or DOCKER_HOST names an ssh://
+        engine, and no engine answers.
     """
     if settings.runner == "process":
         return _process_runner(settings)
@@ -43,6 +44,10 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
     except Exception as exc:
         if settings.runner == "docker":
             raise ConfigError(f"ASSISTANT_RUNNER=docker but no engine answers: {exc}") from None
+        if runner.host.scheme == "ssh":
+            # A remote engine was asked for by name: local processes would run on the wrong
+            # machine (without its GPUs), so it is an error at start, not a fallback.
+            raise ConfigError(f"DOCKER_HOST={runner.base_url} but {exc}") from None
         log.info("no Docker engine (%s): runs use local processes", exc)
         return _process_runner(settings)
 
