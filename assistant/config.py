@@ -43,6 +43,10 @@ class Settings(BaseSettings):
 
     # where the SQLite file, the local-channel token and run dirs live
     assistant_home: Path = Field(default_factory=lambda: Path.home() / ".assistant")
+    # where ASSISTANT_HOME lies on the Docker engine's host, when the service runs in a
+    # container (bind mounts name the host's paths); none: read from the service's own
+    # container's mounts. Checked at start either way (assistant/runs/engine_paths.py)
+    host_home: Path | None = Field(default=None, validation_alias="ASSISTANT_HOST_HOME")
     # name the assistant answers to and shows in /status
     assistant_name: str = "assistant"
     # IANA zone used to show times and to read cron expressions

@@ -11,6 +11,8 @@ bounded, and `EngineUnavailable` when the engine does not answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import inspect
 import os
 import re
@@ -29,7 +31,7 @@ import assistant
 from assistant.errors import EngineUnavailable, RunStartError, StateError
 from assistant.jobs.protocol import CONTROL, SPEC
 from assistant.jobs.text import decoded
-from assistant.runs import rundir
+from assistant.runs import engine_paths, rundir
 from assistant.runs.docker_engine import (
     CALL_TIMEOUT_S,
     DEFAULT_DOCKER_HOST,
@@ -38,6 +40,7 @@ from assistant.runs.docker_engine import (
     DockerHost,
     parse_docker_host,
 )
+from assistant.runs.engine_paths import EnginePaths
 from assistant.runs.runner import (
     Capabilities,
     ContainerPaths,
@@ -89,7 +92,11 @@ async def build_images(
         last lines).
     """
     if not await asyncio.to_thread(script.is_file):
-        raise RunStartError(f"{script} is missing: build images from a checkout of the project")
+        raise RunStartError(
+            f"no image build here ({script} is missing: this service runs from an installed"
+            " package, e.g. in its container): build the run image on the engine's host with"
+            " deploy/build-images.sh from a checkout of the project; runs start once it is there"
+        )
     env = {**os.environ, "ASSISTANT_RUN_IMAGE": image}
     if docker_host:
         env["DOCKER_HOST"] = parse_docker_host(docker_host).url
@@ -149,6 +156,9 @@ class DockerRunner:
     :param gpu_count: GPUs the host sees (NVML), for `description`.
     :param tls_cert_dir: for tcp:// with TLS: a dir holding ca.pem, cert.pem and key.pem.
     :param timeout_s: the socket timeout of one engine call (the call's bound is 1 s more).
+    :param home: ASSISTANT_HOME, where the path check's marker and the agent's copy go.
+    :param host_home: ASSISTANT_HOST_HOME: where `home` lies on the engine's host; None:
+        read from the service's own container's mounts (engine_paths.py), if it is one.
     """
 
     kind: RunnerKind = "docker"
@@ -167,6 +177,8 @@ class DockerRunner:
         timeout_s: float = CALL_TIMEOUT_S,
         instance: str = "default",
         run_uid: int = DEFAULT_RUN_UID,
+        home: Path | None = None,
+        host_home: Path | None = None,
     ) -> None:
         self.engine = DockerEngine(
             base_url or DEFAULT_DOCKER_HOST,
@@ -183,10 +195,15 @@ class DockerRunner:
         self.gpu_count = gpu_count
         self._shm_size = shm_size
         self._tmp_size = tmp_size
+        self.home = home
+        self.host_home = host_home
+        self._paths: EnginePaths | None = None
+        self._paths_lock = asyncio.Lock()
+        self._paths_checked = False
         self.capabilities = Capabilities(
             paths=ContainerPaths(run_mount),
             images=DockerImages(self.engine),
-            servers=Servers(self.engine),
+            servers=Servers(self.engine, self.paths),
             network_isolation=True,
             resource_limits=True,
         )
@@ -208,17 +225,55 @@ class DockerRunner:
         return f"docker at {self.base_url} (engine {version}, {gpus})"
 
     async def connect(self) -> docker.DockerClient:
-        """The engine's client, made on first use: making one already talks to the engine.
+        """The engine's client, made on first use: making one already talks to the engine;
+        and the engine's view of ASSISTANT_HOME, checked (engine_paths.py).
 
         :raises EngineUnavailable: no engine answers at the address.
+        :raises ConfigError: the engine would mount ASSISTANT_HOME from somewhere else.
         """
-        return await self.engine.connect()
+        client = await self.engine.connect()
+        paths = await self.paths()
+        if self.home is not None and not self._paths_checked:
+            user = "0:0" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+            await engine_paths.check(self.engine, paths, self.home, self.image, user)
+            self._paths_checked = True
+        return client
+
+    async def paths(self) -> EnginePaths:
+        """The engine's view of the service's paths, found once (see engine_paths.py)."""
+        async with self._paths_lock:
+            if self._paths is None:
+                paths = await engine_paths.discover(self.engine, self.home, self.host_home)
+                if self.home is not None and not paths.identity:
+                    # Every service in a container calls its home /data: the instance is
+                    # named for where that lies on the engine's host, so two deployments
+                    # on one engine never reconcile each other's runs away. (A home on no
+                    # mount keeps its name: the check at connect refuses it.)
+                    with contextlib.suppress(RunStartError):
+                        where = paths.to_host(self.home).encode()
+                        instance = hashlib.sha256(where).hexdigest()[:12]
+                        self.instance = self.engine.instance = instance
+                self._paths = paths
+            return self._paths
+
+    async def _agent_source(self, paths: EnginePaths) -> str:
+        """The agent package's path on the engine's host; a copy in ASSISTANT_HOME when
+        the service's own (in its site-packages) is not on a mounted folder."""
+        try:
+            return paths.to_host(AGENT_SOURCE)
+        except RunStartError:
+            if self.home is None:
+                raise
+        copy = await asyncio.to_thread(engine_paths.agent_copy, AGENT_SOURCE, self.home)
+        return paths.to_host(copy)
 
     async def launch(self, request: LaunchRequest) -> RunHandle:
         await self.engine.connect()
         image = request.image or self.image
         user = await asyncio.to_thread(self._prepare_run_dir, request.run_dir)
-        kwargs = self._container_kwargs(request, user)
+        paths = await self.paths()
+        agent = await self._agent_source(paths) if request.bring_agent else ""
+        kwargs = self._container_kwargs(request, user, paths, agent)
         try:
             container: Container = await self.engine.call(
                 lambda client: client.containers.create(image, **kwargs), image=image
@@ -263,8 +318,14 @@ class DockerRunner:
             raise RunStartError(f"could not prepare run dir {run_dir}: {exc}") from None
         return user
 
-    def _container_kwargs(self, request: LaunchRequest, user: str) -> dict[str, Any]:
-        """Everything `containers.create` gets besides the image; see the module docstring."""
+    def _container_kwargs(
+        self, request: LaunchRequest, user: str, paths: EnginePaths, agent: str
+    ) -> dict[str, Any]:
+        """Everything `containers.create` gets besides the image; see the module docstring.
+
+        Every bind mount's source is the engine's host's path (`paths`; `agent`: the agent
+        package's there), which differs from ours when the service runs in a container.
+        """
         env = {"PYTHONUNBUFFERED": "1"}
         if request.cpus:
             env["OMP_NUM_THREADS"] = str(max(1, int(request.cpus // max(1, request.nproc))))
@@ -279,7 +340,7 @@ class DockerRunner:
             },
             "environment": env,
             "user": user,
-            "volumes": {str(request.run_dir): {"bind": self.run_mount, "mode": "rw"}},
+            "volumes": {paths.to_host(request.run_dir): {"bind": self.run_mount, "mode": "rw"}},
             "read_only": True,
             # exec: torch.compile / triton build and load kernels under /tmp.
             "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={self._tmp_size}"},
@@ -295,14 +356,14 @@ class DockerRunner:
         }
         volumes = kwargs["volumes"]
         for mount in request.mounts:
-            volumes[str(mount.source)] = {
+            volumes[paths.to_host(mount.source)] = {
                 "bind": mount.target,
                 "mode": "ro" if mount.read_only else "rw",
             }
         if request.bring_agent:
             # An image we did not build: our agent (standard library only) comes in
             # read-only and runs on the image's own python3.
-            volumes[str(AGENT_SOURCE)] = {"bind": f"{AGENT_ROOT}/assistant", "mode": "ro"}
+            volumes[agent] = {"bind": f"{AGENT_ROOT}/assistant", "mode": "ro"}
             env.update(PYTHONPATH=AGENT_ROOT, HOME="/tmp", PYTHONDONTWRITEBYTECODE="1")
             kwargs["command"] = ["python3", "-m", "assistant.jobs.agent", self.run_mount]
             kwargs["working_dir"] = self.run_mount

@@ -34,6 +34,8 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
         gpu_count=gpu_count,
         instance=instance,
         run_uid=settings.run_uid,
+        home=settings.assistant_home,
+        host_home=settings.host_home,
     )
     warning = login_account(settings.run_uid)
     if warning:
@@ -41,6 +43,8 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
     try:
         await runner.connect()
         return runner
+    except ConfigError:
+        raise  # the engine answered, but would mount ASSISTANT_HOME from elsewhere
     except Exception as exc:
         if settings.runner == "docker":
             raise ConfigError(f"ASSISTANT_RUNNER=docker but no engine answers: {exc}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from assistant.errors import EngineUnavailable, RunStartError
 from assistant.jobs.text import decoded
 from assistant.runs import rundir
 from assistant.runs.docker_engine import INSTANCE_LABEL, DockerEngine
+from assistant.runs.engine_paths import EnginePaths
 from assistant.runs.runner import StartedServer
 
 SERVER_OF_LABEL = "assistant.server_of"
@@ -37,10 +39,16 @@ def free_port() -> int:
 
 
 class Servers:
-    """The `ServerPool` of a Docker engine; every call bounded as the engine's are."""
+    """The `ServerPool` of a Docker engine; every call bounded as the engine's are.
 
-    def __init__(self, engine: DockerEngine) -> None:
+    :param paths: the engine's view of our paths (the HF cache's mount source is its host's).
+    """
+
+    def __init__(
+        self, engine: DockerEngine, paths: Callable[[], Awaitable[EnginePaths]] | None = None
+    ) -> None:
         self.engine = engine
+        self._paths = paths
 
     async def start(
         self,
@@ -73,7 +81,10 @@ class Servers:
             ),
         }
         if hf_cache is not None:
-            kwargs["volumes"] = {str(hf_cache): {"bind": HF_MOUNT, "mode": "rw"}}
+            source = (
+                str(hf_cache) if self._paths is None else (await self._paths()).to_host(hf_cache)
+            )
+            kwargs["volumes"] = {source: {"bind": HF_MOUNT, "mode": "rw"}}
         if gpus:
             kwargs["device_requests"] = [
                 DeviceRequest(device_ids=[str(i) for i in gpus], capabilities=[["gpu"]])
