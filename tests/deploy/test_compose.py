@@ -31,6 +31,17 @@ COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
 COMPOSE_RUN = ROOT / "deploy" / "compose_run.py"
 SOCKET = Path("/var/run/docker.sock")
 REPORT_S = 120.0
+FOREIGN_IMAGE = "assistant-base:bookworm"  # python3, and nothing of ours
+FOREIGN_RECIPE = """
+[recipes.hello]
+summary = "a script of the user's own, in an image that is not ours"
+image = "assistant-base:bookworm"
+command = ["python3", "-c", "for i in range(1, 6): print('iter %d: loss %.3f' % (i, 1 / i))"]
+gpus = 0
+
+[recipes.hello.progress]
+progress = ['iter (?P<step>\\d+): loss (?P<loss>[\\d.]+)']
+"""
 
 
 def has_compose() -> bool:
@@ -150,6 +161,23 @@ def test_a_classifier_run_sent_through_docker_exec_reports_success(
     # ... which on the host is the volume's folder, never the host's own /data
     assert (volume / "runs" / run_id / CHECKPOINTS / "ckpt_00000020.pt").is_file()
     assert not Path(f"/data/runs/{run_id}").exists()
+
+    # an image that is not ours gets the agent from the service's home (its own copy lies
+    # in the container's site-packages, which the engine cannot mount)
+    written = subprocess.run(
+        ["docker", "exec", "-i", service.container, "sh", "-c", "cat > /data/recipes.toml"],
+        input=FOREIGN_RECIPE,
+        capture_output=True,
+        text=True,
+    )
+    assert written.returncode == 0, written.stderr
+    sent = service.exec("assistant", "send", "/run train hello")
+    match = re.search(r"^Run (\w+): hello", sent.stdout, re.M)
+    assert match and f"image {FOREIGN_IMAGE}" in sent.stdout, sent.stdout + sent.stderr
+    report = wait_for(inbox, rf"Run {match.group(1)} \(hello\) (succeeded|failed)", REPORT_S)
+    assert f"Run {match.group(1)} (hello) succeeded" in report, report
+    copies = service.exec("ls", "/data/agent").stdout.split()
+    assert len(copies) == 1 and (volume / "agent" / copies[0] / "assistant" / "jobs").is_dir()
 
     # the image builds no images: it says where they are built
     build = service.exec("assistant", "images", "build")
