@@ -12,6 +12,11 @@ from assistant.observability import EventLog
 from assistant.redaction import Redactor
 from storage.db import Database
 
+# Fixtures shared across folders: each module of tests/support that defines some.
+pytest_plugins = [
+    "tests.support.docker_engine",
+]
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:

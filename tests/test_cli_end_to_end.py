@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_process import ROOT, cli, env_for, running_service
+from tests.support.service_process import ROOT, cli, env_for, running_service
 
 
 @pytest.fixture

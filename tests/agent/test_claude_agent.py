@@ -21,9 +21,9 @@ from storage.db import Database
 from storage.ids import encode
 from storage.messages import MessageRepo, StoredMessage
 from storage.usage import ModelCall, UsageRepo
-from tests.agent.conftest import ADMIN, API_KEY, MODEL, Service, model_settings, open_service
 from tests.fakes.anthropic_server import Failure, FakeAnthropic, Text, ToolUse, Usage
 from tests.fakes.anthropic_server import Reply as Answer
+from tests.support.model_service import ADMIN, API_KEY, MODEL, Service, model_settings, open_service
 
 
 def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import pytest
 
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from tests.assistant.recording import RecordingChannel, Running
+from tests.support.recording import RecordingChannel, Running
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from assistant.channels.base import IncomingMessage
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from tests.assistant.recording import RecordingChannel, Running
+from tests.support.recording import RecordingChannel, Running
 
 ADMIN = "tg:1001"
 GROUP = "tg:3003"

@@ -13,7 +13,7 @@ from assistant.errors import ChannelError
 from assistant.orchestrator import Orchestrator
 from assistant.reply import Reply
 from storage.ids import encode
-from tests.assistant.recording import RecordingChannel, Running
+from tests.support.recording import RecordingChannel, Running
 
 ADMIN = "tg:1001"
 STRANGER = "tg:2002"

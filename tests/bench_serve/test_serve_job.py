@@ -7,7 +7,6 @@ import json
 import re
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,34 +17,9 @@ from assistant.jobs.bench.serve import BENCH_SERVE, build_job, parse_args
 from assistant.jobs.protocol import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 from assistant.jobs.recipes import ParamError, resolve_params, to_cli_args
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.support.serve_job import REPO, TIMEOUT, command, events, run_job
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "Qwen/Qwen3-0.6B"
-TIMEOUT = 60
-
-
-def command(run_dir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "assistant.jobs.bench.serve", "--run-dir", str(run_dir), *args]
-
-
-async def run_job(run_dir: Path, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *command(run_dir, *args),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
-
-
-def events(run_dir: Path, type_: str | None = None) -> list[dict[str, Any]]:
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in rows if type_ is None or e["type"] == type_]
 
 
 async def first_event(run_dir: Path, type_: str) -> None:

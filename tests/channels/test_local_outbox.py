@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from assistant.channels.local_outbox import Outbox
-from tests.service_process import ROOT, cli, env_for, running_service
+from tests.support.service_process import ROOT, cli, env_for, running_service
 
 OUTBOX = "local-outbox.db"
 

@@ -15,8 +15,8 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
 from storage.ids import encode
-from tests.assistant.recording import RecordingChannel
-from tests.runs.test_run_flow import ADMIN, launch, step_of, wait_until
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, launch, step_of, wait_until
 
 MAX_LINES = 70  # what a phone screen can scroll through without losing the thread
 SHOWN_ID = re.compile(r" · id ([0-9a-z]+)$")

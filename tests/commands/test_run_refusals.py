@@ -17,7 +17,7 @@ from assistant.runs.process_runner import ProcessRunner
 from commands.runs import USAGE
 from storage.runs import RunRecord
 from storage.timestamps import to_iso
-from tests.assistant.recording import RecordingChannel
+from tests.support.recording import RecordingChannel
 
 ADMIN = "tg:1001"
 

@@ -13,8 +13,8 @@ import pytest
 
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from tests.assistant.recording import RecordingChannel
 from tests.support.engine_proxy import EngineProxy, engine_proxy
+from tests.support.recording import RecordingChannel
 
 ADMIN = "tg:1001"
 BOUND_S = 10.0  # "a few seconds", generous: the point is that it is not 60

@@ -29,8 +29,8 @@ from assistant.orchestrator import Orchestrator
 from storage.db import Database
 from storage.kv import KeyValue
 from tests.fakes.telegram_server import FakeTelegram
-from tests.service_process import ROOT, env_for, up
 from tests.support.engine_proxy import EngineProxy, engine_proxy
+from tests.support.service_process import ROOT, env_for, up
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=15)  # a hung /healthz fails the test
 

@@ -25,9 +25,9 @@ from assistant.observability import EventLog
 from assistant.orchestrator import Orchestrator
 from assistant.services import shared_redactor
 from storage.ids import decode
-from tests.assistant.recording import RecordingChannel
-from tests.service_process import cli, running_service
+from tests.support.recording import RecordingChannel
 from tests.support.service_log import captured_service_log
+from tests.support.service_process import cli, running_service
 
 SECRET = "hunter2-secret-value"  # configured in the settings fixture
 # A secret with a quote and a backslash: in the encoded line it reads `q\"uo\\te`, so

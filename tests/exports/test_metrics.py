@@ -24,7 +24,8 @@ from assistant.metrics import (
 )
 from assistant.orchestrator import Orchestrator
 from assistant.runs.lifecycle import RunState
-from tests.exports.metrics_support import (
+from tests.fakes.anthropic_server import FakeAnthropic, Reply, Usage
+from tests.support.metrics_service import (
     ADMIN,
     MODEL,
     MetricsService,
@@ -32,7 +33,6 @@ from tests.exports.metrics_support import (
     model_settings,
     samples,
 )
-from tests.fakes.anthropic_server import FakeAnthropic, Reply, Usage
 from tests.support.prometheus import promtool_check
 
 USAGE = Usage(

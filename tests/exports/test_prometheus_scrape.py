@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from assistant.config import Settings
-from tests.exports.metrics_support import MetricsService, metrics_service
+from tests.support.metrics_service import MetricsService, metrics_service
 from tests.support.prometheus import PrometheusServer
 
 

@@ -24,11 +24,11 @@ from assistant.runs.process_runner import ProcessRunner
 from assistant.tracing import ChainTracer, traces_url
 from commands import build_router
 from storage.ids import encode
-from tests.agent.conftest import MODEL, model_settings
-from tests.assistant.recording import RecordingChannel
 from tests.fakes.anthropic_server import FakeAnthropic, ToolUse, Usage
 from tests.fakes.anthropic_server import Reply as Answer
 from tests.fakes.otlp_server import OtlpReceiver, ReceivedSpan
+from tests.support.model_service import MODEL, model_settings
+from tests.support.recording import RecordingChannel
 
 ADMIN = "tg:1001"
 

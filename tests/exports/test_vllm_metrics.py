@@ -30,10 +30,10 @@ from assistant.jobs.bench.server_metrics import (
 from assistant.orchestrator import Orchestrator
 from assistant.runs.bench_report import server_text
 from assistant.runs.process_runner import ProcessRunner
-from tests.assistant.recording import RecordingChannel
-from tests.bench_serve.test_serve_job import events, run_job
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.runs.test_bench_flow import bench
+from tests.support.bench_flow import bench
+from tests.support.recording import RecordingChannel
+from tests.support.serve_job import events, run_job
 
 PROFILE = "custom-32x16-c4"
 SMALL = ("--profiles=none", "--in=32", "--out=16", "--c=4")

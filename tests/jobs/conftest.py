@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobs_support import MakeRunDir, write_spec
+
+from tests.support.agent_process import MakeRunDir, write_spec
 
 
 @pytest.fixture

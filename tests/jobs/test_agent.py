@@ -7,7 +7,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from jobs_support import (
+
+from assistant.jobs.agent import classify_failure
+from assistant.jobs.protocol import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, EXIT_STOPPED
+from tests.support.agent_process import (
     TIMEOUT,
     MakeRunDir,
     read_events,
@@ -16,9 +19,6 @@ from jobs_support import (
     start_agent,
     wait_for,
 )
-
-from assistant.jobs.agent import classify_failure
-from assistant.jobs.protocol import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, EXIT_STOPPED
 
 TINY_GPT = {
     "n_layer": 1,

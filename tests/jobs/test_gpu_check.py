@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from jobs_support import REPO
+
+from tests.support.agent_process import REPO
 
 pytest.importorskip("torch")
 

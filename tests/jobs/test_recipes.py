@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobs_support import finish, read_events, run_recipe, start_recipe
+
+from tests.support.agent_process import finish, read_events, run_recipe, start_recipe
 
 torch = pytest.importorskip("torch")
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from jobs_support import REPO
 
 from assistant.jobs.recipes import (
     RECIPES,
@@ -18,6 +17,7 @@ from assistant.jobs.recipes import (
     to_cli_args,
     validate_params,
 )
+from tests.support.agent_process import REPO
 
 GPT = RECIPES["gpt"]
 CLASSIFIER = RECIPES["classifier"]

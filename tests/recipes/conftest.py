@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from recipes_support import Host, make_host
+
+from tests.support.recipe_host import Host, make_host
 
 
 @pytest.fixture

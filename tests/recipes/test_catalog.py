@@ -11,8 +11,8 @@ import pytest
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
-from tests.assistant.recording import RecordingChannel
-from tests.runs.test_run_flow import ADMIN
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN
 
 GOOD = """
 [recipes.mine]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recipes_support import Host
-
 from assistant.recipes.check import check_file
+from tests.support.recipe_host import Host
 
 _TWO_GOOD = """\
 [recipes.beta]

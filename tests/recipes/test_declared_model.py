@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from recipes_support import Host, documented_example
 
 from assistant.jobs.declared import (
     BUILTIN_FIELDS,
@@ -21,6 +20,7 @@ from assistant.jobs.declared import (
 )
 from assistant.jobs.recipes import Param, ParamError, validate_params
 from assistant.recipes.catalog import recipe_info
+from tests.support.recipe_host import Host, documented_example
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-from recipes_support import Host, documented_example
 
 from assistant.jobs.declared import DeclaredRecipe, ProgressRules, ResumeRule
 from assistant.jobs.recipes import Param
@@ -14,6 +13,7 @@ from assistant.recipes.lines import KeyLines
 from assistant.recipes.loader import LoadResult, Problem, load_recipes
 from assistant.recipes.rules import RUN_PARAM_NAMES, parse_time_limit
 from assistant.recipes.run_params import RUN_PARAMS
+from tests.support.recipe_host import Host, documented_example
 
 
 def _lines(result: LoadResult) -> list[tuple[int | None, str]]:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from recipes_support import Host, documented_example
 
 from assistant.recipes.check import schema_text
+from tests.support.recipe_host import Host, documented_example
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "recipes.schema.json"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from recipes_support import Host
 
 from assistant.recipes.workdir import blocked_component, check_workdir
+from tests.support.recipe_host import Host
 
 
 def _recipe(workdir: Path | str) -> str:

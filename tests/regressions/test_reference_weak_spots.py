@@ -15,7 +15,7 @@ from assistant.clock import ManualClock
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from storage.messages import StoredMessage
-from tests.assistant.recording import RecordingChannel
+from tests.support.recording import RecordingChannel
 
 ADMIN = "tg:1001"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -20,10 +20,11 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.serving import SERVER_OF_LABEL
-from tests.assistant.recording import RecordingChannel
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.runs.conftest import build_test_image, docker_runner
-from tests.runs.test_run_flow import ADMIN, RUN_ID
+from tests.support.bench_flow import bench
+from tests.support.docker_engine import build_test_image, docker_runner
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN
 
 RUN_IMAGE = "assistant-run:latest"
 SERVER_IMAGE = "assistant-test-fake-vllm:latest"
@@ -37,13 +38,6 @@ async def local(settings: Settings) -> AsyncIterator[tuple[Orchestrator, Recordi
     channel = RecordingChannel()
     async with Orchestrator(s, channels=[channel], runner=ProcessRunner(s.runs_dir)) as orch:
         yield orch, channel
-
-
-async def bench(channel: RecordingChannel, text: str) -> str:
-    (reply,) = await channel.say(ADMIN, text)
-    match = RUN_ID.search(reply)
-    assert match, reply
-    return match.group(1)
 
 
 async def test_a_url_benchmark_reports_compares_and_flags_a_regression(

@@ -13,9 +13,9 @@ import pytest
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DockerRunner
-from tests.assistant.recording import RecordingChannel
-from tests.runs.conftest import docker_runner
-from tests.runs.test_run_flow import ADMIN, launch, step_of, wait_until
+from tests.support.docker_engine import docker_runner
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, launch, step_of, wait_until
 
 RUN_IMAGE = "assistant-run:latest"
 

@@ -20,9 +20,9 @@ from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.signals import pending
 from storage.runs import RunRecord, RunRepo
-from tests.assistant.recording import RecordingChannel
-from tests.runs.test_run_flow import ADMIN, launch, step_of, wait_until
 from tests.support.engine_proxy import EngineProxy, engine_proxy
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, launch, step_of, wait_until
 
 RUN_IMAGE = "assistant-run:latest"
 SLOW = "/run train gpt steps=400 sleep_per_step=0.2 eval_every=10"

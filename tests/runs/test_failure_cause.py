@@ -20,9 +20,9 @@ from assistant.orchestrator import Orchestrator
 from assistant.runs.lifecycle import settle
 from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.runner import ExitInfo
-from tests.assistant.recording import RecordingChannel
-from tests.runs.test_monitor_units import record
-from tests.runs.test_run_flow import ADMIN, RUN_ID
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, RUN_ID
+from tests.support.run_records import record
 
 SCRIPT = r"""
 import sys

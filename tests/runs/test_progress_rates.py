@@ -10,7 +10,7 @@ from typing import Any
 
 from assistant.runs.monitor import Live, progress_text, run_numbers
 from commands.runs import _run_line
-from tests.runs.test_monitor_units import record
+from tests.support.run_records import record
 
 
 def train(step: int, **more: Any) -> dict[str, Any]:

@@ -5,9 +5,7 @@ The same flows run against a real Docker engine in test_docker_flow.py.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,10 +13,8 @@ import pytest
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
-from tests.assistant.recording import RecordingChannel
-
-ADMIN = "tg:1001"
-RUN_ID = re.compile(r"^Run ([0-9a-z]{6}):", re.M)
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, RUN_ID, launch, step_of, wait_until
 
 
 @pytest.fixture
@@ -39,13 +35,6 @@ async def service(run_settings: Settings) -> AsyncIterator[tuple[Orchestrator, R
     runner = ProcessRunner(run_settings.runs_dir)
     async with Orchestrator(run_settings, channels=[channel], runner=runner) as orch:
         yield orch, channel
-
-
-async def launch(channel: RecordingChannel, text: str) -> str:
-    (reply,) = await channel.say(ADMIN, text)
-    match = RUN_ID.search(reply)
-    assert match, reply
-    return match.group(1)
 
 
 async def test_a_classifier_run_reports_with_a_plot(
@@ -214,19 +203,6 @@ async def test_a_restart_reattaches_without_losing_or_repeating_events(
             if json.loads(line)["type"] == "checkpoint"
         )
     assert written > 0 and logged == written
-
-
-async def step_of(repo, run_id: str) -> int:  # type: ignore[no-untyped-def]
-    run = await repo.get(run_id)
-    return 0 if run is None else run.step
-
-
-async def wait_until(probe, at_least: int, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await probe() < at_least:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"did not reach {at_least} in {timeout}s")
-        await asyncio.sleep(0.1)
 
 
 async def test_a_scheduled_task_launches_a_run(run_settings: Settings) -> None:

@@ -15,7 +15,7 @@ import pytest
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
-from tests.assistant.recording import RecordingChannel
+from tests.support.recording import RecordingChannel
 
 ADMIN = "tg:1001"
 RUN_ID = re.compile(r"^Run ([0-9a-z]{6}):", re.M)

@@ -39,7 +39,7 @@ from assistant.runs.runner import (
     RunnerKind,
     RunnerState,
 )
-from tests.runs.conftest import TEST_LABEL
+from tests.support.docker_engine import TEST_LABEL
 from tests.support.engine_proxy import EngineProxy, engine_proxy
 
 RUN_IMAGE = "assistant-run:latest"

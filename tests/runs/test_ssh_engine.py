@@ -14,8 +14,8 @@ from assistant.health import engine_probe
 from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.select import choose_runner
-from tests.assistant.recording import RecordingChannel
-from tests.runs.test_run_flow import ADMIN
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN
 from tests.support.ssh_engine import SshEngine, ssh_engine, ssh_home
 
 __all__ = ["ssh_engine", "ssh_home"]  # the fixtures, used by name

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scheduler_support import CHAT, START, Harness, MakeHarness, RecordingRunner, make_settings
 
 from assistant.access import Access
 from assistant.clock import Clock, ManualClock
@@ -19,6 +18,14 @@ from commands.task_rights import TaskRights
 from storage.chats import ChatRepo
 from storage.db import Database
 from storage.tasks import TaskRepo
+from tests.support.scheduler_harness import (
+    CHAT,
+    START,
+    Harness,
+    MakeHarness,
+    RecordingRunner,
+    make_settings,
+)
 
 
 @pytest.fixture

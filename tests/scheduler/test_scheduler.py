@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from scheduler_support import CHAT, START, Harness, MakeHarness
 
 from assistant.clock import ManualClock, SystemClock
 from assistant.errors import CommandError, NotFoundError, StateError
 from assistant.scheduler import next_fire_after
 from storage.tasks import Task
 from storage.timestamps import from_iso, to_iso
+from tests.support.scheduler_harness import CHAT, START, Harness, MakeHarness
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

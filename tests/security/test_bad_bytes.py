@@ -26,8 +26,8 @@ from assistant.observability import EventLog
 from assistant.orchestrator import Orchestrator
 from assistant.redaction import Redactor
 from storage.db import Database
-from tests.assistant.recording import RecordingChannel
-from tests.service_process import ROOT, env_for, running_service
+from tests.support.recording import RecordingChannel
+from tests.support.service_process import ROOT, env_for, running_service
 
 ADMIN = "tg:1001"
 POISON = "poison \udcff here"

@@ -15,9 +15,9 @@ import pytest
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
-from tests.assistant.recording import RecordingChannel
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.runs.test_run_flow import ADMIN, RUN_ID
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, RUN_ID
 
 SMALL = "profiles=none in=8 out=4 c=1 n=2"
 

@@ -14,7 +14,7 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
 from commands.formatting import bound_lines, quote, shorten
-from tests.assistant.recording import RecordingChannel, Running
+from tests.support.recording import RecordingChannel, Running
 
 ADMIN = "tg:1001"
 HUGE_WORDS = " ".join(f"word{i}" for i in range(40_000))  # about 300 KB, with spaces

@@ -13,8 +13,8 @@ import stat
 from pathlib import Path
 
 from storage.db import Database
-from tests.security.test_one_service_per_home import start
-from tests.service_process import cli
+from tests.support.service_process import cli
+from tests.support.service_start import start
 
 
 def modes(home: Path) -> dict[str, int]:

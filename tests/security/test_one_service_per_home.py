@@ -14,13 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_process import cli, start_service, up
-
-LOCAL = {"ASSISTANT_RUNNER": "process", "ASSISTANT_GPUS": "none"}
-
-
-def start(home: Path) -> subprocess.Popen[str]:
-    return start_service(home, **LOCAL)
+from tests.support.service_process import cli, up
+from tests.support.service_start import LOCAL, start
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from assistant.clock import ManualClock
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from storage.tasks import TaskRepo
-from tests.agent.conftest import model_settings
-from tests.assistant.recording import RecordingChannel
 from tests.fakes.anthropic_server import FakeAnthropic, ToolUse
 from tests.fakes.anthropic_server import Reply as Answer
+from tests.support.model_service import model_settings
+from tests.support.recording import RecordingChannel
 
 ADMIN = "tg:1001"
 ROGUE = "tg:7777"

@@ -20,7 +20,7 @@ from assistant.orchestrator import Orchestrator
 from storage.ids import short_random_id
 from storage.tasks import Task, TaskRepo
 from storage.timestamps import to_iso
-from tests.assistant.recording import RecordingChannel
+from tests.support.recording import RecordingChannel
 
 ADMIN = "tg:1001"  # an admin by configuration (tests/conftest.py)
 ROGUE = "tg:7777"  # made admin from chat, then revoked

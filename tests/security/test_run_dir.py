@@ -14,73 +14,18 @@ import os
 import stat
 from pathlib import Path
 
-import docker
 import pytest
 
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DEFAULT_RUN_UID, DockerRunner
-from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.select import login_account
-from tests.assistant.recording import RecordingChannel
-from tests.runs.conftest import (  # noqa: F401 - fixtures
-    _docker_host,
-    docker_engine,
-    probe_image,
-    runner,
-)
-from tests.runs.test_docker_runner import make_request, wait_ended
-from tests.runs.test_run_flow import ADMIN, RUN_ID, step_of, wait_until
+from tests.support.docker_runs import make_request, wait_ended
+from tests.support.hostile_runs import declare, launch, make_runner
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, step_of, wait_until
 
-FOREIGN_IMAGE = "assistant-base:bookworm"  # python3, and nothing of ours
 HOST_SECRET = "root-only-host-file-7f3a9c0e"
-
-RECIPES = """
-[recipes.hostile]
-summary = "a script that attacks the host through its run dir"
-{image_line}
-workdir = "{workdir}"
-command = ["python3", "hostile.py", "{{run_dir}}"]
-gpus = 0
-time_limit = "5m"
-
-[recipes.hostile.progress]
-progress = ['iter (?P<step>\\d+): loss (?P<loss>[\\d.]+)']
-total = 20
-
-[recipes.hostile.resume]
-checkpoints = "out/ckpt-*.json"
-args = ["--resume={{checkpoint}}"]
-
-[recipes.plain]
-summary = "a well-behaved neighbour"
-{image_line}
-workdir = "{workdir}"
-command = ["python3", "plain.py"]
-gpus = 0
-
-[recipes.plain.progress]
-progress = ['iter (?P<step>\\d+): loss (?P<loss>[\\d.]+)']
-total = 15
-"""
-
-PLAIN = """
-import time
-for i in range(1, 16):
-    print(f"iter {i}: loss {1.0 / i:.4f}", flush=True)
-    time.sleep(0.2)
-"""
-
-
-@pytest.fixture(params=["process", "docker"])
-def kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "docker":
-        engine: docker.DockerClient = request.getfixturevalue("docker_engine")
-        try:
-            engine.images.get(FOREIGN_IMAGE)
-        except docker.errors.ImageNotFound:
-            pytest.fail(f"{FOREIGN_IMAGE} is missing: deploy/build-images.sh builds it")
-    return str(request.param)
 
 
 def host_file(tmp_path: Path, name: str, content: bytes = HOST_SECRET.encode()) -> Path:
@@ -91,46 +36,6 @@ def host_file(tmp_path: Path, name: str, content: bytes = HOST_SECRET.encode()) 
     path.write_bytes(content)
     path.chmod(0o600)
     return path
-
-
-def declare(settings: Settings, tmp_path: Path, kind: str, script: str) -> Settings:
-    root = tmp_path / "code"
-    workdir = root / "hostile"
-    workdir.mkdir(parents=True)
-    (workdir / "hostile.py").write_text(script)
-    (workdir / "plain.py").write_text(PLAIN)
-    for path in (root, workdir):  # a container's user must read it
-        path.chmod(0o755)
-    for name in ("hostile.py", "plain.py"):
-        (workdir / name).chmod(0o644)
-    image_line = f'image = "{FOREIGN_IMAGE}"' if kind == "docker" else ""
-    settings.assistant_home.mkdir(parents=True, exist_ok=True)
-    (settings.assistant_home / "recipes.toml").write_text(
-        RECIPES.format(image_line=image_line, workdir=workdir)
-    )
-    return settings.model_copy(
-        update={
-            "recipe_roots": (root,),
-            "gpus": "none",
-            "monitor_interval_s": 0.1,
-            "stall_timeout_s": 120.0,
-            "stop_grace_s": 30.0,
-            "runner": kind,
-        }
-    )
-
-
-def make_runner(settings: Settings) -> ProcessRunner | DockerRunner:
-    if settings.runner == "docker":
-        return DockerRunner(_docker_host())
-    return ProcessRunner(settings.runs_dir)
-
-
-async def launch(channel: RecordingChannel, text: str) -> str:
-    (reply,) = await channel.say(ADMIN, text)
-    match = RUN_ID.search(reply)
-    assert match, reply
-    return match.group(1)
 
 
 def unchanged(path: Path, content: bytes) -> None:
@@ -355,8 +260,8 @@ for i in range(3, 6):
 
 
 async def test_the_run_uid_cannot_touch_spec_or_control_in_a_container(
-    runner: DockerRunner,  # noqa: F811 - the fixture imported above
-    probe_image: str,  # noqa: F811
+    runner: DockerRunner,
+    probe_image: str,
     tmp_path: Path,
 ) -> None:
     if os.geteuid() != 0:

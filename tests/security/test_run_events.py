@@ -28,11 +28,10 @@ from assistant.runs.events import MAX_LINE, parse_line, read_new
 from assistant.runs.lifecycle import settle
 from assistant.runs.report import log_tail, read_events
 from storage.runs import RunRecord
-from tests.assistant.recording import RecordingChannel
-from tests.runs.conftest import docker_engine  # noqa: F401 - a fixture
-from tests.runs.test_monitor_units import record
-from tests.runs.test_run_flow import ADMIN, step_of, wait_until
-from tests.security.test_run_dir import declare, kind, launch, make_runner  # noqa: F401
+from tests.support.hostile_runs import declare, launch, make_runner
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, step_of, wait_until
+from tests.support.run_records import record
 
 SHAPES = [
     b"[]",
@@ -315,7 +314,7 @@ for i in range(3, 21):
 async def test_a_poisoned_run_leaves_its_neighbour_and_a_restart_alone(
     settings: Settings,
     tmp_path: Path,
-    kind: str,  # noqa: F811 - the fixture imported above
+    kind: str,
 ) -> None:
     configured = declare(settings, tmp_path, kind, POISON)
     channel = RecordingChannel()

@@ -26,10 +26,10 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
 from assistant.services import shared_redactor
-from tests.agent.conftest import API_KEY, model_settings
-from tests.assistant.recording import RecordingChannel
 from tests.fakes.anthropic_server import FakeAnthropic, ToolUse
 from tests.fakes.anthropic_server import Reply as Answer
+from tests.support.model_service import API_KEY, model_settings
+from tests.support.recording import RecordingChannel
 from tests.support.service_log import captured_service_log
 
 ADMIN = "tg:1001"

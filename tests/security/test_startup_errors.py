@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from storage.migrations import MIGRATIONS
-from tests.service_process import ROOT, env_for
+from tests.support.service_process import ROOT, env_for
 
 
 def up(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

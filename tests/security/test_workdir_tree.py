@@ -18,10 +18,10 @@ from assistant.orchestrator import Orchestrator
 from assistant.recipes import workdir as workdir_policy
 from assistant.recipes.workdir import check_workdir
 from assistant.runs.process_runner import ProcessRunner
-from tests.assistant.recording import RecordingChannel
-from tests.recipes.recipes_support import make_host
-from tests.runs.test_declared_flow import declare
-from tests.runs.test_run_flow import ADMIN, RUN_ID
+from tests.support.declared_recipes import declare
+from tests.support.recipe_host import make_host
+from tests.support.recording import RecordingChannel
+from tests.support.run_flow import ADMIN, RUN_ID
 
 
 def _recipe(workdir: Path) -> str:

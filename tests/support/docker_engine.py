@@ -24,7 +24,6 @@ TEST_LABEL = "assistant.test"
 PROBE_IMAGE = "assistant-test-probe:latest"
 # Any image with python3 will do: the imported Debian base is small and quick to build on.
 PROBE_BASES = ("assistant-base:bookworm", "assistant-run:latest")
-
 # The probe: does what spec.json in its run dir asks, the way the real agent would be
 # driven by the host; every action leaves evidence in the run dir.
 PROBE = r"""
@@ -84,8 +83,6 @@ elif action == "tamper":
     (run / "checkpoints" / "c.pt").write_text("mine")
     (run / "out.json").write_text(json.dumps(report))
 """
-
-
 # This test process's instance on the engine: services of other test processes on the same
 # engine (another checkout's suite) reconcile "default" containers away, never these.
 TEST_INSTANCE = f"tests-{secrets.token_hex(4)}"

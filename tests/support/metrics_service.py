@@ -16,8 +16,8 @@ from pydantic import SecretStr
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
-from tests.assistant.recording import RecordingChannel
 from tests.fakes.anthropic_server import FakeAnthropic
+from tests.support.recording import RecordingChannel
 
 ADMIN = "tg:1001"
 MODEL = "claude-sonnet-5-5"
