@@ -40,6 +40,7 @@ TORCH_MENTIONS = re.compile(r"torch(?:==|-)(\d+\.\d+\.\d+)|pytorch/pytorch:(\d+\
 INSTALLERS = (
     "scripts/install.py",
     "deploy/build-images.sh",
+    "deploy/build-service-image.sh",
     "deploy/Dockerfile",
     "deploy/run-image/Dockerfile",
 )
