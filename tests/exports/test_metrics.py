@@ -26,13 +26,12 @@ from assistant.orchestrator import Orchestrator
 from assistant.runs.lifecycle import RunState
 from tests.fakes.anthropic_server import FakeAnthropic, Reply, Usage
 from tests.support.metrics_service import (
-    ADMIN,
-    MODEL,
     MetricsService,
     metrics_service,
-    model_settings,
+    metrics_settings,
     samples,
 )
+from tests.support.model_service import ADMIN, MODEL
 from tests.support.prometheus import promtool_check
 
 USAGE = Usage(
@@ -49,7 +48,7 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 
 @pytest.fixture
 async def service(settings: Settings, fake: FakeAnthropic) -> AsyncIterator[MetricsService]:
-    async with metrics_service(model_settings(settings, fake)) as running:
+    async with metrics_service(metrics_settings(settings, fake)) as running:
         yield running
 
 

@@ -11,17 +11,14 @@ from dataclasses import dataclass
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
 from tests.fakes.anthropic_server import FakeAnthropic
+from tests.support.model_service import ADMIN, model_settings
 from tests.support.recording import RecordingChannel
 
-ADMIN = "tg:1001"
-MODEL = "claude-sonnet-5-5"
-API_KEY = "sk-ant-api03-fake-key-for-tests-0123456789"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -83,17 +80,15 @@ def samples(text: str) -> Samples:
     return found
 
 
-def model_settings(settings: Settings, fake: FakeAnthropic) -> Settings:
-    return settings.model_copy(
-        update={
-            "anthropic_api_key": SecretStr(API_KEY),
-            "anthropic_base_url": fake.url,
-            "model": MODEL,
-            "gpus": "none",
-            "stall_timeout_s": 60.0,
-            "monitor_interval_s": 0.1,
-            "stop_grace_s": 30.0,
-        }
+def metrics_settings(settings: Settings, fake: FakeAnthropic) -> Settings:
+    """A model-backed service that runs recipes as local processes, quick to notice stalls."""
+    return model_settings(
+        settings,
+        fake,
+        gpus="none",
+        stall_timeout_s=60.0,
+        monitor_interval_s=0.1,
+        stop_grace_s=30.0,
     )
 
 
