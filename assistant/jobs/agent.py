@@ -2,11 +2,12 @@
 
     python -m assistant.jobs.agent RUN_DIR
 
-It reads `spec.json`, launches the recipe (through torchrun when nproc > 1) in its own
-process group with output appended to `stdout.log`, writes a `heartbeat` event every
-`heartbeat_s`, forwards SIGTERM/SIGINT to the recipe, and finally writes `result.json`:
-the recipe's own `result` event when it wrote one, or a `failed` result with the cause
-read from the recipe's `error` event, its exit status and the tail of its output.
+It reads `spec.json`, launches the recipe (through torchrun when nproc > 1, the ranks
+meeting over loopback: rendezvous.py) in its own process group with output appended to
+`stdout.log`, writes a `heartbeat` event every `heartbeat_s`, forwards SIGTERM/SIGINT to
+the recipe, and finally writes `result.json`: the recipe's own `result` event when it wrote
+one, or a `failed` result with the cause read from the recipe's `error` event, its exit
+status and the tail of its output.
 
 Standard library only (plus the stdlib-only recipe registry): it must start, and report
 a failure, even where torch itself is broken.
@@ -53,6 +54,7 @@ from assistant.jobs.protocol import (
     utc_now_iso,
 )
 from assistant.jobs.recipes import ParamError, RecipeInfo, get_recipe, to_cli_args
+from assistant.jobs.rendezvous import rendezvous_env, torchrun_args
 
 TAIL_LINES = 20
 TAIL_BYTES = 64 * 1024  # enough to find the traceback or OOM text near the end
@@ -154,7 +156,8 @@ def _nproc_and_heartbeat(raw: dict[str, Any]) -> tuple[int, float]:
 
 
 def build_command(spec: Spec, run_dir: Path) -> list[str]:
-    """The recipe's command line; torchrun (as `python -m torch.distributed.run`) for nproc > 1.
+    """The recipe's command line; torchrun (as `python -m torch.distributed.run`) for nproc > 1,
+    with its rendezvous on 127.0.0.1 (see assistant/jobs/rendezvous.py for why).
 
     A declared recipe's command is the admin's own, already rendered: it calls torchrun
     itself if it wants to.
@@ -163,13 +166,8 @@ def build_command(spec: Spec, run_dir: Path) -> list[str]:
         return spec.declared.argv
     assert spec.recipe is not None
     launcher = [sys.executable, "-m"]
-    if spec.nproc > 1:
-        launcher += [
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={spec.nproc}",
-            "-m",
-        ]
+    if spec.nproc > 1:  # ranks meet over loopback, never by host name (rendezvous.py)
+        launcher += ["torch.distributed.run", *torchrun_args(spec.nproc, spec.run_id), "-m"]
     args = ["--run-dir", str(run_dir), *to_cli_args(spec.recipe, spec.params)]
     if spec.resume_from:
         args.append(f"--resume={spec.resume_from}")
@@ -437,6 +435,7 @@ def supervise(run_dir: Path) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
     if spec.nproc > 1:
         env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", TORCHRUN_SHUTDOWN_S)
+        env.update(rendezvous_env(env))  # MASTER_ADDR/PORT and socket interfaces: loopback
     stdout_path = run_dir / STDOUT
     stdout_offset = stdout_path.stat().st_size if stdout_path.exists() else 0
     tail = EventTail(events, start_offset)

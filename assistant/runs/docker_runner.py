@@ -30,6 +30,7 @@ from docker.types import DeviceRequest, LogConfig
 import assistant
 from assistant.errors import EngineUnavailable, RunStartError, StateError
 from assistant.jobs.protocol import CONTROL, SPEC
+from assistant.jobs.rendezvous import LOOPBACK
 from assistant.jobs.text import decoded
 from assistant.runs import engine_paths, rundir
 from assistant.runs.docker_engine import (
@@ -354,6 +355,14 @@ class DockerRunner:
                 type=LogConfig.types.JSON, config={"max-size": "20m", "max-file": "2"}
             ),
         }
+        if not request.network:
+            # No network, so no name service: the container's own host name resolves to
+            # nothing, and whatever looks itself up (a declared recipe's `torchrun
+            # --standalone`, gloo's default device) waits for minutes on an address nobody
+            # can reach. Loopback is the one interface it has: its name means 127.0.0.1, as
+            # /etc/hosts says on any host. (The agent's torchrun names 127.0.0.1 outright.)
+            hostname = re.sub(r"[^a-zA-Z0-9-]", "-", kwargs["name"])
+            kwargs.update(hostname=hostname, extra_hosts={hostname: LOOPBACK})
         volumes = kwargs["volumes"]
         for mount in request.mounts:
             volumes[paths.to_host(mount.source)] = {

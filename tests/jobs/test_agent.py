@@ -79,7 +79,10 @@ def test_ddp_two_processes_via_torchrun(run_dir: MakeRunDir) -> None:
     proc = run_agent(run)
     assert proc.returncode == EXIT_OK, (run / "stdout.log").read_text()
     [log] = read_events(run, "log")[:1]
-    assert "torch.distributed.run --standalone --nproc_per_node=2" in log["message"]
+    assert (
+        "torch.distributed.run --nnodes=1 --nproc_per_node=2 --rdzv-backend=c10d"
+        " --rdzv-endpoint=127.0.0.1:0 --rdzv-id=run --local-addr=127.0.0.1"
+    ) in log["message"]
     # rank 0 alone reports: one started, one result, each step once
     [started] = read_events(run, "started")
     assert started["world_size"] == 2
