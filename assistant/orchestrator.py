@@ -140,7 +140,6 @@ class Orchestrator:
             db=db,
             log=event_log,
             clock=self.clock,
-            router=self.router,
             queue=queue,
             scheduler=scheduler,
             channels=self.channels,
@@ -355,7 +354,7 @@ class Orchestrator:
 
         :raises CommandError, Refused: as the handler does.
         """
-        ctx = CommandContext(chat_id, sender, self.services, event_id)
+        ctx = CommandContext(chat_id, sender, self.services, self.router, event_id)
         started, ok = time.perf_counter(), False
         try:
             result = await call(ctx)

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from assistant.runs.report import ShowProgress
     from assistant.runs.runner import Runner
     from assistant.scheduler import TaskScheduler
-    from commands.registry import CommandRouter
 
 # send(chat_id, reply, caused_by) -> delivered?
 SendFn = Callable[[str, "str | Reply", "int | None"], Awaitable[bool]]
@@ -44,7 +43,6 @@ class Services:
     db: Database
     log: EventLog
     clock: Clock
-    router: CommandRouter
     queue: GroupQueue
     scheduler: TaskScheduler
     channels: Sequence[Channel]

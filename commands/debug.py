@@ -34,7 +34,7 @@ CAUSE_HOPS = 3  # of a launch's cause, the hops nearest to it; /debug why shows 
 
 @router.command("debug", usage=USAGE, summary="trace what happened and why", traced=False)
 async def debug_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
-    spec = ctx.services.router.commands["debug"]
+    spec = ctx.router.commands["debug"]
     if not cmd.args:
         raise usage_error(spec, "Say what to show.")
     sub, rest = cmd.args[0].lower(), cmd.args[1:]
@@ -71,7 +71,7 @@ async def resolve(
     :raises CommandError: for a malformed prefix, none found, or several (listed).
     """
     prefix = text.strip().lower()
-    spec = ctx.services.router.commands["debug"]
+    spec = ctx.router.commands["debug"]
     if not is_prefix(prefix) or len(prefix) < MIN_PREFIX:
         raise usage_error(
             spec, f"{text!r} is not an id: give at least {MIN_PREFIX} characters of one."
@@ -146,7 +146,7 @@ def _chain_lines(steps: list[Step], zone: ZoneInfo, now: datetime) -> list[str]:
 
 
 async def _last(ctx: CommandContext, rest: tuple[str, ...]) -> str:
-    spec = ctx.services.router.commands["debug"]
+    spec = ctx.router.commands["debug"]
     if len(rest) > 1 or (rest and not rest[0].isdigit()):
         raise usage_error(spec, "/debug last takes one number, like /debug last 5.")
     n = int(rest[0]) if rest else 10
@@ -165,7 +165,7 @@ async def _last(ctx: CommandContext, rest: tuple[str, ...]) -> str:
 
 
 async def why(ctx: CommandContext, rest: tuple[str, ...]) -> str:
-    spec = ctx.services.router.commands["debug"]
+    spec = ctx.router.commands["debug"]
     db = ctx.services.db
     if len(rest) > 1:
         raise usage_error(spec, "/debug why takes at most one id.")

@@ -10,7 +10,7 @@ router = CommandRouter()
 
 @router.command("help", usage="/help [command]", summary="list the commands", traced=False)
 async def help_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
-    commands = ctx.services.router.commands
+    commands = ctx.router.commands
     if cmd.args:
         name = cmd.args[0].lstrip("/").lower()
         spec = commands.get(name)

@@ -49,6 +49,7 @@ class CommandContext:
     chat_id: str
     sender: str
     services: Services
+    router: CommandRouter  # the commands themselves, for /help and the usage of a refusal
     event_id: int | None = None
 
     @property

@@ -22,7 +22,7 @@ async def status_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
     if cmd.args == ("tasks",):
         return await tasks_view(ctx)
     if cmd.args:
-        spec = ctx.services.router.commands["status"]
+        spec = ctx.router.commands["status"]
         raise usage_error(spec, f"/status has no view {quote(' '.join(cmd.args))}.")
     return await dashboard(ctx)
 

@@ -88,6 +88,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         chat_id=CHAT,
         sender="admin",
         services=TaskServices(scheduler, settings, clock),  # type: ignore[arg-type]
+        router=build_router(),
         event_id=None,
     )
 
