@@ -5,7 +5,9 @@ and a tmpfs at /tmp; it runs as a non-root user with no capabilities, no new pri
 no network unless the request asks for it, and memory/pids/CPU limits. Containers are
 kept after they end (no auto-remove) so the exit code and OOM flag stay readable;
 `remove` frees them. Every engine call goes through `DockerEngine` (docker_engine.py):
-bounded, and `EngineUnavailable` when the engine does not answer.
+bounded, and `EngineUnavailable` when the engine does not answer. On an ssh:// engine
+(another host) the run dir is a folder of a volume there instead of a bind mount, kept
+mirrored into the local run dir (remote_dir.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from assistant.runs.docker_engine import (
     parse_docker_host,
 )
 from assistant.runs.engine_paths import EnginePaths
+from assistant.runs.remote_dir import RemoteRunDirs
 from assistant.runs.runner import (
     Capabilities,
     ContainerPaths,
@@ -201,12 +204,18 @@ class DockerRunner:
         self._paths: EnginePaths | None = None
         self._paths_lock = asyncio.Lock()
         self._paths_checked = False
+        # an ssh:// engine runs on another host: its runs write into a volume there, which
+        # the runner mirrors into the local run dir (remote_dir.py)
+        self.remote = (
+            RemoteRunDirs(self.engine, run_mount, run_uid) if self.host.scheme == "ssh" else None
+        )
         self.capabilities = Capabilities(
             paths=ContainerPaths(run_mount),
             images=DockerImages(self.engine),
             servers=Servers(self.engine, self.paths),
             network_isolation=True,
             resource_limits=True,
+            run_dir_shared=self.remote is None,
         )
 
     @property
@@ -234,7 +243,8 @@ class DockerRunner:
         """
         client = await self.engine.connect()
         paths = await self.paths()
-        if self.home is not None and not self._paths_checked:
+        # a remote engine mounts no folder of this host (remote_dir.py): nothing to prove
+        if self.home is not None and not self._paths_checked and self.remote is None:
             user = "0:0" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
             await engine_paths.check(self.engine, paths, self.home, self.image, user)
             self._paths_checked = True
@@ -275,11 +285,15 @@ class DockerRunner:
         paths = await self.paths()
         agent = await self._agent_source(paths) if request.bring_agent else ""
         kwargs = self._container_kwargs(request, user, paths, agent)
+        if self.remote is not None:
+            await self.remote.prepare(request, kwargs)
         try:
             container: Container = await self.engine.call(
                 lambda client: client.containers.create(image, **kwargs), image=image
             )
             try:
+                if self.remote is not None:
+                    await self.remote.push(str(container.id), request.run_dir)
                 await self.engine.start(str(container.id), image=image)
             except BaseException:
                 # an answer lost on the way may still have started it: never leave it
@@ -300,9 +314,10 @@ class DockerRunner:
 
         The run dir stays root's (sticky, group-writable for the run's gid): spec.json and
         control.json cannot be written, renamed or removed by the run; what the host made
-        for it to write (checkpoints/, artifacts/, secrets) is the run uid's. A remote
+        for it to write (checkpoints/, artifacts/, secrets) is the run uid's. A tcp://
         engine mounts its own host's path: there the run dir must already be writable by
-        the run uid.
+        the run uid; an ssh:// engine's run dir is a volume owned the same way
+        (remote_dir.py).
 
         :raises RunStartError: a local engine and no such dir.
         """
@@ -392,6 +407,11 @@ class DockerRunner:
             attrs = await self.engine.call(lambda client: client.api.inspect_container(handle.ref))
         except docker.errors.NotFound:
             return RunnerState(running=False, gone=True)
+        if self.remote is not None:  # the local run dir mirrors the container's first
+            try:
+                await self.remote.pull(handle.ref, attrs)
+            except docker.errors.NotFound:
+                return RunnerState(running=False, gone=True)
         st = attrs.get("State") or {}
         if st.get("Running"):
             return RunnerState(running=True)
@@ -403,6 +423,11 @@ class DockerRunner:
         return RunnerState(running=False, exit=exit_info)
 
     async def signal_stop(self, handle: RunHandle) -> None:
+        if self.remote is not None:  # the control.json the agent reads on SIGTERM
+            try:
+                await self.remote.push_control(handle.ref)
+            except docker.errors.NotFound:
+                return
         await self.engine.call(lambda client: _kill_if_running(client, handle.ref, "SIGTERM"))
 
     async def kill(self, handle: RunHandle) -> None:

@@ -10,7 +10,9 @@ can do is declared as data in `Capabilities`, never found out with `isinstance`:
 - `paths`: where the run sees its run dir and a mounted folder (a container's own paths,
   or the host's);
 - `network_isolation`, `resource_limits`: whether a run asked for no network has none,
-  and whether memory/CPU/pids limits are enforced.
+  and whether memory/CPU/pids limits are enforced;
+- `run_dir_shared`: whether the engine sees this host's run dir (False for an ssh://
+  engine: the runner keeps the local run dir a mirror, so the host reads it the same way).
 
 Two engines implement it, sharing the run-dir protocol (assistant/jobs/protocol.py):
 `DockerRunner` runs the agent in a hardened container, `ProcessRunner` in a local
@@ -195,6 +197,9 @@ class Capabilities:
     servers: ServerPool | None = None
     network_isolation: bool = False  # a run that asks for no network has none
     resource_limits: bool = False  # memory, CPU and pids limits are enforced
+    # the engine mounts this host's run dir; False: the run writes on the engine's host and
+    # the runner mirrors what the host reads into the local run dir (runs/remote_dir.py)
+    run_dir_shared: bool = True
 
 
 # ---- the interface --------------------------------------------------------------------
