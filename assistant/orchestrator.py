@@ -529,20 +529,19 @@ async def _deliver(
     if channel is None:
         return False
     first: Exception | None = None
-    sends: list[tuple[str, Path | None]] = [("text", None)] if reply.text else []
-    sends += [("image", image) for image in reply.images]
-    for kind, image in sends:
+    parts: list[Path | None] = [None] if reply.text else []  # None: the text
+    for image in [*parts, *reply.images]:
         try:
             if image is None:
                 await channel.send_text(chat_id, reply.text)
             else:
                 await channel.send_image(chat_id, image)
         except Exception as exc:
-            log.warning("sending the %s to %s failed", kind, chat_id, exc_info=True)
             first = first or exc
     if first is not None:
         if raise_errors:
             raise first
+        log.warning("sending to %s failed", chat_id, exc_info=first)
         return False
     return True
 

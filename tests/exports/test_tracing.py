@@ -114,16 +114,24 @@ async def test_a_failed_tool_call_is_an_error_span_with_the_redacted_error(
     traced: Traced,
 ) -> None:
     orch, channel, receiver, tracer = traced
+    # a secret where an id belongs: refused by the argument check, before any operation
     (reply,) = await channel.say(ADMIN, "/task pause hunter2-secret-value")
-    assert "hunter2-secret-value" not in reply
+    assert "hunter2-secret-value" not in reply and "is not an id" in reply
+    spans = await spans_of(tracer, receiver)
+    command = one(spans, "command")
+    assert command.status == "ERROR"
+    assert "hunter2" not in str(command.attributes) + command.status_message
+    assert not [s for s in spans if s.name == "task.pause"]  # nothing ran
+
+    # an id of the right shape that names no task: the operation itself fails
+    receiver.spans.clear()
+    (reply,) = await channel.say(ADMIN, "/task pause zz99zz99")
+    assert "zz99zz99" in reply
     spans = await spans_of(tracer, receiver)
     pause = one(spans, "task.pause")
     command = one(spans, "command")
-    assert pause.status == "ERROR"
-    assert command.status == "ERROR"
-    description = pause.status_message
-    assert description and "hunter2-secret-value" not in description
-    assert "hunter2" not in str(command.attributes) + command.status_message
+    assert pause.status == "ERROR" and command.status == "ERROR"
+    assert pause.status_message and "zz99zz99" in pause.status_message
     assert parent_of(pause, spans) is command
 
     # what reaches the tracer unmasked (a tool's own error text) is masked in the span
