@@ -251,6 +251,10 @@ class DockerEngine:
         client = await self.connect()
         return await self._bounded(lambda: fn(client), self.bound_s, image)
 
+    async def has_image(self, name: str) -> bool:
+        """Whether the engine holds image `name` (bounded like every call)."""
+        return await self.call(lambda client: _has_image(client, name))
+
     async def start(self, container_id: str, *, image: str | None = None) -> None:
         """Start a created container: the one call bounded by `START_TIMEOUT_S`."""
         clients = await self._connect()
@@ -378,6 +382,14 @@ class DockerEngine:
                 f"restart dockerd), or launch without GPUs ({text})"
             )
         return f"the Docker engine at {self.url} refused: {text}"
+
+
+def _has_image(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
 
 
 class _GivenUp(Exception):

@@ -144,7 +144,7 @@ class DockerImages:
 
     async def ready(self, image: str) -> bool:
         """Whether the engine has the image (no pull is ever tried: there is no registry)."""
-        return await self.engine.call(lambda client: _has_image(client, image))
+        return await self.engine.has_image(image)
 
     async def build(self, image: str, on_line: Callable[[str], Awaitable[None]]) -> None:
         """deploy/build-images.sh against this engine (no registry needed)."""
@@ -476,14 +476,6 @@ class DockerRunner:
 
     async def aclose(self) -> None:
         await self.engine.aclose()
-
-
-def _has_image(client: docker.DockerClient, name: str) -> bool:
-    try:
-        client.images.get(name)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
 
 
 def _kill_if_running(client: docker.DockerClient, ref: str, signal: str) -> None:

@@ -144,7 +144,7 @@ async def check(
         host = paths.to_host(home)
     except RunStartError as exc:
         raise ConfigError(f"ASSISTANT_HOME: {exc}") from None
-    if not await engine.call(lambda client: _has_image(client, image)):
+    if not await engine.has_image(image):
         log.warning(
             "ASSISTANT_HOME %s is %s on the engine's host (%s); not checked: image %s is"
             " not built yet",
@@ -206,14 +206,6 @@ async def _read_through_engine(engine: DockerEngine, image: str, host: str, user
             await engine.call(lambda client: client.api.remove_container(ref, force=True))
         except (RunStartError, EngineUnavailable, docker.errors.NotFound):
             log.warning("could not remove the path-check container %s", ref[:12])
-
-
-def _has_image(client: docker.DockerClient, name: str) -> bool:
-    try:
-        client.images.get(name)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
 
 
 def agent_copy(source: Path, home: Path) -> Path:
