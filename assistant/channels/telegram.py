@@ -76,6 +76,7 @@ class TelegramChannel(Channel):
         bot_name: str = "assistant",
     ) -> None:
         self._token = token
+        api_url = bot_endpoint(api_url)
         self._api_url = api_url
         httpx_log = logging.getLogger("httpx")
         if httpx_log.level == logging.NOTSET:  # it logs each URL at INFO, and ours hold the token
@@ -395,6 +396,17 @@ class TelegramChannel(Channel):
 
     def _where(self) -> str:
         return self._api_url.replace(self._token, "<token>").split("/bot", 1)[0]
+
+
+def bot_endpoint(api_url: str) -> str:
+    """The Bot API endpoint the token is appended to, from either form people give.
+
+    A self-hosted Bot API server's docs give its root (`http://127.0.0.1:8081`); Telegram's
+    own is written with `/bot` (`https://api.telegram.org/bot`). Both mean the same server:
+    the root gets `/bot`, so the token never lands in the port (`Invalid port: '8081<token>'`).
+    """
+    url = api_url.strip().rstrip("/")
+    return url if url.endswith("/bot") else f"{url}/bot"
 
 
 def file_url(api_url: str) -> str:

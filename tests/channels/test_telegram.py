@@ -381,6 +381,25 @@ async def test_an_unreachable_api_stops_start_with_the_address(kv: KeyValue) -> 
         await channel.send_text(f"tg:{ADMIN}", "late")
 
 
+@pytest.mark.parametrize("form", ["root", "root/", "bot/"])
+async def test_the_api_url_may_be_the_servers_root_or_end_in_bot(
+    settings: Settings, fake: FakeTelegram, form: str
+) -> None:
+    """A self-hosted Bot API server's root, as its own docs give it, works like `.../bot`
+    (it failed at start with `Invalid port: '8081<token>'`)."""
+    root = fake.base_url.removesuffix("/bot")
+    api_url = {"root": root, "root/": root + "/", "bot/": fake.base_url + "/"}[form]
+    settings = settings.model_copy(
+        update={"telegram_bot_token": SecretStr(fake.token), "telegram_api_url": api_url}
+    )
+    async with Orchestrator(settings, platforms=True) as orch:
+        (channel,) = [c for c in orch.channels if isinstance(c, TelegramChannel)]
+        assert channel.is_connected and channel.username == BOT_USER["username"]
+        fake.push_message(ADMIN, "/status")
+        (reply,) = await fake.wait_sent(ADMIN)
+        assert "Uptime:" in reply.text
+
+
 async def test_settings_with_a_token_start_the_channel(
     settings: Settings, fake: FakeTelegram
 ) -> None:
