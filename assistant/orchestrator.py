@@ -18,7 +18,7 @@ from types import TracebackType
 
 from assistant.access import Access
 from assistant.agent import Agent, OfflineAgent
-from assistant.channels.base import Channel, IncomingMessage
+from assistant.channels.base import Channel, IncomingMessage, MenuEntry
 from assistant.channels.factory import platform_channels
 from assistant.claude_agent import ClaudeAgent, build_claude_agent
 from assistant.clock import Clock, SystemClock
@@ -165,8 +165,10 @@ class Orchestrator:
             event_log.log_event("system", None, summary="assistant started")
             await access.load()
             await self.pruner.start()
+            menu = [MenuEntry(s.name, s.summary) for s in self.router.commands.values()]
             for channel in self.channels:
                 await channel.start(self)
+                await channel.set_menu(settings.admin_chats, menu)
             await scheduler.start()
             await self.services.monitor.start()
             for chat_id in await self.messages.chats_with_pending():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -58,6 +59,14 @@ class Inbox(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class MenuEntry:
+    """One command as a platform's command menu lists it: `/name` and a line of summary."""
+
+    name: str
+    summary: str
+
+
 class Channel(ABC):
     """Base class: subclasses implement `start` and `send_text`."""
 
@@ -95,6 +104,14 @@ class Channel(ABC):
         """
         self.skipped += 1
         log.warning("%s: %s could not be read and was skipped (%s)", self.name, what, reason)
+
+    async def set_menu(self, admin_chats: Sequence[str], commands: Sequence[MenuEntry]) -> None:
+        """Fill the platform's command menu from the registry, where it has one.
+
+        Admin chats get every command; other chats only what anyone may ask. Rights are
+        still checked when a command acts: the menu only saves typing. Default: no menu.
+        """
+        return None
 
     def owns(self, chat_id: str) -> bool:
         return chat_id.startswith(self.prefix + ":")

@@ -18,17 +18,25 @@ import os
 import re
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from telegram import Bot, InputFile, Message, Update
+from telegram import (
+    Bot,
+    BotCommand,
+    BotCommandScopeChat,
+    BotCommandScopeDefault,
+    InputFile,
+    Message,
+    Update,
+)
 from telegram import error as tg
 from telegram.constants import ChatType, ParseMode
 from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
 from assistant.background import cancel
-from assistant.channels.base import Channel, Inbox, IncomingMessage
+from assistant.channels.base import Channel, Inbox, IncomingMessage, MenuEntry
 from assistant.channels.delivery import RetryAfter, SendQueue, TransientError, split_text
 from assistant.errors import ChannelError
 from storage.kv import KeyValue
@@ -133,6 +141,27 @@ class TelegramChannel(Channel):
         self._connected = True
         log.info("telegram: connected as @%s", self._bot.username)
         self._poller = asyncio.create_task(self._poll(inbox), name="telegram-poll")
+
+    async def set_menu(self, admin_chats: Sequence[str], commands: Sequence[MenuEntry]) -> None:
+        """setMyCommands: every command in each admin chat of ours, /help elsewhere.
+
+        The `/` button in Telegram's app shows this list. A menu Telegram refuses is logged
+        and left as it was: it never stops the channel.
+        """
+        every = [BotCommand(c.name, c.summary[:256] or c.name) for c in commands]
+        short = [c for c in every if c.command == "help"]
+        menus: list[tuple[list[BotCommand], BotCommandScopeDefault | BotCommandScopeChat]] = [
+            (short, BotCommandScopeDefault())
+        ]
+        for chat in admin_chats:
+            if self.owns(chat) and chat.split(":", 1)[1].lstrip("-").isdigit():
+                menus.append((every, BotCommandScopeChat(int(chat.split(":", 1)[1]))))
+        for menu, scope in menus:
+            try:
+                await self._bot.set_my_commands(menu, scope=scope)
+            except tg.TelegramError as exc:
+                log.warning("telegram: the command menu was not set: %s", self._scrub(exc))
+                return
 
     async def aclose(self) -> None:
         self._closed = True

@@ -4,6 +4,7 @@ and a fake Bot API server speaking the wire format over HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import struct
@@ -398,6 +399,27 @@ async def test_the_api_url_may_be_the_servers_root_or_end_in_bot(
         fake.push_message(ADMIN, "/status")
         (reply,) = await fake.wait_sent(ADMIN)
         assert "Uptime:" in reply.text
+
+
+async def test_the_command_menu_lists_the_registrys_commands_in_admin_chats_and_help_elsewhere(
+    settings: Settings, fake: FakeTelegram
+) -> None:
+    """setMyCommands at start: the `/` button shows every command in an admin chat, and
+    only /help in others (whose commands are refused anyway)."""
+    settings = settings.model_copy(
+        update={
+            "telegram_bot_token": SecretStr(fake.token),
+            "telegram_api_url": fake.base_url,
+            "admin_chats": (f"tg:{ADMIN}", "slack:C1"),
+        }
+    )
+    async with Orchestrator(settings, platforms=True) as orch:
+        registry = {spec.name: spec.summary for spec in orch.router.commands.values()}
+    admin = fake.menus[json.dumps({"chat_id": ADMIN, "type": "chat"}, sort_keys=True)]
+    assert {c["command"]: c["description"] for c in admin} == registry
+    default = fake.menus[json.dumps({"type": "default"}, sort_keys=True)]
+    assert [c["command"] for c in default] == ["help"]
+    assert len(fake.menus) == 2  # the Slack admin chat is not Telegram's to draw
 
 
 async def test_settings_with_a_token_start_the_channel(

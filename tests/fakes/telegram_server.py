@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -161,6 +162,7 @@ class FakeTelegram:
         self._closing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.menus: dict[str, list[dict[str, str]]] = {}  # scope (JSON) -> setMyCommands list
 
     @property
     def base_url(self) -> str:
@@ -346,6 +348,10 @@ class FakeTelegram:
                 return _ok(self._send_photo(params, data))
             if method == "editMessageText":
                 return _ok(self._edit(params))
+            if method == "setMyCommands":
+                scope = json.loads(params.get("scope") or '{"type": "default"}')
+                self.menus[json.dumps(scope, sort_keys=True)] = json.loads(params["commands"])
+                return _ok(True)
             if method == "sendChatAction":
                 self.actions.setdefault(int(params["chat_id"]), []).append(params["action"])
                 return _ok(True)
