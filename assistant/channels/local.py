@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_NAME = "local-outbox.db"
 # The longest text sent in one line: even escaped at 12 bytes a character (a surrogate
-# pair as two \uXXXX), it fits the client's MAX_LINE, so no message can wedge the outbox.
+# pair as two \u escapes), it fits the client's MAX_LINE, so no message can wedge the outbox.
 MAX_TEXT = 64_000
 # How long a send waits for an attached "ack" client to confirm it got the message.
 ACK_WAIT_S = 2.0
