@@ -18,7 +18,7 @@ import pytest
 
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from tests.support.docker_engine import docker_runner
+from tests.support.docker_engine import docker_run_settings, docker_runner
 from tests.support.recording import RecordingChannel
 from tests.support.run_flow import launch
 
@@ -103,17 +103,7 @@ def ddp_settings(
     (settings.assistant_home / "recipes.toml").write_text(
         RECIPES.format(image=RUN_IMAGE, workdir=workdir)
     )
-    return settings.model_copy(
-        update={
-            "runner": "docker",
-            "gpus": "none",
-            "monitor_interval_s": 0.1,
-            "stall_timeout_s": 60.0,
-            "run_image": RUN_IMAGE,
-            "run_memory_mb": 1024,
-            "recipe_roots": (root,),
-        }
-    )
+    return docker_run_settings(settings, RUN_IMAGE, recipe_roots=(root,))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DockerRunner
-from tests.support.docker_engine import docker_runner
+from tests.support.docker_engine import docker_run_settings, docker_runner
 from tests.support.recording import RecordingChannel
 from tests.support.run_flow import ADMIN, launch, step_of, wait_until
 
@@ -26,16 +26,7 @@ def docker_settings(settings: Settings, docker_engine: docker.DockerClient) -> S
         docker_engine.images.get(RUN_IMAGE)
     except docker.errors.ImageNotFound:
         pytest.fail(f"{RUN_IMAGE} is missing: deploy/build-images.sh builds it", pytrace=False)
-    return settings.model_copy(
-        update={
-            "runner": "docker",
-            "gpus": "none",
-            "monitor_interval_s": 0.1,
-            "stall_timeout_s": 60.0,
-            "run_image": RUN_IMAGE,
-            "run_memory_mb": 1024,
-        }
-    )
+    return docker_run_settings(settings, RUN_IMAGE)
 
 
 def runner() -> DockerRunner:

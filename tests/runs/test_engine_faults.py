@@ -20,6 +20,7 @@ from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.signals import pending
 from storage.runs import RunRecord, RunRepo
+from tests.support.docker_engine import docker_run_settings
 from tests.support.engine_proxy import EngineProxy, engine_proxy
 from tests.support.recording import RecordingChannel
 from tests.support.run_flow import ADMIN, launch, step_of, wait_until
@@ -44,18 +45,7 @@ def fault_settings(
         docker_engine.images.get(RUN_IMAGE)
     except docker.errors.ImageNotFound:
         pytest.fail(f"{RUN_IMAGE} is missing: deploy/build-images.sh builds it", pytrace=False)
-    return settings.model_copy(
-        update={
-            "runner": "docker",
-            "docker_host": proxy.url,
-            "gpus": "none",
-            "monitor_interval_s": 0.1,
-            "stall_timeout_s": 60.0,
-            "stop_grace_s": 60.0,
-            "run_image": RUN_IMAGE,
-            "run_memory_mb": 1024,
-        }
-    )
+    return docker_run_settings(settings, RUN_IMAGE, docker_host=proxy.url, stop_grace_s=60.0)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from assistant.orchestrator import Orchestrator
 from assistant.runs.docker_runner import DockerRunner
 from assistant.runs.remote_dir import RUN_DIR_LABEL, volume_name
 from assistant.runs.select import choose_runner
+from tests.support.docker_engine import docker_run_settings
 from tests.support.recording import RecordingChannel
 from tests.support.run_flow import ADMIN, launch, step_of, wait_until
 from tests.support.ssh_engine import SshEngine, ssh_engine, ssh_home
@@ -105,16 +106,7 @@ async def test_a_classifier_run_on_the_ssh_engine_reports_like_a_local_one(
     """No folder is shared: the run writes into a volume on the engine's host, and the
     report comes from what the runner mirrored back through the archive API."""
     await asyncio.to_thread(ssh_engine.load_image, RUN_IMAGE)
-    remote = settings.model_copy(
-        update={
-            "runner": "docker",
-            "gpus": "none",
-            "monitor_interval_s": 0.1,
-            "stall_timeout_s": 60.0,
-            "run_image": RUN_IMAGE,
-            "run_memory_mb": 1024,
-        }
-    )
+    remote = docker_run_settings(settings, RUN_IMAGE)
     runner = DockerRunner(ssh_engine.url, image=RUN_IMAGE, instance="ssh-flow-test")
     assert runner.capabilities.run_dir_shared is False
     engine = ssh_engine.client()
@@ -163,16 +155,7 @@ async def test_pause_resume_and_stop_on_the_ssh_engine(
     the saved step from the checkpoint kept there, and the paused part's result.json,
     still in the volume, is not taken for the resumed part's."""
     await asyncio.to_thread(ssh_engine.load_image, RUN_IMAGE)
-    remote = settings.model_copy(
-        update={
-            "runner": "docker",
-            "gpus": "none",
-            "monitor_interval_s": 0.1,
-            "stall_timeout_s": 60.0,
-            "run_image": RUN_IMAGE,
-            "run_memory_mb": 1024,
-        }
-    )
+    remote = docker_run_settings(settings, RUN_IMAGE)
     runner = DockerRunner(ssh_engine.url, image=RUN_IMAGE, instance="ssh-pause-test")
     engine = ssh_engine.client()
     channel = RecordingChannel()

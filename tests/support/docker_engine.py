@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import docker
 import pytest
 
+from assistant.config import Settings
 from assistant.errors import EngineUnavailable, RunStartError
 from assistant.runs.docker_runner import DEFAULT_DOCKER_HOST, INSTANCE_LABEL, DockerRunner
 
@@ -90,6 +91,24 @@ TEST_INSTANCE = f"tests-{secrets.token_hex(4)}"
 
 def _docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def docker_run_settings(
+    settings: Settings, image: str = "assistant-run:latest", **extra: object
+) -> Settings:
+    """`settings` for runs in real containers: the Docker runner, no GPUs, a quick monitor
+    and a stall limit no test reaches, the run image, 1 GB per run; `extra` on top."""
+    return settings.model_copy(
+        update={
+            "runner": "docker",
+            "gpus": "none",
+            "monitor_interval_s": 0.1,
+            "stall_timeout_s": 60.0,
+            "run_image": image,
+            "run_memory_mb": 1024,
+            **extra,
+        }
+    )
 
 
 def docker_runner(image: str = "assistant-run:latest") -> DockerRunner:
