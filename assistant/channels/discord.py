@@ -216,7 +216,9 @@ class DiscordChannel(Channel):
                 message_id = await self._submit(_post(target, piece))
         return message_id
 
-    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+    async def send_image(
+        self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
+    ) -> str | None:
         target = self._target(chat_id)
         try:
             data = await asyncio.to_thread(path.read_bytes)

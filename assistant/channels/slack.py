@@ -326,7 +326,9 @@ class SlackChannel(Channel):
 
         return await self._queue.submit(send)
 
-    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+    async def send_image(
+        self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
+    ) -> str | None:
         """Upload as a file in the chat; returns the file id."""
         channel = self._channel(chat_id)
         try:

@@ -320,7 +320,9 @@ class TelegramChannel(Channel):
                 last = await self._send_piece(target, piece)
         return last
 
-    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+    async def send_image(
+        self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
+    ) -> str | None:
         """sendPhoto; a caption over Telegram's 1024 follows as its own message."""
         target = self._target(chat_id)
         try:
