@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-RunnerKind = Literal["docker", "process"]
+RunnerKind = Literal["docker", "process", "slurm"]
 # How long one ordinary engine call may take before the engine counts as not answering.
 ENGINE_CALL_S = 5.0
 
@@ -85,6 +85,8 @@ class ExitInfo:
     exit_code: int | None  # None: unknown (e.g. a process that was not our child)
     oom_killed: bool = False
     error: str | None = None  # the engine's own error, if any
+    # the engine ended it at a limit it enforces (Slurm's --time): the cause, in words
+    limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,12 @@ class RunnerState:
     running: bool
     exit: ExitInfo | None = None  # set when not running
     gone: bool = False  # the container/process no longer exists at all
+    # an engine with a queue of its own (Slurm) holds the run before it executes: why
+    # ("Resources", "Priority"); None when it executes or ended. Such a run is not over.
+    waiting: str | None = None
+    # the engine put the run back in its queue after it ran (preemption, a requeue): it
+    # starts again by itself, from its last checkpoint
+    requeued: bool = False
 
 
 # ---- capabilities ---------------------------------------------------------------------
@@ -200,6 +208,9 @@ class Capabilities:
     # the engine mounts this host's run dir; False: the run writes on the engine's host and
     # the runner mirrors what the host reads into the local run dir (runs/remote_dir.py)
     run_dir_shared: bool = True
+    # the engine places runs on GPUs itself (Slurm's --gres): the manager counts no host
+    # GPUs or CPU slots for it and hands every queued run over at once
+    places_gpus: bool = False
 
 
 # ---- the interface --------------------------------------------------------------------
