@@ -302,6 +302,32 @@ def m008_run_requests(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m012_slurm(conn: sqlite3.Connection) -> None:
+    # 'preempted': a Slurm run the cluster requeued (it resumes by itself). The state's
+    # CHECK is widened in place, as SQLite documents for loosening a constraint (its
+    # ALTER TABLE cannot): rebuilding `runs` would cascade-delete run_history.
+    (version,) = conn.execute("PRAGMA schema_version").fetchone()
+    (sql,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type='table' AND name='runs'"
+    ).fetchone()
+    old = "'cancelled', 'lost')"
+    if old not in sql:
+        raise RuntimeError("runs.state's CHECK is not the one m004_runs made")
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE type='table' AND name='runs'",
+            (sql.replace(old, "'cancelled', 'lost', 'preempted')"),),
+        )
+        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+    (check,) = conn.execute("PRAGMA integrity_check").fetchone()
+    if check != "ok":
+        raise RuntimeError(f"m012_slurm: integrity check says {check}")
+
+
 def apply_migrations(
     conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
 ) -> int:

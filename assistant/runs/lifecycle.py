@@ -21,6 +21,12 @@ stateDiagram-v2
     starting --> stopping: stop
     running --> stopping: stop
     starting --> lost: monitor.reconcile (no handle after a restart)
+    starting --> preempted: monitor (the engine requeued it: Slurm preemption or requeue)
+    running --> preempted: monitor (the engine requeued it: Slurm preemption or requeue)
+    preempted --> running: monitor (a started event: it resumed from its last checkpoint)
+    preempted --> paused: pause (while preempted: its queued job is cancelled)
+    preempted --> cancelled: stop (while preempted: its queued job is cancelled)
+    preempted --> ENDED_OR_PAUSED: settle()
     running --> ENDED_OR_PAUSED: settle()
     pausing --> ENDED_OR_PAUSED: settle()
     stopping --> ENDED_OR_PAUSED: settle()
@@ -34,7 +40,9 @@ reading the agent's result and exit codes (`assistant/jobs/protocol.py`) on this
 The sets: `ACTIVE` (in the queue or executing), `LIVE` (something may be executing: the
 monitor follows these), `ENDED` (never changes again). `paused` is in none of them on
 purpose: nothing of it executes and it holds no GPU (not active, not live), yet it is not
-over (`/run resume` queues it again): it is `HELD`.
+over (`/run resume` queues it again): it is `HELD`. `preempted` is live: an engine with a
+queue of its own (Slurm) took the run off its nodes and holds it until it starts again by
+itself, from its last checkpoint; nothing of it executes meanwhile.
 """
 
 from __future__ import annotations
@@ -68,11 +76,13 @@ class RunState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     LOST = "lost"
+    PREEMPTED = "preempted"  # the engine requeued it; it resumes by itself (Slurm)
 
 
 S = RunState
-ACTIVE = (S.QUEUED, S.STARTING, S.RUNNING, S.PAUSING, S.STOPPING)
-LIVE = (S.STARTING, S.RUNNING, S.PAUSING, S.STOPPING)  # something may be executing
+ACTIVE = (S.QUEUED, S.STARTING, S.RUNNING, S.PAUSING, S.STOPPING, S.PREEMPTED)
+# something may be executing (a preempted run may start again any moment)
+LIVE = (S.STARTING, S.RUNNING, S.PAUSING, S.STOPPING, S.PREEMPTED)
 ENDED = (S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST)
 HELD = (S.PAUSED,)  # nothing executes, nothing held, not over: resume or stop moves it
 HALTING = (S.PAUSING, S.STOPPING)  # asked to pause or stop, not yet ended
@@ -80,8 +90,8 @@ HALTING = (S.PAUSING, S.STOPPING)  # asked to pause or stop, not yet ended
 _SETTLED = (S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PAUSED, S.LOST)  # what settle() gives
 MOVES: dict[RunState, frozenset[RunState]] = {
     S.QUEUED: frozenset({S.STARTING, S.CANCELLED, S.FAILED}),
-    S.STARTING: frozenset({S.QUEUED, S.RUNNING, S.PAUSING, S.STOPPING, *_SETTLED}),
-    S.RUNNING: frozenset({S.PAUSING, S.STOPPING, *_SETTLED}),
+    S.STARTING: frozenset({S.QUEUED, S.RUNNING, S.PAUSING, S.STOPPING, S.PREEMPTED, *_SETTLED}),
+    S.RUNNING: frozenset({S.PAUSING, S.STOPPING, S.PREEMPTED, *_SETTLED}),
     S.PAUSING: frozenset(_SETTLED),
     S.STOPPING: frozenset(_SETTLED),
     S.PAUSED: frozenset({S.QUEUED, S.CANCELLED}),
@@ -89,6 +99,7 @@ MOVES: dict[RunState, frozenset[RunState]] = {
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),
     S.LOST: frozenset(),
+    S.PREEMPTED: frozenset({S.RUNNING, S.PAUSING, S.STOPPING, *_SETTLED}),
 }
 
 
@@ -225,6 +236,15 @@ def settle(
         limit = f" (memory limit {run.memory_mb} MB)" if run.memory_mb else ""
         return S.FAILED, f"out of memory: the container was OOM-killed{limit}"
     status = (result or {}).get("status")
+    if (
+        exit_info is not None
+        and exit_info.limit
+        and status != "paused"
+        and run.state not in HALTING
+    ):
+        # ended by the engine at its own limit (Slurm's --time): whatever the run wrote as
+        # it was signalled ("stopped") is not why it ended
+        return S.FAILED, exit_info.limit
     if status == "succeeded":
         return S.SUCCEEDED, None
     if status == "paused":
