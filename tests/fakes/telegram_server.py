@@ -1,7 +1,8 @@
 """A Bot API server on 127.0.0.1 that speaks the real wire format, for the Telegram channel.
 
 It answers what the channel uses (getMe, deleteWebhook, getUpdates, sendMessage, sendPhoto,
-editMessageText, sendChatAction) with the JSON the real server sends, and fails the way the
+editMessageText, editMessageReplyMarkup, answerCallbackQuery, setMyCommands, sendChatAction)
+with the JSON the real server sends, and fails the way the
 real one does: an HTTP status plus `{"ok": false, "error_code", "description", "parameters"}`
 (python-telegram-bot picks its exception from the status). Updates follow the real
 semantics: `getUpdates(offset=N)` confirms and forgets everything below N.
@@ -9,11 +10,19 @@ semantics: `getUpdates(offset=N)` confirms and forgets everything below N.
     fake = FakeTelegram(); await fake.start()
     uid = fake.push_message(1001, "/status")
     await fake.wait_sent(1001)          # fake.sent[1001][0].text
+    fake.push_press(1001, message_id, "Stop")   # a user taps the inline button labelled Stop
+    await fake.wait_answered(query_id)  # fake.answers[query_id].text
+
+A message sent with `reply_markup` keeps its inline keyboard (`Sent.buttons`, and in the
+message JSON a press carries) until `editMessageReplyMarkup` replaces or removes it; one sent
+with `reply_parameters` replies to that message where it exists (`Sent.reply_to`), and is
+refused where it does not, unless `allow_sending_without_reply` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import html
 import json
 import re
@@ -49,6 +58,7 @@ DESCRIPTIONS = {
     500: "Internal Server Error",
     502: "Bad Gateway",
 }
+BUTTON_STYLES = {"primary", "success", "danger"}
 DROP = 0  # a `fail_next` status that closes the connection without an answer
 
 
@@ -60,6 +70,10 @@ class Sent:
     text: str
     raw: str
     parse_mode: str | None
+    # the inline keyboard as drawn: rows of (label, callback_data)
+    buttons: list[list[tuple[str, str]]] = field(default_factory=list)
+    reply_to: int | None = None  # the message it replies to, where it does
+    markup: dict[str, Any] | None = None  # reply_markup as posted (styles and all)
 
 
 @dataclass
@@ -67,6 +81,24 @@ class Photo:
     message_id: int
     data: bytes
     caption: str
+    reply_to: int | None = None
+
+
+@dataclass
+class Answer:
+    """An answerCallbackQuery: the toast a user sees after pressing a button."""
+
+    query_id: str
+    text: str
+    show_alert: bool
+
+
+@dataclass
+class MarkupEdit:
+    """An editMessageReplyMarkup: the message's keyboard after it (empty: removed)."""
+
+    message_id: int
+    buttons: list[list[tuple[str, str]]]
 
 
 @dataclass
@@ -163,6 +195,11 @@ class FakeTelegram:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.menus: dict[str, list[dict[str, str]]] = {}  # scope (JSON) -> setMyCommands list
+        self.answers: dict[str, Answer] = {}  # callback query id -> its answer
+        self.markup_edits: dict[int, list[MarkupEdit]] = {}
+        self._queries: dict[str, int] = {}  # callback query id -> the chat it came from
+        self.query_updates: dict[str, int] = {}  # callback query id -> its update_id
+        self._next_query = 880000
 
     @property
     def base_url(self) -> str:
@@ -236,6 +273,52 @@ class FakeTelegram:
         self._unconfirmed.append(self._next_update)
         self._changed.set()
         return self._next_update
+
+    def push_press(
+        self,
+        chat_id: int,
+        message_id: int,
+        label: str | None = None,
+        *,
+        data: Any = None,
+        from_user: dict[str, Any] | None = None,
+    ) -> str:
+        """A user taps an inline button under one of the bot's messages: queue the
+        callback_query update Telegram sends, and return the query's id.
+
+        `label` names the button as drawn (its callback_data is sent); `data` sends other
+        callback data instead (Telegram's clients can send any, so the bot must not trust it).
+        """
+        message = self._chat(chat_id).messages[message_id]
+        if label is not None:
+            drawn = dict(button for row in _rows(message.get("reply_markup")) for button in row)
+            if label not in drawn:
+                raise AssertionError(f"no button {label!r} under message {message_id}: {drawn}")
+            data = drawn[label]
+        self._next_query += 1
+        query_id = str(self._next_query)
+        self._queries[query_id] = chat_id
+        query: dict[str, Any] = {
+            "id": query_id,
+            "from": dict(from_user or ANN),
+            "message": copy.deepcopy(message),  # as it was when pressed
+            "chat_instance": f"-{abs(chat_id)}77",
+        }
+        if data is not None:
+            query["data"] = data
+        self.query_updates[query_id] = self.push_update({"callback_query": query})
+        return query_id
+
+    def buttons(self, chat_id: int, message_id: int) -> list[list[tuple[str, str]]]:
+        """The inline keyboard a message shows now: rows of (label, callback_data)."""
+        return _rows(self._chat(chat_id).messages[message_id].get("reply_markup"))
+
+    async def wait_answered(self, query_id: str, timeout: float = 10) -> Answer:
+        """The answer to a callback query, once the bot gave it."""
+        async with asyncio.timeout(timeout):
+            while query_id not in self.answers:
+                await self._tick.wait()
+        return self.answers[query_id]
 
     def message_id(self, update_id: int) -> int:
         """The id of the message an update carries (to reply to it)."""
@@ -348,9 +431,16 @@ class FakeTelegram:
                 return _ok(self._send_photo(params, data))
             if method == "editMessageText":
                 return _ok(self._edit(params))
+            if method == "editMessageReplyMarkup":
+                return _ok(self._edit_markup(params))
+            if method == "answerCallbackQuery":
+                return _ok(self._answer_query(params))
             if method == "setMyCommands":
-                scope = json.loads(params.get("scope") or '{"type": "default"}')
-                self.menus[json.dumps(scope, sort_keys=True)] = json.loads(params["commands"])
+                commands = _commands(params.get("commands", ""))
+                self.menus[_scope(params)] = commands
+                return _ok(True)
+            if method == "deleteMyCommands":  # the scope falls back to a wider one
+                self.menus.pop(_scope(params), None)
                 return _ok(True)
             if method == "sendChatAction":
                 self.actions.setdefault(int(params["chat_id"]), []).append(params["action"])
@@ -393,9 +483,18 @@ class FakeTelegram:
             raise _BadRequest("message text is empty")
         if len(text) > 4096:
             raise _BadRequest("message is too long")
-        message = self._bot_message(chat_id, text=text)
+        extra = self._reply_fields(chat_id, params)
+        message = self._bot_message(chat_id, text=text, **extra)
         self.sent.setdefault(chat_id, []).append(
-            Sent(message["message_id"], text, raw, params.get("parse_mode"))
+            Sent(
+                message["message_id"],
+                text,
+                raw,
+                params.get("parse_mode"),
+                _rows(message.get("reply_markup")),
+                _replied(message),
+                message.get("reply_markup"),
+            )
         )
         return message
 
@@ -406,12 +505,73 @@ class FakeTelegram:
             raise _BadRequest("message caption is too long")
         if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8")):
             raise _BadRequest("IMAGE_PROCESS_FAILED")
-        extra: dict[str, Any] = {"photo": [_photo_size(data)]}
+        extra: dict[str, Any] = {
+            "photo": [_photo_size(data)],
+            **self._reply_fields(chat_id, params),
+        }
         if caption:
             extra["caption"] = caption
         message = self._bot_message(chat_id, **extra)
-        self.photos.setdefault(chat_id, []).append(Photo(message["message_id"], data, caption))
+        self.photos.setdefault(chat_id, []).append(
+            Photo(message["message_id"], data, caption, _replied(message))
+        )
         return message
+
+    def _reply_fields(self, chat_id: int, params: dict[str, str]) -> dict[str, Any]:
+        """reply_markup and reply_parameters as the real server checks and keeps them."""
+        extra: dict[str, Any] = {}
+        if "reply_markup" in params:
+            markup = _markup(params["reply_markup"])
+            if markup["inline_keyboard"]:
+                extra["reply_markup"] = markup
+        reply = params.get("reply_parameters")
+        if reply is None and "reply_to_message_id" in params:
+            reply = json.dumps({"message_id": int(params["reply_to_message_id"])})
+        if reply is not None:
+            wanted = json.loads(reply)
+            if not isinstance(wanted, dict) or not isinstance(wanted.get("message_id"), int):
+                raise _BadRequest("invalid reply parameters specified")
+            target = self._chat(chat_id).messages.get(wanted["message_id"])
+            if target is not None:  # one level deep, as Telegram sends it
+                extra["reply_to_message"] = {
+                    k: v for k, v in target.items() if k != "reply_to_message"
+                }
+            elif not wanted.get("allow_sending_without_reply"):
+                raise _BadRequest("message to be replied not found")
+        return extra
+
+    def _edit_markup(self, params: dict[str, str]) -> dict[str, Any]:
+        chat_id = int(params["chat_id"])
+        message_id = int(params["message_id"])
+        message = self._chat(chat_id).messages.get(message_id)
+        if message is None or message["from"]["id"] != BOT_USER["id"]:
+            raise _BadRequest("message to edit not found")
+        markup = _markup(params.get("reply_markup", '{"inline_keyboard": []}'))
+        if _rows(markup) == _rows(message.get("reply_markup")):
+            raise _BadRequest(
+                "message is not modified: specified new message content and reply markup are"
+                " exactly the same as a current content and reply markup of the message"
+            )
+        if markup["inline_keyboard"]:
+            message["reply_markup"] = markup
+        else:
+            message.pop("reply_markup", None)
+        message["edit_date"] = int(time.time())
+        self.markup_edits.setdefault(chat_id, []).append(MarkupEdit(message_id, _rows(markup)))
+        return message
+
+    def _answer_query(self, params: dict[str, str]) -> bool:
+        query_id = params.get("callback_query_id", "")
+        if query_id not in self._queries or query_id in self.answers:
+            raise _BadRequest(
+                "query is too old and response timeout expired or query ID is invalid"
+            )
+        text = params.get("text", "")
+        if len(text) > 200:
+            raise _BadRequest("MESSAGE_TOO_LONG")
+        show_alert = params.get("show_alert", "false").lower() == "true"
+        self.answers[query_id] = Answer(query_id, text, show_alert)
+        return True
 
     def _edit(self, params: dict[str, str]) -> dict[str, Any]:
         chat_id = int(params["chat_id"])
@@ -477,6 +637,61 @@ def _entities(text: str) -> list[dict[str, Any]]:
         length = len(match.group(0).encode("utf-16-le")) // 2
         found.append({"type": kind, "offset": offset, "length": length})
     return found
+
+
+def _scope(params: dict[str, str]) -> str:
+    """A BotCommandScope as the key of `menus`: its JSON, keys sorted."""
+    return json.dumps(json.loads(params.get("scope") or '{"type": "default"}'), sort_keys=True)
+
+
+def _commands(raw: str) -> list[dict[str, str]]:
+    """setMyCommands' list as Telegram checks it: at most 100, each command 1-32 of
+    a-z, 0-9 and _, each description 1-256 characters."""
+    commands = json.loads(raw)
+    if not isinstance(commands, list) or len(commands) > 100:
+        raise _BadRequest("BOT_COMMANDS_TOO_MUCH")
+    for command in commands:
+        if not re.fullmatch(r"[a-z0-9_]{1,32}", str(command.get("command", ""))):
+            raise _BadRequest("BOT_COMMAND_INVALID")
+        if not 1 <= len(str(command.get("description", "")).strip()) <= 256:
+            raise _BadRequest("BOT_COMMAND_DESCRIPTION_INVALID")
+    return commands
+
+
+def _markup(raw: str) -> dict[str, Any]:
+    """An InlineKeyboardMarkup as Telegram checks it: rows of buttons, each with a text and
+    callback_data of 1-64 bytes."""
+    try:
+        markup = json.loads(raw)
+    except ValueError:
+        raise _BadRequest("can't parse reply keyboard markup JSON object") from None
+    rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise _BadRequest('field "inline_keyboard" of the InlineKeyboardMarkup should be an Array')
+    for row in rows:
+        for button in row:
+            if not isinstance(button, dict) or not str(button.get("text", "")).strip():
+                raise _BadRequest("BUTTON_TEXT_INVALID")
+            data = button.get("callback_data")
+            if not isinstance(data, str) or not 1 <= len(data.encode()) <= 64:
+                raise _BadRequest("BUTTON_DATA_INVALID")
+            if button.get("style", "primary") not in BUTTON_STYLES:
+                raise _BadRequest("BUTTON_STYLE_INVALID")
+    return {"inline_keyboard": [row for row in rows if row]}
+
+
+def _rows(markup: Any) -> list[list[tuple[str, str]]]:
+    if not isinstance(markup, dict):
+        return []
+    return [
+        [(str(b["text"]), str(b["callback_data"])) for b in row]
+        for row in markup.get("inline_keyboard", [])
+    ]
+
+
+def _replied(message: dict[str, Any]) -> int | None:
+    reply = message.get("reply_to_message")
+    return int(reply["message_id"]) if reply else None
 
 
 def _photo_size(data: bytes) -> dict[str, Any]:
