@@ -10,6 +10,13 @@ gateway, zlib-free TEXT frames (discord.py asks for zlib-stream but accepts plai
     DiscordChannel(TOKEN, api_url=fake.api_url, gateway_url=fake.gateway_url)
     mid = await fake.push_message(ADMIN_CHANNEL, "hi", mentions_bot=True)
     await fake.wait_sent(ADMIN_CHANNEL, 1)
+
+Interactions as Discord sends them (INTERACTION_CREATE over the gateway, answered at
+POST /interactions/{id}/{token}/callback, then edited and followed up through
+/webhooks/{application}/{token}): `push_command` (a slash command) and `push_press` (a
+button under a message) return the interaction's id; `interactions[id]` records how it
+was answered. Application commands are kept per scope ("global" or the guild id) as the
+last bulk overwrite (PUT) left them; threads started from a message get its id.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import contextlib
 import itertools
 import json
 import math
+import re
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -37,6 +45,9 @@ GUILD_ID = 555
 ADMIN_CHANNEL = 987
 OTHER_CHANNEL = 988
 MESSAGE_CONTENT_INTENT = 1 << 15
+LOADING = 1 << 7  # message flag of a deferred response ("… is thinking")
+EPHEMERAL = 1 << 6
+THREAD_TYPES = (10, 11, 12)
 
 Json = dict[str, Any]
 
@@ -50,6 +61,22 @@ class Sent:
     content: str
     attachments: list[tuple[str, bytes]] = field(default_factory=list)
     allowed_mentions: Json | None = None
+    components: list[Json] = field(default_factory=list)
+
+
+@dataclass
+class Interaction:
+    """An interaction the fake dispatched, and what the bot answered to it."""
+
+    id: int
+    token: str
+    type: int  # 2 application command, 3 message component
+    channel_id: int
+    callbacks: list[Json] = field(default_factory=list)  # each callback body (type, data)
+    original: int | None = None  # the message @original names
+    edits: list[Json] = field(default_factory=list)  # PATCH @original bodies
+    followups: list[Json] = field(default_factory=list)  # POST /webhooks/{app}/{token} bodies
+    deleted: bool = False  # DELETE @original
 
 
 @dataclass
@@ -94,6 +121,10 @@ class FakeDiscord:
         self.requests: list[tuple[str, int]] = []
         self.identifies = 0
         self.resumes = 0
+        # application commands as the last bulk overwrite left them: "global" or a guild id
+        self.commands: dict[str | int, list[Json]] = {}
+        self.interactions: dict[int, Interaction] = {}
+        self.threads: dict[int, Json] = {}  # thread id (= its root message's id) -> channel
         self._messages: dict[int, Json] = {}
         self._events: dict[int, Json] = {}  # MESSAGE_CREATE payloads pushed, for redelivery
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
@@ -130,6 +161,18 @@ class FakeDiscord:
         app.router.add_patch(
             f"{p}/channels/{{channel_id}}/messages/{{message_id}}", self._patch_message
         )
+        app.router.add_post(
+            f"{p}/channels/{{channel_id}}/messages/{{message_id}}/threads", self._start_thread
+        )
+        app.router.add_put(f"{p}/applications/{{app_id}}/commands", self._put_commands)
+        app.router.add_put(
+            f"{p}/applications/{{app_id}}/guilds/{{guild_id}}/commands", self._put_commands
+        )
+        app.router.add_post(f"{p}/interactions/{{id}}/{{token}}/callback", self._callback)
+        original = f"{p}/webhooks/{{app_id}}/{{token}}/messages/@original"
+        app.router.add_patch(original, self._edit_original)
+        app.router.add_delete(original, self._delete_original)
+        app.router.add_post(f"{p}/webhooks/{{app_id}}/{{token}}", self._followup)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -188,6 +231,122 @@ class FakeDiscord:
         self._events[int(data["id"])] = data
         await self.dispatch("MESSAGE_CREATE", data)
         return int(data["id"])
+
+    async def push_command(
+        self,
+        channel_id: int,
+        name: str,
+        args: str | None = None,
+        *,
+        user_id: int = USER_ID,
+        user_name: str = "ann",
+        guild: bool = True,
+    ) -> int:
+        """A user runs slash command `/name` (with its `args` option when given)."""
+        data: Json = {"id": str(next(self._ids)), "name": name, "type": 1}
+        if args is not None:
+            data["options"] = [{"name": "args", "type": 3, "value": args}]
+        return await self.push_interaction(
+            self.interaction_payload(2, channel_id, data, user_id, user_name, guild=guild)
+        )
+
+    async def push_press(
+        self,
+        channel_id: int,
+        message_id: int,
+        custom_id: str,
+        *,
+        user_id: int = USER_ID,
+        user_name: str = "ann",
+        guild: bool = True,
+    ) -> int:
+        """A user presses the button `custom_id` under message `message_id`."""
+        data = {"custom_id": custom_id, "component_type": 2}
+        payload = self.interaction_payload(3, channel_id, data, user_id, user_name, guild=guild)
+        payload["message"] = self._messages[message_id]
+        return await self.push_interaction(payload)
+
+    def interaction_payload(
+        self,
+        kind: int,
+        channel_id: int,
+        data: Json,
+        user_id: int = USER_ID,
+        user_name: str = "ann",
+        *,
+        guild: bool = True,
+    ) -> Json:
+        """An INTERACTION_CREATE payload of API v10 (tests may spoil it before pushing)."""
+        user = self._user(user_id, user_name)
+        channel = self.threads.get(channel_id) or (
+            self._channel(channel_id)
+            if channel_id in self.channels
+            else {"id": str(channel_id), "type": 1, "recipients": [user]}
+        )
+        payload: Json = {
+            "id": str(next(self._ids)),
+            "application_id": str(APP_ID),
+            "type": kind,
+            "data": data,
+            "channel_id": str(channel_id),
+            "channel": channel,
+            "token": f"interaction-token-{next(self._ids)}",
+            "version": 1,
+            "locale": "en-US",
+            "app_permissions": "1071698660929",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(GUILD_ID)} if guild else {},
+            "context": 0 if guild else 1,
+            "attachment_size_limit": 10 << 20,
+        }
+        if guild:
+            payload["guild_id"] = str(GUILD_ID)
+            payload["guild_locale"] = "en-US"
+            payload["member"] = {
+                "user": user,
+                "roles": [],
+                "joined_at": datetime.now(UTC).isoformat(),
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+                "permissions": "1071698660929",
+            }
+        else:
+            payload["user"] = user
+        return payload
+
+    async def push_interaction(self, payload: Json) -> int:
+        """Dispatch an INTERACTION_CREATE as it is (also a malformed one); its id, or 0."""
+        try:
+            interaction = Interaction(
+                int(payload["id"]),
+                str(payload["token"]),
+                int(payload["type"]),
+                int(payload["channel_id"]),
+            )
+            message = payload.get("message")
+            if isinstance(message, dict):
+                interaction.original = int(message["id"])
+            self.interactions[interaction.id] = interaction
+        except (KeyError, TypeError, ValueError):
+            interaction = None
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return interaction.id if interaction is not None else 0
+
+    async def wait_answered(self, interaction_id: int, timeout: float = 5) -> Interaction:
+        """The interaction once it was acknowledged (its callback arrived)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: bool(self.interactions[interaction_id].callbacks))
+        return self.interactions[interaction_id]
+
+    async def wait_for(self, check: Any, timeout: float = 5) -> None:
+        """Wait until `check()` holds (re-checked on every request the fake records)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(check)
+
+    def message(self, message_id: int) -> Json | None:
+        """A message as it stands now (after edits), None once deleted."""
+        return self._messages.get(message_id)
 
     async def redeliver(self, message_id: int) -> None:
         """Dispatch an already pushed MESSAGE_CREATE again (as after a gateway replay)."""
@@ -310,7 +469,7 @@ class FakeDiscord:
                     "flags": 0,
                 }
             ],
-            "threads": [],
+            "threads": list(self.threads.values()),
             "emojis": [],
             "stickers": [],
         }
@@ -324,14 +483,17 @@ class FakeDiscord:
             response: web.StreamResponse = await handler(request)
             return response
         route = f"{request.method} {resource.canonical.removeprefix(API_PREFIX)}"
-        if request.headers.get("Authorization") != f"Bot {self.token}":
+        by_token = route.split()[1].startswith(("/webhooks/", "/interactions/"))
+        if not by_token and request.headers.get("Authorization") != f"Bot {self.token}":
             response = _error(401, "401: Unauthorized")
         elif self._failures[route]:
             await request.read()
             response = self._failure(self._failures[route].popleft())
         else:
             response = await handler(request)
-        self.requests.append((route, response.status))
+        async with self._changed:
+            self.requests.append((route, response.status))
+            self._changed.notify_all()
         return response
 
     def _failure(self, failure: _Failure) -> web.Response:
@@ -418,6 +580,7 @@ class FakeDiscord:
             str(payload.get("content") or ""),
             guild=self._is_guild(channel_id),
         )
+        data["components"] = payload.get("components") or []
         data["attachments"] = [
             {
                 "id": str(next(self._ids)),
@@ -439,6 +602,7 @@ class FakeDiscord:
                 data["content"],
                 attachments,
                 payload.get("allowed_mentions"),
+                data["components"],
             ),
         )
         await self._broadcast("MESSAGE_CREATE", data)  # Discord echoes the bot's own messages
@@ -454,20 +618,188 @@ class FakeDiscord:
         channel_id = int(request.match_info["channel_id"])
         message_id = int(request.match_info["message_id"])
         message = self._messages.get(message_id)
-        if message is None or message["author"]["id"] != str(BOT_ID):
+        if (
+            message is None
+            or message["author"]["id"] != str(BOT_ID)
+            or message["channel_id"] != str(channel_id)  # a thread's message: its own id
+        ):
             return _error(404, "Unknown Message", 10008)
         payload = await request.json()
-        if "content" in payload:
-            message["content"] = payload["content"]
+        await self._edit(channel_id, message, payload)
+        return _json(message)
+
+    async def _edit(self, channel_id: int, message: Json, payload: Json) -> None:
+        for key in ("content", "components"):
+            if key in payload:
+                message[key] = payload[key] if payload[key] is not None else []
+        message["flags"] = int(message.get("flags") or 0) & ~LOADING
         message["edited_timestamp"] = datetime.now(UTC).isoformat()
         await self._record(
             self.edits,
-            Sent(message_id, channel_id, message["content"], [], payload.get("allowed_mentions")),
+            Sent(
+                int(message["id"]),
+                channel_id,
+                message["content"],
+                [],
+                payload.get("allowed_mentions"),
+                list(message.get("components") or []),
+            ),
         )
+
+    async def _start_thread(self, request: web.Request) -> web.Response:
+        channel_id = int(request.match_info["channel_id"])
+        message_id = int(request.match_info["message_id"])
+        if channel_id not in self.channels:  # a DM (or unknown): no threads there
+            return _error(400, "Cannot execute action on this channel type", 50024)
+        message = self._messages.get(message_id)
+        if message is None or message["channel_id"] != str(channel_id):
+            return _error(404, "Unknown Message", 10008)
+        if message_id in self.threads:
+            return _error(400, "A thread has already been created for this message", 160004)
+        payload = await request.json()
+        name = str(payload.get("name") or "")
+        if not 1 <= len(name) <= 100:
+            return _error(400, "Invalid Form Body: name must be 1-100 characters", 50035)
+        thread: Json = {
+            "id": str(message_id),
+            "guild_id": str(GUILD_ID),
+            "parent_id": str(channel_id),
+            "owner_id": str(BOT_ID),
+            "name": name,
+            "type": 11,  # PUBLIC_THREAD
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": int(payload.get("auto_archive_duration") or 1440),
+                "archive_timestamp": datetime.now(UTC).isoformat(),
+                "locked": False,
+            },
+        }
+        async with self._changed:
+            self.threads[message_id] = thread
+            self._changed.notify_all()
+        await self._broadcast("THREAD_CREATE", {**thread, "newly_created": True})
+        return _json(thread, 201)
+
+    async def _put_commands(self, request: web.Request) -> web.Response:
+        if int(request.match_info["app_id"]) != APP_ID:
+            return _error(403, "Missing Access", 50001)
+        guild = request.match_info.get("guild_id")
+        scope: str | int = int(guild) if guild is not None else "global"
+        if guild is not None and int(guild) != GUILD_ID:
+            return _error(403, "Missing Access", 50001)  # the bot is not in that guild
+        payload = await request.json()
+        problem = _command_problem(payload)
+        if problem is not None:
+            return _error(400, f"Invalid Form Body: {problem}", 50035)
+        stored = [
+            {
+                **command,
+                "id": str(next(self._ids)),
+                "application_id": str(APP_ID),
+                "version": str(next(self._ids)),
+                "default_member_permissions": None,
+                **({"guild_id": str(guild)} if guild is not None else {}),
+            }
+            for command in payload
+        ]
+        self.commands[scope] = stored
+        return _json(stored)
+
+    def _interaction(self, token: str) -> Interaction | None:
+        return next((i for i in self.interactions.values() if i.token == token), None)
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        interaction = self.interactions.get(int(request.match_info["id"]))
+        if interaction is None or interaction.token != request.match_info["token"]:
+            return _error(404, "Unknown interaction", 10062)
+        if interaction.callbacks:
+            return _error(400, "Interaction has already been acknowledged.", 40060)
+        body = await request.json()
+        kind = body.get("type")
+        if kind in (4, 5):  # a message under the command: with content, or "thinking…"
+            inner = body.get("data") or {}
+            data = self._message(
+                interaction.channel_id,
+                self._bot(),
+                str(inner.get("content") or ""),
+                guild=self._is_guild(interaction.channel_id),
+            )
+            data["flags"] = LOADING if kind == 5 else int(inner.get("flags") or 0)
+            data["components"] = inner.get("components") or []
+            data["webhook_id"] = str(APP_ID)
+            data["type"] = 20  # CHAT_INPUT_COMMAND
+            self._messages[int(data["id"])] = data
+            interaction.original = int(data["id"])
+        elif kind not in (6, 7) or interaction.type != 3:
+            return _error(400, f"Invalid interaction response type {kind}", 50035)
+        async with self._changed:
+            interaction.callbacks.append(body)
+            self._changed.notify_all()
+        if "with_response" in request.query:
+            return _json({"interaction": {"id": str(interaction.id), "type": interaction.type}})
+        return web.Response(status=204)
+
+    async def _edit_original(self, request: web.Request) -> web.Response:
+        interaction = self._interaction(request.match_info["token"])
+        if interaction is None:
+            return _error(404, "Unknown Webhook", 10015)
+        message = self._messages.get(interaction.original or 0)
+        if not interaction.callbacks or message is None:
+            return _error(404, "Unknown Message", 10008)
+        payload = await self._body(request)
+        interaction.edits.append(payload)
+        await self._edit(int(message["channel_id"]), message, payload)
         return _json(message)
 
+    async def _delete_original(self, request: web.Request) -> web.Response:
+        interaction = self._interaction(request.match_info["token"])
+        if interaction is None:
+            return _error(404, "Unknown Webhook", 10015)
+        if not interaction.callbacks or self._messages.pop(interaction.original or 0, None) is None:
+            return _error(404, "Unknown Message", 10008)
+        async with self._changed:
+            interaction.deleted = True
+            self._changed.notify_all()
+        return web.Response(status=204)
+
+    async def _followup(self, request: web.Request) -> web.Response:
+        interaction = self._interaction(request.match_info["token"])
+        if interaction is None or not interaction.callbacks:
+            return _error(404, "Unknown Webhook", 10015)
+        payload = await self._body(request)
+        data = self._message(
+            interaction.channel_id,
+            self._bot(),
+            str(payload.get("content") or ""),
+            guild=self._is_guild(interaction.channel_id),
+        )
+        data["flags"] = int(payload.get("flags") or 0)
+        data["webhook_id"] = str(APP_ID)
+        if not data["flags"] & EPHEMERAL:  # an ephemeral one is seen by the presser only
+            self._messages[int(data["id"])] = data
+        async with self._changed:
+            interaction.followups.append(payload)
+            self._changed.notify_all()
+        return _json(data)
+
+    async def _body(self, request: web.Request) -> Json:
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if isinstance(part, BodyPartReader) and part.name == "payload_json":
+                    body: Json = json.loads(await part.read())
+                    return body
+            return {}
+        body = await request.json()
+        return body if isinstance(body, dict) else {}
+
     def _is_guild(self, channel_id: int) -> bool:
-        return channel_id in self.channels
+        return channel_id in self.channels or channel_id in self.threads
 
     async def _record(self, where: dict[int, list[Sent]], item: Sent) -> None:
         async with self._changed:
@@ -538,3 +870,24 @@ class FakeDiscord:
         frame = {"op": 0, "t": event, "s": session.seq, "d": data}
         with contextlib.suppress(ConnectionError):
             await session.ws.send_str(json.dumps(frame))
+
+
+def _command_problem(payload: Any) -> str | None:
+    """What Discord would refuse in a bulk overwrite of CHAT_INPUT commands, if anything."""
+    if not isinstance(payload, list) or len(payload) > 100:
+        return "a list of at most 100 commands"
+    names = [c.get("name") for c in payload if isinstance(c, dict)]
+    if len(names) != len(payload) or len(set(names)) != len(names):
+        return "each command an object, names unique"
+    for command in payload:
+        name, description = command.get("name"), command.get("description")
+        if not isinstance(name, str) or not re.fullmatch(r"[-_a-z0-9]{1,32}", name):
+            return f"name {name!r}: 1-32 of a-z 0-9 - _"
+        if not isinstance(description, str) or not 1 <= len(description) <= 100:
+            return f"/{name}: description 1-100 characters"
+        for option in command.get("options") or []:
+            if not re.fullmatch(r"[-_a-z0-9]{1,32}", str(option.get("name"))):
+                return f"/{name}: option name {option.get('name')!r}"
+            if not 1 <= len(str(option.get("description") or "")) <= 100:
+                return f"/{name}: option description 1-100 characters"
+    return None
