@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     )
     # seconds a paused or stopped run gets to checkpoint before it is killed
     stop_grace_s: float = Field(default=60, ge=1, validation_alias="ASSISTANT_STOP_GRACE")
+    # seconds between passes over watched jobs (/watch), and whether /watch stop may stop one
+    watch_interval_s: float = Field(
+        default=5, gt=0, le=300, validation_alias="ASSISTANT_WATCH_INTERVAL"
+    )
+    watch_allow_stop: bool = Field(default=False, validation_alias="ASSISTANT_WATCH_ALLOW_STOP")
     # log level of the service's own diagnostics
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="ASSISTANT_LOG_LEVEL"

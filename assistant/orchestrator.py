@@ -36,7 +36,7 @@ from assistant.reply import Reply
 from assistant.runs.runner import Runner
 from assistant.runs.select import choose_runner, gpu_inventory
 from assistant.scheduler import TaskScheduler
-from assistant.services import Services, build_runs, shared_redactor
+from assistant.services import Services, build_runs, build_watcher, shared_redactor
 from assistant.tracing import start_tracing, stop_tracing
 from commands import build_router
 from commands.registry import (
@@ -154,6 +154,7 @@ class Orchestrator:
             redactor=redactor,
             metrics=Metrics(self.router.commands),
         )
+        self.services.watches = build_watcher(db, event_log, settings, self.clock, self.send)
         start_tracing(settings, event_log, redactor)  # when ASSISTANT_OTLP_ENDPOINT is set
         self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
         try:
@@ -171,6 +172,8 @@ class Orchestrator:
                 await channel.set_menu(settings.admin_chats, menu)
             await scheduler.start()
             await self.services.monitor.start()
+            if self.services.watches is not None:
+                await self.services.watches.start()
             for chat_id in await self.messages.chats_with_pending():
                 queue.enqueue(chat_id)  # conversation that arrived before a crash
             if self.services.http is not None:  # last: healthy means every service is up
@@ -196,6 +199,8 @@ class Orchestrator:
         if services.http is not None:  # first: a supervisor sees the stop at once
             await services.http.aclose()
         await services.monitor.aclose()
+        if services.watches is not None:
+            await services.watches.aclose()
         await services.runs.runner.aclose()
         await services.scheduler.aclose()
         await self.pruner.aclose()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from assistant.runs.report import ShowProgress
     from assistant.runs.runner import Runner
     from assistant.scheduler import TaskScheduler
+    from assistant.watch.poller import Watcher
 
 # send(chat_id, reply, caused_by) -> delivered?
 SendFn = Callable[[str, "str | Reply", "int | None"], Awaitable[bool]]
@@ -59,6 +60,8 @@ class Services:
     # the HTTP listener (/healthz, /metrics); None when ASSISTANT_HTTP=off. Routes are
     # added before the orchestrator starts it, once every service above exists.
     http: HttpServer | None = None
+    # jobs launched elsewhere that /watch follows; None where watches are not started
+    watches: Watcher | None = None
 
 
 def build_runs(
@@ -106,6 +109,18 @@ def build_runs(
         show_progress=show_progress,
     )
     return manager, monitor
+
+
+def build_watcher(
+    db: Database, event_log: EventLog, settings: Settings, clock: Clock, send: SendFn
+) -> Watcher:
+    """The watches' service (/watch): its repository masks what a job says, as runs do."""
+    from assistant.watch.poller import Watcher
+    from storage.watches import WatchRepo
+
+    return Watcher(
+        WatchRepo(db, shared_redactor(settings)), event_log, send, settings, clock
+    )
 
 
 def shared_redactor(settings: Settings) -> Redactor:

@@ -6,9 +6,9 @@ from commands.registry import CommandRouter
 
 
 def build_router() -> CommandRouter:
-    from commands import chats, debug, help, runs, status, tasks, usage
+    from commands import chats, debug, help, runs, status, tasks, usage, watch
 
     router = CommandRouter()
-    for module in (help, status, tasks, runs, debug, chats, usage):
+    for module in (help, status, tasks, runs, debug, chats, usage, watch):
         router.include(module.router)
     return router

@@ -26,6 +26,7 @@ USAGE = "\n".join(
         "/debug event <id> — an event and everything it triggered",
         "/debug report — counts, busiest hours, recent failures",
         "/debug run <id> — a run's chain: what asked for it, launch, engine calls, states",
+        "/debug watch <id> — a watched job's chain: what added it, each change, the report",
     ]
 )
 MIN_PREFIX = 4
@@ -52,6 +53,10 @@ async def debug_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
         if len(rest) != 1:
             raise usage_error(spec, "/debug run needs one run id.")
         return await run_story(ctx, rest[0])
+    if sub == "watch":
+        if len(rest) != 1:
+            raise usage_error(spec, "/debug watch needs one watch id.")
+        return await watch_story(ctx, rest[0])
     raise usage_error(spec, f"Unknown /debug view {sub!r}.")
 
 
@@ -362,3 +367,24 @@ def _run_event_lines(tree: EventTree, zone: ZoneInfo, now: datetime) -> list[str
             f" · id {show_id(action.id)}"
         )
     return lines
+
+
+async def watch_story(ctx: CommandContext, text: str) -> str:
+    """What added the watch (its chain), then each event of the watched job."""
+    from commands.watch import ops
+
+    s = ctx.services
+    watch = await ops(ctx).find(text.lower())
+    zone, now = s.settings.zone, s.clock.now()
+    story = await s.watches.repo.story(watch) if s.watches is not None else None
+    lines = [f"Watch {watch.id} ({watch.kind} {watch.target}, {watch.state})"]
+    if story is None:
+        return "\n".join(lines)
+    lines.append("How it was added:")
+    lines.extend(_chain_lines(story.cause[-CAUSE_HOPS:], zone, now) or ["  (no longer stored)"])
+    lines.append(f"Its events ({story.events_total}):")
+    for n, tree in enumerate(story.events):
+        if n == story.left_out_at and story.left_out:
+            lines.append(f"  … {story.left_out} more event(s) left out")
+        lines.extend(_run_event_lines(tree, zone, now))
+    return "\n".join(lines)

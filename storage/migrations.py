@@ -328,6 +328,77 @@ def m012_slurm(conn: sqlite3.Connection) -> None:
         raise RuntimeError(f"m012_slurm: integrity check says {check}")
 
 
+@migration
+def m009_buttons(conn: sqlite3.Connection) -> None:
+    # A button drawn under a message: the command it runs, the chat it may be pressed in,
+    # and, once pressed, by whom and when (a second press acts not). `grp` ties a choice's
+    # buttons (yes / no): pressing one uses them all. Threads: the message a thread
+    # ("run:<id>") was opened by, per chat, so a run's later messages go under it.
+    execute_script(
+        conn,
+        """
+        CREATE TABLE buttons (
+            token       TEXT PRIMARY KEY,
+            grp         TEXT NOT NULL,
+            chat_id     TEXT NOT NULL,
+            label       TEXT NOT NULL,
+            command     TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            pressed_at  TEXT,
+            pressed_by  TEXT,
+            pressed_token TEXT
+        );
+        CREATE INDEX buttons_grp ON buttons(grp);
+        CREATE INDEX buttons_created ON buttons(created_at);
+        CREATE TABLE threads (
+            chat_id     TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            message_id  TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            PRIMARY KEY (chat_id, key)
+        );
+        """,
+    )
+
+
+@migration
+def m010_watches(conn: sqlite3.Connection) -> None:
+    # A job the assistant did not launch and follows (/watch): a container, a pid, a Slurm
+    # job. out_offset is how far its output was read (bytes of a file; a container's last
+    # log line's time in ns), stored with what those lines said, as runs do.
+    execute_script(
+        conn,
+        """
+        CREATE TABLE watches (
+            id           TEXT PRIMARY KEY,
+            kind         TEXT NOT NULL CHECK (kind IN ('container', 'pid', 'slurm')),
+            target       TEXT NOT NULL,
+            ref          TEXT NOT NULL,
+            label        TEXT NOT NULL DEFAULT '',
+            chat_id      TEXT NOT NULL,
+            pattern      TEXT,
+            rules        TEXT NOT NULL DEFAULT '{}',
+            log_path     TEXT,
+            state        TEXT NOT NULL,
+            status       TEXT,
+            exit_code    INTEGER,
+            created_at   TEXT NOT NULL,
+            started_at   TEXT,
+            ended_at     TEXT,
+            out_offset   INTEGER NOT NULL DEFAULT 0,
+            step         INTEGER,
+            total        INTEGER,
+            metrics      TEXT NOT NULL DEFAULT '{}',
+            best         TEXT NOT NULL DEFAULT '{}',
+            lines        INTEGER NOT NULL DEFAULT 0,
+            skipped      INTEGER NOT NULL DEFAULT 0,
+            added_action INTEGER
+        );
+        CREATE INDEX watches_state ON watches(state);
+        """,
+    )
+
+
 def apply_migrations(
     conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
 ) -> int:

@@ -85,6 +85,11 @@ def curves(events: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
 
 def plot(run: RunRecord, events: list[dict[str, Any]], out: Path) -> Path | None:
     """Loss curves (and other metrics on a second panel); None when there is nothing."""
+    return plot_curves(f"run {run.id} · {run.recipe}", events, out)
+
+
+def plot_curves(title: str, events: list[dict[str, Any]], out: Path) -> Path | None:
+    """`plot` under any title (a watched job's report draws the same curves)."""
     series = curves(events)
     if not series:
         return None
@@ -104,7 +109,7 @@ def plot(run: RunRecord, events: list[dict[str, Any]], out: Path) -> Path | None
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[0][0].set_title(f"run {run.id} · {run.recipe}")
+    axes[0][0].set_title(title)
     fig.tight_layout()
     return save_figure(fig, out)
 
