@@ -120,11 +120,30 @@ class Settings(BaseSettings):
     # US dollars of model use per day (UTC); 0 = no budget
     daily_budget_usd: float = Field(default=0, ge=0, validation_alias="ASSISTANT_DAILY_BUDGET_USD")
     # where runs execute: a Docker engine if one answers, else local processes
-    runner: Literal["auto", "docker", "process"] = Field(
+    runner: Literal["auto", "docker", "process", "slurm"] = Field(
         default="auto", validation_alias="ASSISTANT_RUNNER"
     )
     # the engine (DOCKER_HOST semantics: unix://, tcp://host:2376, ssh://user@host)
     docker_host: str | None = Field(default=None, validation_alias="DOCKER_HOST")
+    # Slurm (ASSISTANT_RUNNER=slurm; SLURM_CONF picks the cluster): run dirs on a filesystem
+    # the service and the nodes share at the same path (default ASSISTANT_HOME/runs)
+    slurm_run_root: Path | None = Field(default=None, validation_alias="ASSISTANT_SLURM_RUN_ROOT")
+    # the Python a job runs the agent with on the nodes (a venv or conda env with torch);
+    # default: the service's own interpreter (its path must exist on the nodes)
+    slurm_python: str | None = Field(default=None, validation_alias="ASSISTANT_SLURM_PYTHON")
+    # an Apptainer/Singularity image (.sif) jobs run the agent in instead (its python3)
+    slurm_apptainer: str | None = Field(default=None, validation_alias="ASSISTANT_SLURM_APPTAINER")
+    # the partition jobs go to (default: the cluster's default partition)
+    slurm_partition: str | None = Field(default=None, validation_alias="ASSISTANT_SLURM_PARTITION")
+    # --time of a run whose recipe declares no time_limit ("4:00:00", "2-00:00:00"); none:
+    # the partition's default
+    slurm_time: str | None = Field(
+        default=None,
+        pattern=r"^(\d+-)?\d+(:\d{1,2}){0,2}$",
+        validation_alias="ASSISTANT_SLURM_TIME",
+    )
+    # the admin's own sbatch options, shell-style words (e.g. "--account=ml --qos=normal")
+    slurm_args: str = Field(default="", validation_alias="ASSISTANT_SLURM_ARGS")
     # image a run's container starts from
     run_image: str = Field(default="assistant-run:latest", validation_alias="ASSISTANT_RUN_IMAGE")
     # uid (and gid) a run's container runs as when the service runs as root; by default no
@@ -180,11 +199,6 @@ class Settings(BaseSettings):
     )
     # seconds a paused or stopped run gets to checkpoint before it is killed
     stop_grace_s: float = Field(default=60, ge=1, validation_alias="ASSISTANT_STOP_GRACE")
-    # seconds between passes over watched jobs (/watch), and whether /watch stop may stop one
-    watch_interval_s: float = Field(
-        default=5, gt=0, le=300, validation_alias="ASSISTANT_WATCH_INTERVAL"
-    )
-    watch_allow_stop: bool = Field(default=False, validation_alias="ASSISTANT_WATCH_ALLOW_STOP")
     # log level of the service's own diagnostics
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="ASSISTANT_LOG_LEVEL"
@@ -257,6 +271,8 @@ class Settings(BaseSettings):
 
     @property
     def runs_dir(self) -> Path:
+        if self.runner == "slurm" and self.slurm_run_root is not None:
+            return self.slurm_run_root  # shared with the cluster's nodes
         return self.assistant_home / "runs"
 
     @property

@@ -308,7 +308,10 @@ async def runs_list(ctx: CommandContext, _: Arguments) -> str:
     lines = []
     if active:
         lines.append("Active:")
-        lines.extend(_run_line(r, now, ctx.services.monitor.live.get(r.id)) for r in active)
+        lines.extend(
+            _run_line(r, now, ctx.services.monitor.live.get(r.id)) + _engine_queue(ctx, r)
+            for r in active
+        )
     if recent:
         lines.append("Recent:")
         lines.extend(_run_line(r, now, None) for r in recent)
@@ -337,6 +340,12 @@ def _run_line(run: RunRecord, now: datetime, live: Live | None) -> str:
     if waiting:
         parts.append(waiting)
     return "  " + " · ".join(parts)
+
+
+def _engine_queue(ctx: CommandContext, run: RunRecord) -> str:
+    """Why an engine with a queue of its own (Slurm) holds the run: " · waiting: Resources"."""
+    reason = ctx.services.monitor.waiting.get(run.id)
+    return f" · waiting: {reason}" if reason else ""
 
 
 def _waiting(run: RunRecord) -> str | None:

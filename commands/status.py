@@ -5,8 +5,11 @@ from __future__ import annotations
 from assistant.durations import format_duration
 from assistant.health import OK, engine_probe
 from assistant.hoststats import GpuInfo
+from assistant.runs.engine_watch import UNANSWERED
 from assistant.runs.monitor import run_numbers
+from assistant.runs.runner import ClusterView
 from commands.formatting import format_local, quote, time_until
+from commands.pool_view import pool_note
 from commands.registry import CommandContext, CommandRouter, ParsedCommand, usage_error
 from commands.tasks import format_task_list
 from commands.usage import usage_line
@@ -99,6 +102,11 @@ async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[st
     engine = await engine_probe(manager.runner).check()
     if engine != OK:
         lines.append(f"Engine: {engine}")
+    elif manager.runner.capabilities.cluster is not None:
+        lines.extend(await cluster_lines(manager.runner.capabilities.cluster))
+    hosts = manager.runner.capabilities.hosts
+    if hosts is not None:  # a pool: each host, up or not, its GPUs and runs
+        lines.extend(hosts.status_lines(active))
     if manager.build_note:
         lines.append(f"Image: {manager.build_note}")
     manager.catalog.refresh()
@@ -111,9 +119,15 @@ async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[st
     for run in active:
         total = f"/{run.total}" if run.total else ""
         parts = [f"  {run.id} {run.recipe} {run.state}", f"step {run.step}{total}"]
-        if run.state == "queued":
+        on_host = pool_note(hosts, run, active)
+        if on_host:
+            parts.append(on_host)
+        elif run.state == "queued":
             wanted = f"{run.gpus_wanted} GPU(s)" if run.gpus_wanted else "a CPU slot"
             parts.append(f"waiting for {wanted}")
+        reason = s.monitor.waiting.get(run.id)
+        if reason:  # held in the engine's own queue (Slurm): its reason
+            parts.append(f"waiting: {reason}")
         parts.extend(run_numbers(run, s.monitor.live.get(run.id)))
         mem = [gpus[g] for g in run.gpus if g in gpus]
         if mem:
@@ -122,3 +136,11 @@ async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[st
             parts.append("STALLED")
         lines.append(" · ".join(parts))
     return lines
+
+
+async def cluster_lines(cluster: ClusterView) -> list[str]:
+    """The engine's cluster (Slurm): partitions, nodes, GPUs free, our jobs and reasons."""
+    try:
+        return await cluster.cluster_lines()
+    except UNANSWERED as exc:
+        return [f"Cluster: not answering ({exc})"]

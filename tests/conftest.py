@@ -15,6 +15,7 @@ from storage.db import Database
 # Fixtures shared across folders: each module of tests/support that defines some.
 pytest_plugins = [
     "tests.support.docker_engine",
+    "tests.support.slurm_cluster",
 ]
 
 

@@ -33,7 +33,7 @@ from assistant.runs import rundir
 from assistant.runs.engine_watch import UNANSWERED, EngineWatch, silence
 from assistant.runs.lifecycle import ACTIVE, HALTING, LIVE, Lifecycle, RunState
 from assistant.runs.report import Notify, ShowProgress
-from assistant.runs.runner import LaunchRequest, Mount, Runner
+from assistant.runs.runner import LaunchRequest, Mount, RunHandle, Runner
 from assistant.runs.signals import Signals, pending
 from assistant.runs.spec import RunSpec
 from storage.runs import RunRecord, RunRepo
@@ -91,6 +91,11 @@ class RunManager:
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id
 
+    @property
+    def _places_gpus(self) -> bool:
+        """The engine places runs on GPUs itself (Slurm): no host GPU or CPU slot counted."""
+        return self.runner.capabilities.places_gpus
+
     def _now(self) -> str:
         return to_iso(self.clock.now())
 
@@ -104,7 +109,7 @@ class RunManager:
 
         :raises CapacityError: if it asks for more GPUs than the host has.
         """
-        if spec.gpus > len(self.gpu_inventory):
+        if spec.gpus > len(self.gpu_inventory) and not self._places_gpus:
             have = len(self.gpu_inventory)
             raise CapacityError(
                 f"the run asks for {spec.gpus} GPU(s) but this host has {have}"
@@ -186,6 +191,8 @@ class RunManager:
             self._changed(run, "cancelled", triggered_by)
             await self.dispatch()
             return await self._reload(run)
+        if run.state == RunState.PREEMPTED:
+            return await self._halt_preempted(run, action, triggered_by)
         if run.state in HALTING:
             return await self._halt_again(run, action, triggered_by)
         if run.state not in LIVE or run.handle is None or run.runner is None:
@@ -197,6 +204,48 @@ class RunManager:
         if event is None:  # it ended meanwhile
             return await self._reload(run)
         return await self.signals.ask(await self._reload(run), action, event)
+
+    async def _halt_preempted(
+        self, run: RunRecord, action: str, triggered_by: int | None
+    ) -> RunRecord:
+        """A preempted run's job waits in the engine's queue and nothing of it executes: its
+        job is cancelled, and a stop ends the run, a pause keeps its checkpoint, at once.
+
+        control.json is written first, so a job that starts meanwhile pauses or stops as
+        asked. An engine that does not answer makes it an ordinary stop or pause, which
+        the monitor delivers once it answers.
+
+        :raises StateError: a pause before the run's first checkpoint.
+        """
+        if action == "pause" and run.checkpoint is None:
+            raise StateError(
+                f"run {run.id} was preempted before its first checkpoint: nothing to resume"
+                f" from; /run stop {run.id} ends it"
+            )
+        write_control(self.run_dir(run.id), action)
+        if run.handle is None or run.runner is None:
+            return run
+        handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
+        try:
+            async with self.event_log.tool_call(f"{self.runner.kind}.kill", {"queued": True}):
+                await self.runner.kill(handle)
+        except UNANSWERED:
+            state = RunState.PAUSING if action == "pause" else RunState.STOPPING
+            event = await self.lifecycle.move(run, state, f"{action} asked", signalled_at=None)
+            self._changed(run, f"{action} asked", triggered_by)
+            if event is None:
+                return await self._reload(run)
+            return await self.signals.ask(await self._reload(run), action, event)
+        paused = action == "pause"
+        await self.lifecycle.move(
+            run,
+            RunState.PAUSED if paused else RunState.CANCELLED,
+            f"{'paused' if paused else 'cancelled'} while preempted (its queued job cancelled)",
+            ended_at=None if paused else self._now(),
+            gpus=[],
+        )
+        self._changed(run, f"{action}: its queued job cancelled", triggered_by)
+        return await self._reload(run)
 
     async def _halt_again(self, run: RunRecord, action: str, triggered_by: int | None) -> RunRecord:
         """A second stop or pause of a run already pausing or stopping.
@@ -302,6 +351,10 @@ class RunManager:
         if self._recheck:
             queued = await self._adopt(queued)
         live = [r for r in runs if r.state in LIVE]
+        if self._places_gpus:
+            for run in queued:  # the engine's own queue places them (Slurm): all go now
+                await self._start(run, [])
+            return
         free = self.free_gpus(live)
         cpu_live = sum(1 for r in live if r.gpus_wanted == 0)
         gpu_blocked = False
@@ -589,7 +642,8 @@ class RunManager:
         extra: dict[str, Any] = {}
         secrets: dict[str, bytes] = {}
         if declared is not None:
-            mounts, extra, secrets = self._declared_parts(declared, run_dir, len(gpus))
+            count = run.gpus_wanted if self._places_gpus else len(gpus)
+            mounts, extra, secrets = self._declared_parts(declared, run_dir, count)
         if url is not None:  # the job benchmarks the server we just started
             extra["params"] = {**run.params, "url": url}
         prepare_run_dir(run_dir, run, resume_from, extra)
@@ -601,6 +655,7 @@ class RunManager:
             run_dir=run_dir,
             image=run.image,
             gpus=tuple(gpus),
+            gpus_wanted=run.gpus_wanted,
             nproc=run.nproc,
             memory_mb=run.memory_mb,
             cpus=run.cpus,

@@ -44,7 +44,7 @@ from assistant.runs.report import (
     read_events,
     summary_text,
 )
-from assistant.runs.runner import ExitInfo, RunHandle, Runner
+from assistant.runs.runner import ExitInfo, RunHandle, Runner, RunnerState
 from assistant.runs.signals import Signals, pending
 from storage.runs import Progress, RunRecord, RunRepo
 from storage.timestamps import from_iso, to_iso
@@ -219,6 +219,8 @@ class RunMonitor:
         self.show_progress = show_progress
         self.servers = runner.capabilities.servers
         self.live: dict[str, Live] = {}
+        # why the engine holds a run in its own queue (Slurm's reason), by run; for /status
+        self.waiting: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = wake
         self.engine = engine
@@ -404,7 +406,7 @@ class RunMonitor:
             if kind == "started":
                 progress.total = event.get("total") or progress.total
                 self.live[run.id] = live = Live()
-                if run.state == RunState.STARTING and move is None:
+                if run.state in (RunState.STARTING, RunState.PREEMPTED) and move is None:
                     move = self.lifecycle.announce(
                         run,
                         RunState.RUNNING,
@@ -518,6 +520,8 @@ class RunMonitor:
             self.engine.failed(silence(self.engine_name, exc))
             return
         self.engine.answered()
+        if state.running and await self._engine_queue(run, state):
+            return  # held in the engine's own queue (Slurm): no stall while it waits
         if state.running:
             await self._check_stall(run)
             return
@@ -532,6 +536,49 @@ class RunMonitor:
         except UNANSWERED as exc:  # ended all the same; the container is left behind
             log.warning("run %s: its container was not removed: %s", run.id, exc)
         await self._finish(run, final, cause, state.exit)
+
+    async def _engine_queue(self, run: RunRecord, state: RunnerState) -> bool:
+        """A run its engine holds in its own queue (Slurm): whether it waits there.
+
+        Its reason ("Resources", "Priority") is kept for /status and /runs (`waiting`) and
+        each new one is an event in its chain. A run the engine requeued after it ran
+        (preemption, `scontrol requeue`) is `preempted` until its started event: it
+        resumes from its last checkpoint by itself, and its chat is told so. The stall
+        clock starts when it leaves the queue.
+        """
+        before = self.waiting.get(run.id)
+        if state.waiting is None:
+            if before is not None:
+                del self.waiting[run.id]
+                await self.repo.update(run.id, last_beat_at=to_iso(self.clock.now()))
+            return False
+        self.waiting[run.id] = state.waiting
+        if state.requeued and run.state in (RunState.STARTING, RunState.RUNNING):
+            where = f"step {run.step}" if run.checkpoint else "the start (no checkpoint yet)"
+            event = await self.lifecycle.move(
+                run,
+                RunState.PREEMPTED,
+                f"requeued by the engine (waiting: {state.waiting})",
+                summary=f"run {run.id} preempted: back in the {self.engine_name} queue"
+                f" ({state.waiting}); it resumes from {where} by itself",
+            )
+            if event is not None:
+                await self.notify(
+                    run.chat_id,
+                    f"Run {run.id} ({run.recipe}) was preempted: {self.engine_name} put it back"
+                    f" in its queue (waiting: {state.waiting}). It resumes from {where} by"
+                    f" itself; /run stop {run.id} ends it.",
+                    event,
+                )
+        elif before != state.waiting:
+            self.event_log.log_event(
+                "run",
+                run.id,
+                summary=f"run {run.id} waits in the {self.engine_name} queue: {state.waiting}",
+                content={"waiting": state.waiting},
+                caused_by=run.launch_action,
+            )
+        return True
 
     async def _say_outage(self) -> None:
         """While the engine does not answer, each live run's chain and chat are told so,
@@ -606,6 +653,7 @@ class RunMonitor:
             gpus=[],
         )
         self.live.pop(run.id, None)
+        self.waiting.pop(run.id, None)
         self.signals.forget(run.id)
         self._told.pop(run.id, None)
         if event is None:

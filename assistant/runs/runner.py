@@ -67,6 +67,9 @@ class LaunchRequest:
     mounts: tuple[Mount, ...] = ()
     # the image is not ours (a declared recipe's): bring the agent in, run by its python3
     bring_agent: bool = False
+    # GPUs the run asked for: an engine that places GPUs itself (Slurm) takes this count,
+    # since `gpus` (host indices) is empty for it
+    gpus_wanted: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,17 @@ class ServerPool(Protocol):
         ...
 
 
+class ClusterView(Protocol):
+    """A cluster an engine schedules on (Slurm), as /status shows it."""
+
+    async def cluster_lines(self) -> list[str]:
+        """Partitions, nodes idle/allocated/down, GPUs free, this assistant's jobs.
+
+        :raises EngineUnavailable: the cluster does not answer.
+        """
+        ...
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What an engine can do beyond `Runner`'s members; absent ones are None or False."""
@@ -211,6 +225,8 @@ class Capabilities:
     # the engine places runs on GPUs itself (Slurm's --gres): the manager counts no host
     # GPUs or CPU slots for it and hands every queued run over at once
     places_gpus: bool = False
+    # an engine that is a cluster (Slurm): what /status shows of it
+    cluster: ClusterView | None = None
 
 
 # ---- the interface --------------------------------------------------------------------

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from assistant.config import Settings
 from assistant.errors import ConfigError
 from assistant.hoststats import HostStats
+from assistant.runs.pool_config import load_hosts
 from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.runner import Runner
 
@@ -22,12 +25,19 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
     :raises ConfigError: when ASSISTANT_RUNNER=docker, or DOCKER_HOST names an ssh://
         engine, and no engine answers.
     """
+    hosts = load_hosts(settings.hosts_path)
+    if hosts is not None:  # a pool of Docker hosts (hosts.toml)
+        from assistant.runs.pool import pool_runner
+
+        return await pool_runner(settings, hosts)
     if settings.runner == "process":
         return _process_runner(settings)
+    # One assistant per ASSISTANT_HOME: its containers and jobs carry that home's fingerprint.
+    instance = hashlib.sha256(str(settings.assistant_home.resolve()).encode()).hexdigest()[:12]
+    if settings.runner == "slurm":
+        return await slurm_runner(settings, instance)
     from assistant.runs.docker_runner import DockerRunner
 
-    # One assistant per ASSISTANT_HOME: its containers carry that home's fingerprint.
-    instance = hashlib.sha256(str(settings.assistant_home.resolve()).encode()).hexdigest()[:12]
     runner = DockerRunner(
         settings.docker_host,
         image=settings.run_image,
@@ -54,6 +64,34 @@ async def choose_runner(settings: Settings, gpu_count: int = 0) -> Runner:
             raise ConfigError(f"DOCKER_HOST={runner.base_url} but {exc}") from None
         log.info("no Docker engine (%s): runs use local processes", exc)
         return _process_runner(settings)
+
+
+async def slurm_runner(settings: Settings, instance: str) -> Runner:
+    """Batch jobs on the Slurm cluster SLURM_CONF names (runs/slurm_runner.py).
+
+    :raises ConfigError: its controller does not answer, or the client commands are missing.
+    """
+    from assistant.runs.slurm_cli import SlurmCli
+    from assistant.runs.slurm_runner import SlurmRunner
+
+    runner = SlurmRunner(
+        SlurmCli(),
+        settings.runs_dir,
+        instance=instance,
+        python=settings.slurm_python or sys.executable,
+        partition=settings.slurm_partition,
+        time_limit=settings.slurm_time,
+        extra_args=tuple(shlex.split(settings.slurm_args)),
+        apptainer=settings.slurm_apptainer,
+        signal_grace_s=settings.stop_grace_s,
+    )
+    try:
+        await runner.ping(10.0)
+    except Exception as exc:
+        raise ConfigError(
+            f"ASSISTANT_RUNNER=slurm but {exc}; check `scontrol ping` as the service's user"
+        ) from None
+    return runner
 
 
 def _process_runner(settings: Settings) -> ProcessRunner:

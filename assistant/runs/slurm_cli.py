@@ -339,7 +339,7 @@ class SlurmCli:
         if self._accounting is None:
             out = await self.run("scontrol", "show", "config")
             found = re.search(r"^AccountingStorageType\s*=\s*(\S+)", out, re.M)
-            self._accounting = bool(found) and "none" not in found.group(1)  # type: ignore[union-attr]
+            self._accounting = found is not None and "none" not in found.group(1)
         return self._accounting
 
     async def accounted(self, job_id: str) -> SlurmJob | None:

@@ -1,4 +1,5 @@
-"""The `Runner` contract, run against every engine: a real container, a real subprocess.
+"""The `Runner` contract, run against every engine: a real container, a real subprocess,
+a real Slurm job on the one-node cluster of tests/support/slurm_cluster.py.
 
 Each test takes the parametrized `engine` fixture and exercises `Runner` members for real:
 the run is the real agent (`python -m assistant.jobs.agent`) on a declared recipe whose
@@ -39,12 +40,14 @@ from assistant.runs.runner import (
     RunnerKind,
     RunnerState,
 )
+from assistant.runs.slurm_cli import SlurmCli
+from assistant.runs.slurm_runner import SlurmRunner
 from tests.support.docker_engine import TEST_LABEL
 from tests.support.engine_proxy import EngineProxy, engine_proxy
 
 RUN_IMAGE = "assistant-run:latest"
 DOCKER_HOST = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-ENGINES = ("docker", "process")
+ENGINES = ("docker", "process", "slurm")
 BOUND_S = 10.0  # "a few seconds": generous, so a loaded machine does not fail it
 MARK = "contract: the agent's own output"
 
@@ -64,11 +67,14 @@ time.sleep(120)
 """
 
 
-def _static_check(docker_runner: DockerRunner, process_runner: ProcessRunner) -> list[Runner]:
-    """mypy's part of the contract: both runners are `Runner`s, member for member."""
+def _static_check(
+    docker_runner: DockerRunner, process_runner: ProcessRunner, slurm_runner: SlurmRunner
+) -> list[Runner]:
+    """mypy's part of the contract: every runner is a `Runner`, member for member."""
     as_docker: Runner = docker_runner
     as_process: Runner = process_runner
-    return [as_docker, as_process]
+    as_slurm: Runner = slurm_runner
+    return [as_docker, as_process, as_slurm]
 
 
 def test_both_runners_are_runners_to_mypy() -> None:
@@ -79,11 +85,16 @@ def test_both_runners_are_runners_to_mypy() -> None:
     assert code == 0, out + err
 
 
-def make_runner(kind: str, runs_dir: Path, docker_host: str) -> Runner:
+def make_runner(
+    kind: str, runs_dir: Path, docker_host: str, slurm_env: dict[str, str] | None = None
+) -> Runner:
     if kind == "docker":  # an instance of its own: other tests' containers are not ours
         return DockerRunner(docker_host, image=RUN_IMAGE, instance=_instance())
     if kind == "process":
         return ProcessRunner(runs_dir, python=sys.executable)
+    if kind == "slurm":  # the session's cluster; jobs of its own instance
+        cli = SlurmCli(env={**os.environ, **(slurm_env or {})})
+        return SlurmRunner(cli, runs_dir, instance=_instance(), python=sys.executable)
     raise AssertionError(f"no runner for {kind}")
 
 
@@ -96,13 +107,18 @@ def kind(request: pytest.FixtureRequest) -> str:
     """Each engine in turn (the Docker engine's tests need it, and the run image on it)."""
     if request.param == "docker":
         _need_run_image(request.getfixturevalue("docker_engine"))
+    if request.param == "slurm":
+        request.getfixturevalue("slurm_cluster")
     return str(request.param)
 
 
 @pytest.fixture
-async def engine(kind: str, tmp_path: Path) -> AsyncIterator[Runner]:
+async def engine(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Runner]:
     """A runner of `kind`; its runs live under tmp_path/runs."""
-    runner = make_runner(kind, tmp_path / "runs", DOCKER_HOST)
+    slurm_env = request.getfixturevalue("slurm_cluster").env if kind == "slurm" else None
+    runner = make_runner(kind, tmp_path / "runs", DOCKER_HOST, slurm_env)
     await runner.list_managed()  # connected, as the host's runner is once chosen
     try:
         yield runner
