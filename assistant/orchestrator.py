@@ -17,8 +17,9 @@ from pathlib import Path
 from types import TracebackType
 
 from assistant.access import Access
+from assistant.actions import Actions, Drawn
 from assistant.agent import Agent, OfflineAgent
-from assistant.channels.base import Channel, IncomingMessage, MenuEntry
+from assistant.channels.base import Channel, IncomingMessage, MenuEntry, Press, PressResult
 from assistant.channels.factory import platform_channels
 from assistant.claude_agent import ClaudeAgent, build_claude_agent
 from assistant.clock import Clock, SystemClock
@@ -47,6 +48,7 @@ from commands.registry import (
     parse_command,
 )
 from commands.task_rights import TaskRights
+from storage.buttons import ButtonRepo
 from storage.chats import ChatRepo
 from storage.db import Database
 from storage.kv import KeyValue
@@ -108,6 +110,8 @@ class Orchestrator:
         except BaseException:
             await db.aclose()
             raise
+        if runner.capabilities.hosts is not None:  # a pool: the largest host's GPUs
+            inventory = list(range(runner.capabilities.hosts.gpu_count))
         redactor = self.redact
         event_log = EventLog(db, redactor, flush_interval=settings.event_flush_interval_s)
         await event_log.start()
@@ -119,6 +123,7 @@ class Orchestrator:
                 await db.aclose()
                 raise
         self.messages = MessageRepo(db, redactor)
+        self.actions = Actions(ButtonRepo(db), self.clock)
         chats = ChatRepo(db)
         access = Access(chats, settings.admin_chats)
         queue = GroupQueue(self._process_chat, settings.max_concurrent)
@@ -278,6 +283,27 @@ class Orchestrator:
     async def settled(self, chat_id: str) -> None:
         await self.services.queue.settled(chat_id)
 
+    async def press(self, press: Press) -> PressResult:
+        """A button pressed in a chat (the `Inbox` protocol); see assistant/actions.py.
+
+        Rights are the chat's now, not when the button was drawn. Never raises: the
+        channel must still answer the platform.
+        """
+        press = dataclasses.replace(press, sender=self.redact(press.sender))
+        try:
+            return await self.actions.press(press, self.is_admin(press.chat_id), self._run_pressed)
+        except Exception as exc:
+            log.exception("a button press in %s failed", press.chat_id)
+            return PressResult(False, f"Sorry, that failed inside the assistant: {exc}")
+
+    async def _run_pressed(
+        self, chat_id: str, sender: str, text: str, source: str, source_id: str | None
+    ) -> str:
+        reply = await self.handle_command(
+            chat_id, sender, text, source=source, source_id=source_id, pressed=True
+        )
+        return reply.text
+
     def _source_name(self, chat_id: str) -> str:
         channel = self._channel_for(chat_id)
         return channel.name if channel is not None else chat_id.split(":", 1)[0]
@@ -333,7 +359,12 @@ class Orchestrator:
         return await self._execute(chat_id, sender, parsed, event_id)
 
     async def _execute(
-        self, chat_id: str, sender: str, parsed: ParsedCommand, event_id: int | None
+        self,
+        chat_id: str,
+        sender: str,
+        parsed: ParsedCommand,
+        event_id: int | None,
+        pressed: bool = False,
     ) -> tuple[Reply, str | None]:
         spec = self.router.find(parsed.name)
         if spec is None:
@@ -341,7 +372,12 @@ class Orchestrator:
             problem = f"Unknown command /{parsed.name}. /help lists the commands."
             return Reply(problem), problem
         reply = await self.invoke(
-            chat_id, sender, event_id, spec.name, lambda ctx: spec.handler(ctx, parsed)
+            chat_id,
+            sender,
+            event_id,
+            spec.name,
+            lambda ctx: spec.handler(ctx, parsed),
+            pressed=pressed,
         )
         return reply, None
 
@@ -352,6 +388,8 @@ class Orchestrator:
         event_id: int | None,
         command: str,
         call: Callable[[CommandContext], Awaitable[str | Reply]],
+        *,
+        pressed: bool = False,
     ) -> Reply:
         """Run a command's handler (parsed text, or a tool's typed call) in a context for
         this chat, counted under `command` in the metrics.
@@ -361,7 +399,7 @@ class Orchestrator:
 
         :raises CommandError, Refused: as the handler does.
         """
-        ctx = CommandContext(chat_id, sender, self.services, self.router, event_id)
+        ctx = CommandContext(chat_id, sender, self.services, self.router, event_id, pressed)
         started, ok = time.perf_counter(), False
         try:
             result = await call(ctx)
@@ -378,8 +416,13 @@ class Orchestrator:
         *,
         source: str,
         source_id: str | None = None,
+        pressed: bool = False,
     ) -> Reply:
-        """A command from a chat: answer it there, tracing it unless it is introspection."""
+        """A command from a chat: answer it there, tracing it unless it is introspection.
+
+        `pressed`: it came from a button, which never escalates (a second stop kills when
+        typed; pressed, it says the run is already stopping).
+        """
         services = self.services
         text = self.redact(text)  # a no-op when it came through deliver
         try:
@@ -389,17 +432,21 @@ class Orchestrator:
         name = parsed.name if parsed else text.split(maxsplit=1)[0].lstrip("/").lower()
         spec = self.router.find(name)
         if spec is not None and parsed is not None and not spec.is_traced(parsed):
-            reply, _ = await self._run_guarded(chat_id, sender, parsed, None)
+            reply, _ = await self._run_guarded(chat_id, sender, parsed, None, pressed)
             await self.send(chat_id, reply, None, traced=False)
             return reply
+        how = "Button" if pressed else "Command"
+        content = {"chat": chat_id, "sender": sender, "text": text}
         event_id = services.log.log_event(
             source,
             source_id,
-            summary=f"Command from {sender}: {text[:80]}",
-            content={"chat": chat_id, "sender": sender, "text": text},
+            summary=f"{how} from {sender}: {text[:80]}",
+            content={**content, "pressed": True} if pressed else content,
         )
         async with services.log.action(event_id, "command", target=f"/{name}") as act:
-            reply, error = await self._run_guarded(chat_id, sender, parsed or text, event_id)
+            reply, error = await self._run_guarded(
+                chat_id, sender, parsed or text, event_id, pressed
+            )
             act.content = reply.text[:500]
             if error is not None:
                 act.fail(error)
@@ -407,12 +454,17 @@ class Orchestrator:
         return reply
 
     async def _run_guarded(
-        self, chat_id: str, sender: str, command: str | ParsedCommand, event_id: int | None
+        self,
+        chat_id: str,
+        sender: str,
+        command: str | ParsedCommand,
+        event_id: int | None,
+        pressed: bool = False,
     ) -> tuple[Reply, str | None]:
         """Run an already-parsed command (or text that did not parse); never raises."""
         try:
             if isinstance(command, ParsedCommand):
-                return await self._execute(chat_id, sender, command, event_id)
+                return await self._execute(chat_id, sender, command, event_id, pressed)
             return await self.execute_command(chat_id, sender, command, event_id)
         except (CommandError, Refused) as exc:
             return Reply(str(exc)), str(exc)
@@ -473,7 +525,9 @@ class Orchestrator:
 
     # ---- outgoing ----------------------------------------------------------------------
 
-    async def show_progress(self, chat_id: str, text: str, message_id: str | None) -> str | None:
+    async def show_progress(
+        self, chat_id: str, text: str, message_id: str | None, thread: str | None = None
+    ) -> str | None:
         """Post a live progress message, or edit the one posted before, where the chat's
         platform edits in place; elsewhere nothing (progress is in /status there).
 
@@ -486,7 +540,8 @@ class Orchestrator:
         text = self.redact(text)
         try:
             if message_id is None:
-                return await channel.send_text(chat_id, text)
+                drawn = await self.actions.draw(channel, chat_id, Reply(text, thread=thread))
+                return await channel.send_message(chat_id, text, thread=drawn.thread)
             return await channel.edit_text(chat_id, message_id, text) or message_id
         except Exception as exc:
             log.debug("progress message for %s: %s", chat_id, exc)
@@ -504,7 +559,7 @@ class Orchestrator:
         reply = dataclasses.replace(reply, text=self.redact(reply.text))
         channel = self._channel_for(chat_id)
         if not traced:
-            return await _deliver(channel, chat_id, reply)
+            return await self._deliver(channel, chat_id, reply)
         async with self.services.log.action(caused_by, "message_sent", target=chat_id) as act:
             act.content = reply.text[:500]
             if channel is None:
@@ -515,42 +570,56 @@ class Orchestrator:
                     "chat": chat_id,
                     "chars": len(reply.text),
                     "images": len(reply.images),
+                    "actions": [a.command for a in reply.actions],
                 }
                 async with self.services.log.tool_call(f"{channel.name}.send", call_input):
-                    await _deliver(channel, chat_id, reply, raise_errors=True)
+                    await self._deliver(channel, chat_id, reply, raise_errors=True)
             except Exception as exc:
                 act.fail(f"{type(exc).__name__}: {exc}")
                 log.warning("sending to %s failed: %s", chat_id, exc)
                 return False
         return True
 
+    async def _deliver(
+        self, channel: Channel | None, chat_id: str, reply: Reply, *, raise_errors: bool = False
+    ) -> bool:
+        """Send every part of `reply`; one part that fails does not keep back the others.
 
-async def _deliver(
-    channel: Channel | None, chat_id: str, reply: Reply, *, raise_errors: bool = False
-) -> bool:
-    """Send every part of `reply`; one part that fails does not keep back the others.
+        A channel that keeps what it could not deliver (the local outbox) must get the
+        images too, or a report read later would lack its plot. The first failure is what
+        counts. The text goes with the reply's buttons, under its thread's root.
+        """
+        if channel is None:
+            return False
+        drawn = await self.actions.draw(channel, chat_id, reply)
+        first: Exception | None = None
+        parts: list[Path | None] = [None] if drawn.text else []  # None: the text
+        for image in [*parts, *reply.images]:
+            try:
+                if image is None:
+                    sent = await _send_drawn(channel, chat_id, drawn)
+                    await self.actions.opened(chat_id, reply, sent)
+                elif drawn.thread is not None:
+                    await channel.send_image(chat_id, image, thread=drawn.thread)
+                else:
+                    await channel.send_image(chat_id, image)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            if raise_errors:
+                raise first
+            log.warning("sending to %s failed", chat_id, exc_info=first)
+            return False
+        return True
 
-    A channel that keeps what it could not deliver (the local outbox) must get the images
-    too, or a report read later would lack its plot. The first failure is what counts.
-    """
-    if channel is None:
-        return False
-    first: Exception | None = None
-    parts: list[Path | None] = [None] if reply.text else []  # None: the text
-    for image in [*parts, *reply.images]:
-        try:
-            if image is None:
-                await channel.send_text(chat_id, reply.text)
-            else:
-                await channel.send_image(chat_id, image)
-        except Exception as exc:
-            first = first or exc
-    if first is not None:
-        if raise_errors:
-            raise first
-        log.warning("sending to %s failed", chat_id, exc_info=first)
-        return False
-    return True
+
+async def _send_drawn(channel: Channel, chat_id: str, drawn: Drawn) -> str | None:
+    """Plain `send_text` unless there are buttons or a thread: every channel has it."""
+    if not drawn.buttons and drawn.thread is None:
+        return await channel.send_text(chat_id, drawn.text)
+    return await channel.send_message(
+        chat_id, drawn.text, buttons=drawn.buttons, thread=drawn.thread
+    )
 
 
 def _prompt_of(task: Task, redact: Redactor) -> StoredMessage:

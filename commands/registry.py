@@ -51,10 +51,11 @@ class CommandContext:
     services: Services
     router: CommandRouter  # the commands themselves, for /help and the usage of a refusal
     event_id: int | None = None
+    pressed: bool = False  # a button press, not typed: a request never escalates
 
     @property
     def caller(self) -> Caller:
-        return Caller(self.chat_id, self.event_id)
+        return Caller(self.chat_id, self.event_id, self.pressed)
 
     @cached_property
     def run_ops(self) -> RunOperations:

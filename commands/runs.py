@@ -18,6 +18,7 @@ from assistant.operations.arguments import Arguments
 from assistant.operations.runs import (
     CompareRuns,
     LaunchBench,
+    Launched,
     LaunchTraining,
     RecipeQuery,
     RunLogs,
@@ -26,10 +27,12 @@ from assistant.operations.runs import (
 from assistant.reply import Reply
 from assistant.runs.lifecycle import ACTIVE
 from assistant.runs.monitor import Live, key_metric, run_numbers
+from assistant.runs.offers import in_thread, opening, run_actions
 from assistant.runs.report import eta, number
 from assistant.runs.signals import pending
 from assistant.runs.spec import recipe_help
 from commands.formatting import time_ago
+from commands.pool_view import pool_note
 from commands.registry import (
     Bound,
     CommandContext,
@@ -118,6 +121,8 @@ def parse(cmd: ParsedCommand) -> Bound:
         if "gpus" in params:  # an argument of its own, as the model's tool gives it
             gpus = params.pop("gpus")
             fields["gpus"] = int(gpus) if gpus.isdigit() else gpus
+        if "host" in params:  # likewise: a pool's host or label
+            fields["host"] = params.pop("host").lower()
         return Bound(train, LaunchTraining.read(fields))
     if sub == "recipes":
         return Bound(recipes, _recipe_query(rest))
@@ -179,8 +184,12 @@ def _recipe_query(words: list[str]) -> RecipeQuery:
 # ---- the typed handlers: commands and the model's tools call these -------------------------
 
 
-async def train(ctx: CommandContext, args: LaunchTraining) -> str:
+async def train(ctx: CommandContext, args: LaunchTraining) -> Reply:
     launched = await ctx.run_ops.launch_training(ctx.caller, args)
+    return _launched(ctx, launched.run, _train_text(launched))
+
+
+def _train_text(launched: Launched) -> str:
     spec, run = launched.spec, launched.run
     shown = ", ".join(f"{k}={v}" for k, v in spec.params.items() if k in spec.overrides) or (
         "defaults"
@@ -205,8 +214,12 @@ async def train(ctx: CommandContext, args: LaunchTraining) -> str:
     )
 
 
-async def bench(ctx: CommandContext, args: LaunchBench) -> str:
+async def bench(ctx: CommandContext, args: LaunchBench) -> Reply:
     launched = await ctx.run_ops.launch_bench(ctx.caller, args)
+    return _launched(ctx, launched.run, _bench_text(launched))
+
+
+def _bench_text(launched: Launched) -> str:
     spec, run = launched.spec, launched.run
     p = run.params
     names = ", ".join(pr.name for pr in profiles_from_params(p))
@@ -226,12 +239,20 @@ async def bench(ctx: CommandContext, args: LaunchBench) -> str:
     )
 
 
-async def stop(ctx: CommandContext, ref: RunRef) -> str:
-    return halt_text(await ctx.run_ops.stop(ctx.caller, ref))
+def _launched(ctx: CommandContext, run: RunRecord, text: str) -> Reply:
+    """A launch's reply: it opens the run's thread (its progress and report go under it)
+    and offers what can be done with the run next."""
+    return opening(run, text, resumable=ctx.services.runs.supports_resume(run))
 
 
-async def pause(ctx: CommandContext, ref: RunRef) -> str:
-    return halt_text(await ctx.run_ops.pause(ctx.caller, ref))
+async def stop(ctx: CommandContext, ref: RunRef) -> Reply:
+    run = await ctx.run_ops.stop(ctx.caller, ref)
+    return in_thread(run, halt_text(run))
+
+
+async def pause(ctx: CommandContext, ref: RunRef) -> Reply:
+    run = await ctx.run_ops.pause(ctx.caller, ref)
+    return in_thread(run, halt_text(run))
 
 
 def halt_text(run: RunRecord) -> str:
@@ -253,17 +274,19 @@ def halt_text(run: RunRecord) -> str:
     return f"Run {run.id}: {run.state}."
 
 
-async def resume(ctx: CommandContext, ref: RunRef) -> str:
+async def resume(ctx: CommandContext, ref: RunRef) -> Reply:
     run = await ctx.run_ops.resume(ctx.caller, ref)
     waits = f"; {run.blocked}: it starts when the engine answers" if run.blocked else ""
-    return f"Run {run.id} resumes from {run.checkpoint} ({run.state}{waits})."
+    text = f"Run {run.id} resumes from {run.checkpoint} ({run.state}{waits})."
+    return in_thread(run, text, actions=run_actions(run, resumable=True))
 
 
-async def retry(ctx: CommandContext, ref: RunRef) -> str:
+async def retry(ctx: CommandContext, ref: RunRef) -> Reply:
     retried = await ctx.run_ops.retry(ctx.caller, ref)
     fresh = retried.fresh
     waits = f"; {fresh.blocked}: it starts when the engine answers" if fresh.blocked else ""
-    return f"Run {fresh.id} retries {retried.original.id}: {fresh.recipe}, {fresh.state}{waits}."
+    text = f"Run {fresh.id} retries {retried.original.id}: {fresh.recipe}, {fresh.state}{waits}."
+    return _launched(ctx, fresh, text)
 
 
 async def logs(ctx: CommandContext, args: RunLogs) -> str:
@@ -308,8 +331,11 @@ async def runs_list(ctx: CommandContext, _: Arguments) -> str:
     lines = []
     if active:
         lines.append("Active:")
+        hosts = ctx.services.runs.runner.capabilities.hosts
         lines.extend(
-            _run_line(r, now, ctx.services.monitor.live.get(r.id)) + _engine_queue(ctx, r)
+            _run_line(r, now, ctx.services.monitor.live.get(r.id))
+            + _engine_queue(ctx, r)
+            + "".join(f" · {n}" for n in [pool_note(hosts, r, active)] if n)
             for r in active
         )
     if recent:
@@ -388,6 +414,11 @@ async def show(ctx: CommandContext, ref: RunRef) -> str:
     waiting = _waiting(run)
     if waiting:
         lines.append(f"Waiting: {waiting}" + (f" ({run.blocked})" if pending(run) else ""))
+    hosts = ctx.services.runs.runner.capabilities.hosts
+    if hosts is not None:  # a pool: its host, and whether that host answers
+        active = await ctx.run_ops.active()
+        asked = f" (host={run.host_asked} asked)" if run.host_asked else ""
+        lines.append(f"Host: {pool_note(hosts, run, active) or 'not placed yet'}{asked}")
     if run.error:
         lines.append(f"Error: {run.error}")
     if run.retry_of:

@@ -303,32 +303,6 @@ def m008_run_requests(conn: sqlite3.Connection) -> None:
 
 
 @migration
-def m012_slurm(conn: sqlite3.Connection) -> None:
-    # 'preempted': a Slurm run the cluster requeued (it resumes by itself). The state's
-    # CHECK is widened in place, as SQLite documents for loosening a constraint (its
-    # ALTER TABLE cannot): rebuilding `runs` would cascade-delete run_history.
-    (version,) = conn.execute("PRAGMA schema_version").fetchone()
-    (sql,) = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type='table' AND name='runs'"
-    ).fetchone()
-    old = "'cancelled', 'lost')"
-    if old not in sql:
-        raise RuntimeError("runs.state's CHECK is not the one m004_runs made")
-    conn.execute("PRAGMA writable_schema = ON")
-    try:
-        conn.execute(
-            "UPDATE sqlite_master SET sql = ? WHERE type='table' AND name='runs'",
-            (sql.replace(old, "'cancelled', 'lost', 'preempted')"),),
-        )
-        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
-    finally:
-        conn.execute("PRAGMA writable_schema = OFF")
-    (check,) = conn.execute("PRAGMA integrity_check").fetchone()
-    if check != "ok":
-        raise RuntimeError(f"m012_slurm: integrity check says {check}")
-
-
-@migration
 def m009_buttons(conn: sqlite3.Connection) -> None:
     # A button drawn under a message: the command it runs, the chat it may be pressed in,
     # and, once pressed, by whom and when (a second press acts not). `grp` ties a choice's
@@ -397,6 +371,46 @@ def m010_watches(conn: sqlite3.Connection) -> None:
         CREATE INDEX watches_state ON watches(state);
         """,
     )
+
+
+@migration
+def m011_run_host(conn: sqlite3.Connection) -> None:
+    # host: the pool host a run was placed on (runs/pool.py; '' on a single engine), so
+    # its later calls, a restart and a resume go there; host_asked: what `host=` named (a
+    # host or a label), kept for /run retry.
+    execute_script(
+        conn,
+        """
+        ALTER TABLE runs ADD COLUMN host TEXT NOT NULL DEFAULT '';
+        ALTER TABLE runs ADD COLUMN host_asked TEXT NOT NULL DEFAULT '';
+        """,
+    )
+
+
+@migration
+def m012_slurm(conn: sqlite3.Connection) -> None:
+    # 'preempted': a Slurm run the cluster requeued (it resumes by itself). The state's
+    # CHECK is widened in place, as SQLite documents for loosening a constraint (its
+    # ALTER TABLE cannot): rebuilding `runs` would cascade-delete run_history.
+    (version,) = conn.execute("PRAGMA schema_version").fetchone()
+    (sql,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type='table' AND name='runs'"
+    ).fetchone()
+    old = "'cancelled', 'lost')"
+    if old not in sql:
+        raise RuntimeError("runs.state's CHECK is not the one m004_runs made")
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE type='table' AND name='runs'",
+            (sql.replace(old, "'cancelled', 'lost', 'preempted')"),),
+        )
+        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+    (check,) = conn.execute("PRAGMA integrity_check").fetchone()
+    if check != "ok":
+        raise RuntimeError(f"m012_slurm: integrity check says {check}")
 
 
 def apply_migrations(

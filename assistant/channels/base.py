@@ -1,7 +1,10 @@
 """The channel interface: how chat platforms plug in.
 
 A channel delivers incoming messages to an `Inbox` and sends what it is given. Only
-`send_text` is required; images and edits have fallbacks that degrade to text.
+`send_text` is required; images, edits, buttons and threads have fallbacks that degrade
+to text. A button press goes to `Inbox.press`, which decides everything about it (rights
+at the moment of the press, whether the button was used already, the chain): the channel
+only draws buttons, acknowledges the platform and shows the one-line result.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from assistant.jobs.text import valid_text
 from storage.timestamps import utc_now
@@ -49,10 +52,56 @@ class IncomingMessage:
                 object.__setattr__(self, name, valid_text(str(value)))
 
 
+@dataclass(frozen=True)
+class Button:
+    """A button under a message: its label and the opaque token a press sends back.
+
+    The token is `[A-Za-z0-9_-]{1,32}`, so Telegram's callback_data (64 bytes), Slack's
+    action value and Discord's custom_id all carry it as it is.
+    """
+
+    label: str
+    token: str
+    style: Literal["", "primary", "danger"] = ""
+
+
+@dataclass(frozen=True)
+class Press:
+    """A button pressed in a chat, as the channel received it; outside text made valid."""
+
+    chat_id: str  # namespaced, as IncomingMessage.chat_id
+    sender: str
+    token: str
+    platform_id: str | None = None  # the press's own id (callback query, action, interaction)
+    message_id: str | None = None  # the platform id of the message the button was under
+    chat_title: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("chat_id", "sender", "token", "chat_title"):
+            object.__setattr__(self, name, valid_text(str(getattr(self, name) or "")))
+        for name in ("platform_id", "message_id"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, valid_text(str(value)))
+
+
+@dataclass(frozen=True)
+class PressResult:
+    """What came of a press: whether its command ran, and one line for the platform's
+    toast or ephemeral answer. The command's own reply follows in the chat."""
+
+    acted: bool
+    note: str
+
+
 class Inbox(Protocol):
     """What a channel hands messages to (the orchestrator)."""
 
     async def deliver(self, message: IncomingMessage) -> None: ...
+
+    async def press(self, press: Press) -> PressResult:
+        """A button was pressed: run its command if the chat may, once; never raises."""
+        ...
 
     async def settled(self, chat_id: str) -> None:
         """Return once everything received so far for the chat has been handled."""
@@ -74,6 +123,10 @@ class Channel(ABC):
     prefix: str = ""  # chat id namespace, e.g. "tg"
     # True where edit_text changes a message in place (live run progress uses it)
     supports_edit: bool = False
+    # True where send_message draws buttons (else the orchestrator lists the commands)
+    supports_buttons: bool = False
+    # True where send_message and send_image honour `thread=` (a root message id)
+    supports_threads: bool = False
     # Incoming items that could not be read and were skipped (see note_skipped)
     skipped: int = 0
 
@@ -89,7 +142,25 @@ class Channel(ABC):
     async def send_text(self, chat_id: str, text: str) -> str | None:
         """Send text; returns the platform's message id where there is one."""
 
-    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+    async def send_message(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        thread: str | None = None,
+    ) -> str | None:
+        """Send text with buttons under it, in the thread rooted at message id `thread`.
+
+        Returns the platform id of the (first) message sent. Default: plain `send_text`;
+        the orchestrator passes buttons only where `supports_buttons`, and a thread only
+        where `supports_threads`.
+        """
+        return await self.send_text(chat_id, text)
+
+    async def send_image(
+        self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
+    ) -> str | None:
         return await self.send_text(chat_id, f"{caption}\n[image: {path}]".strip())
 
     async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:

@@ -23,6 +23,12 @@ send is recorded in the chain as it was: delivered, or kept for the next client 
 `message_delivered` action under the same event. Lines from a client are read while its
 messages are handled, so its acks are seen while the assistant waits for them.
 
+Buttons are numbered choices: a message offering actions ends with "[3] Stop  [4] Logs",
+and a client line that is just one of those numbers presses that button (the same press
+as a platform's button: rights checked then, acting once). Numbers count up across
+messages, so an older message's choices stay valid; they are held in memory, the newest
+`MAX_CHOICES`, and a number not offered is sent on as text.
+
 A line over 1 MiB, not UTF-8, not JSON, or not an object of the shape above is answered
 with one `error` line that says what was wrong and what is expected; the connection stays
 open, except after a bad hello. The message text is made valid (lone surrogates, NUL)
@@ -38,12 +44,13 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from assistant import log_context
-from assistant.channels.base import Channel, Inbox, IncomingMessage
+from assistant.channels.base import Button, Channel, Inbox, IncomingMessage, Press
 from assistant.channels.local_outbox import Held, Outbox
 from assistant.channels.local_protocol import (
     ACK_SHAPE,
@@ -64,6 +71,8 @@ OUTBOX_NAME = "local-outbox.db"
 MAX_TEXT = 64_000
 # How long a send waits for an attached "ack" client to confirm it got the message.
 ACK_WAIT_S = 2.0
+# How many numbered choices stay valid (the newest), so a console left open stays small.
+MAX_CHOICES = 200
 
 
 class DeliveryLog(Protocol):
@@ -98,6 +107,7 @@ def write_private(path: Path, data: dict[str, Any]) -> None:
 class LocalChannel(Channel):
     name = "local"
     prefix = "local"
+    supports_buttons = True  # as numbered choices
 
     def __init__(
         self,
@@ -120,6 +130,8 @@ class LocalChannel(Channel):
         self._ack_wait_s = ack_wait_s
         self._acked: dict[int, asyncio.Future[None]] = {}  # sends waiting for an ack
         self._deliveries: DeliveryLog | None = None
+        self._choices: dict[int, str] = {}  # a numbered choice -> its button's token
+        self._next_choice = 1
         self.port: int | None = None
 
     def record_deliveries(self, log: DeliveryLog) -> None:
@@ -291,7 +303,14 @@ class LocalChannel(Channel):
         assert self._inbox is not None and isinstance(text, str)
         incoming = IncomingMessage(LOCAL_CHAT, "local admin", text, platform_id=message_id)
         try:
-            await self._inbox.deliver(incoming)
+            token = self._chosen(text)
+            if token is not None:
+                press = Press(LOCAL_CHAT, "local admin", token, platform_id=message_id)
+                result = await self._inbox.press(press)
+                if not result.acted:
+                    await self._say(LOCAL_CHAT, "message", result.note)
+            else:
+                await self._inbox.deliver(incoming)
             await self._inbox.settled(LOCAL_CHAT)
         except Exception as exc:  # the connection, and the service, stay up
             log.exception("local channel: message %s could not be handled", message_id)
@@ -307,7 +326,36 @@ class LocalChannel(Channel):
         """
         return await self._say(chat_id, "message", text)
 
-    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+    async def send_message(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        thread: str | None = None,
+    ) -> str | None:
+        """As send_text, the buttons listed under it as numbered choices."""
+        if not buttons:
+            return await self.send_text(chat_id, text)
+        numbered = []
+        for button in buttons:
+            number, self._next_choice = self._next_choice, self._next_choice + 1
+            self._choices[number] = button.token
+            numbered.append(f"[{number}] {button.label}")
+        while len(self._choices) > MAX_CHOICES:
+            del self._choices[min(self._choices)]
+        return await self.send_text(chat_id, f"{text}\n" + "  ".join(numbered))
+
+    def _chosen(self, text: str) -> str | None:
+        """The token of the choice `text` names, if it is just an offered number."""
+        words = text.strip()
+        if not words.isdigit() or len(words) > 6:
+            return None
+        return self._choices.get(int(words))
+
+    async def send_image(
+        self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
+    ) -> str | None:
         """As send_text; a client is shown the image's path.
 
         :raises ChannelError: no client got it; it waits in the outbox for the next one.

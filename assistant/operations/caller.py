@@ -17,3 +17,6 @@ class Caller:
 
     chat_id: str
     event_id: int | None = None
+    # a button press: the same request twice acts once (a typed second stop kills a run
+    # already stopping; a second press of a stop button says it is stopping)
+    pressed: bool = False

@@ -24,10 +24,11 @@ from assistant.jobs.recipes import RECIPES
 from assistant.operations.arguments import Arguments, Id, Params, whole
 from assistant.operations.caller import Caller
 from assistant.recipes.rules import RECIPE_NAME
+from assistant.recipes.run_params import HOST_NAME
 from assistant.runs import rundir
 from assistant.runs.bench_report import compare_chart, compare_text, load_results
 from assistant.runs.bench_spec import build_bench_spec, hardware_label
-from assistant.runs.lifecycle import ACTIVE
+from assistant.runs.lifecycle import ACTIVE, RunState
 from assistant.runs.report import log_tail
 from assistant.runs.spec import RunSpec, build_spec
 
@@ -68,17 +69,33 @@ class RunRef(Arguments):
     run_id: Id
 
 
+def _host_name(value: object) -> object:
+    if value is not None and not (isinstance(value, str) and HOST_NAME.match(value)):
+        raise ValueError(
+            f"host={value!r} is not a host name or label: a lower-case letter, then letters,"
+            " digits or -, at most 32 (/status lists the hosts)"
+        )
+    return value
+
+
 class LaunchTraining(Arguments):
     """A recipe with its parameters (checked by the recipe), and the GPUs it needs."""
 
     recipe: RecipeName
     params: Params = Field(default_factory=dict)
     gpus: Annotated[int | None, whole(0, 64, "gpus"), Field(ge=0, le=64)] = None
+    # a pool's host (or a label of hosts) the run must go to; none: the first that fits
+    host: Annotated[
+        str | None,
+        BeforeValidator(_host_name),
+        WithJsonSchema({"type": "string", "pattern": HOST_NAME.pattern}),
+    ] = None
 
     @model_validator(mode="after")
     def _gpus_once(self) -> Self:
-        if self.gpus is not None and "gpus" in self.params:
-            raise ValueError("give gpus once: as the gpus argument or in params, not both")
+        for name in ("gpus", "host"):
+            if getattr(self, name) is not None and name in self.params:
+                raise ValueError(f"give {name} once: as the {name} argument or in params, not both")
         return self
 
     def assignments(self) -> list[str]:
@@ -86,6 +103,8 @@ class LaunchTraining(Arguments):
         words = [f"{key}={value}" for key, value in self.params.items()]
         if self.gpus is not None:
             words.append(f"gpus={self.gpus}")
+        if self.host is not None:
+            words.append(f"host={self.host}")
         return words
 
 
@@ -215,8 +234,14 @@ class RunOperations:
     # ---- requests on one run -----------------------------------------------------------
 
     async def stop(self, caller: Caller, ref: RunRef) -> RunRecord:
-        """:raises NotFoundError, AmbiguousIdError, StateError: see `find`; it has ended."""
-        return await self._manager.stop(await self.find(ref.run_id), caller.event_id)
+        """:raises NotFoundError, AmbiguousIdError, StateError: see `find`; it has ended,
+        or a button asked a run already stopping (typing /run stop again kills it)."""
+        run = await self.find(ref.run_id)
+        if caller.pressed and run.state == RunState.STOPPING:
+            raise StateError(
+                f"run {run.id} is already stopping; type /run stop {run.id} to kill it now"
+            )
+        return await self._manager.stop(run, caller.event_id)
 
     async def pause(self, caller: Caller, ref: RunRef) -> RunRecord:
         """:raises StateError: not live, or its recipe cannot resume."""

@@ -25,13 +25,14 @@ from assistant.config import Settings
 from assistant.errors import CapacityError, RunStartError, StateError
 from assistant.jobs import protocol
 from assistant.jobs.declared import DeclaredRecipe, from_json, to_json
-from assistant.jobs.recipes import RECIPES
 from assistant.observability import EventLog, traced
 from assistant.recipes.catalog import RecipeCatalog
 from assistant.recipes.workdir import check_workdir
 from assistant.runs import rundir
 from assistant.runs.engine_watch import UNANSWERED, EngineWatch, silence
 from assistant.runs.lifecycle import ACTIVE, HALTING, LIVE, Lifecycle, RunState
+from assistant.runs.offers import in_thread, resumable
+from assistant.runs.placement import OneHost, Plan
 from assistant.runs.report import Notify, ShowProgress
 from assistant.runs.runner import LaunchRequest, Mount, RunHandle, Runner
 from assistant.runs.signals import Signals, pending
@@ -81,6 +82,8 @@ class RunManager:
         self.build_note: str | None = None  # shown by /status while an image builds
         self.launched = launched or asyncio.Event()  # set at each launch: the monitor wakes
         self.servers = runner.capabilities.servers
+        if runner.capabilities.hosts is not None:  # a pool host answers again: start what waits
+            runner.capabilities.hosts.when_back(self.dispatch)
         self.catalog = RecipeCatalog(
             settings.recipes_path,
             allowed_roots=settings.recipe_roots,
@@ -109,7 +112,10 @@ class RunManager:
 
         :raises CapacityError: if it asks for more GPUs than the host has.
         """
-        if spec.gpus > len(self.gpu_inventory) and not self._places_gpus:
+        hosts = self.runner.capabilities.hosts
+        if hosts is not None:
+            hosts.check(spec.gpus, spec.host)  # a pool: some host (or host=) must fit it
+        elif spec.gpus > len(self.gpu_inventory) and not self._places_gpus:
             have = len(self.gpu_inventory)
             raise CapacityError(
                 f"the run asks for {spec.gpus} GPU(s) but this host has {have}"
@@ -131,6 +137,7 @@ class RunManager:
             retry_of=retry_of,
             definition=spec.definition,
             server=spec.server,
+            host_asked=spec.host or "",
         )
         action = self.event_log.log_action(
             triggered_by,
@@ -169,9 +176,7 @@ class RunManager:
         return await self._halt(run, "pause", triggered_by)
 
     def supports_resume(self, run: RunRecord) -> bool:
-        if run.definition is not None:
-            return from_json(run.definition).resume is not None
-        return run.recipe in RECIPES and RECIPES[run.recipe].supports_resume
+        return resumable(run)
 
     async def _halt(self, run: RunRecord, action: str, triggered_by: int | None) -> RunRecord:
         """Cancel what does not execute; ask a live run, now if the engine answers.
@@ -315,6 +320,7 @@ class RunManager:
             total=run.total,
             definition=run.definition,
             server=None if run.server is None else fresh_server(run.server),
+            host=run.host_asked or None,
         )
         return await self.submit(spec, triggered_by, retry_of=run.id)
 
@@ -355,9 +361,7 @@ class RunManager:
             for run in queued:  # the engine's own queue places them (Slurm): all go now
                 await self._start(run, [])
             return
-        free = self.free_gpus(live)
-        cpu_live = sum(1 for r in live if r.gpus_wanted == 0)
-        gpu_blocked = False
+        plan = self._plan(live)
         for run in queued:
             if not await self._image_ready(run):
                 if run.image != self.settings.run_image:
@@ -365,17 +369,18 @@ class RunManager:
                 else:
                     self._build_in_background(run)
                 continue
-            if run.gpus_wanted == 0:
-                if cpu_live >= self.settings.max_cpu_runs:
-                    continue
-                cpu_live += 1
-                assigned: list[int] = []
-            else:
-                if gpu_blocked or len(free) < run.gpus_wanted:
-                    gpu_blocked = True  # first come, first served: later GPU runs wait
-                    continue
-                assigned, free = free[: run.gpus_wanted], free[run.gpus_wanted :]
-            await self._start(run, assigned)
+            place = plan.take(run)
+            if place is not None:
+                await self._start(run, place.gpus, place.host)
+
+    def _plan(self, live: list[RunRecord]) -> Plan:
+        """Where queued runs go this pass: a pool's hosts, or this engine's GPUs and CPU
+        slots (runs/placement.py)."""
+        hosts = self.runner.capabilities.hosts
+        if hosts is not None:
+            return hosts.plan(live, self.settings.max_cpu_runs)
+        cpu_live = sum(1 for r in live if r.gpus_wanted == 0)
+        return OneHost(self.free_gpus(live), cpu_live, self.settings.max_cpu_runs)
 
     async def _image_ready(self, run: RunRecord) -> bool:
         """Is the run's image there; asked again for a run waiting for the engine, as an
@@ -446,6 +451,7 @@ class RunManager:
                 content={"handle": handle.ref},
                 runner=handle.runner,
                 handle=handle.ref,
+                host=handle.ref.split("/", 1)[0] if "/" in handle.ref else run.host,
                 started_at=run.started_at or self._now(),
                 last_beat_at=self._now(),
                 blocked=None,
@@ -475,8 +481,11 @@ class RunManager:
         )
         await self.notify(
             run.chat_id,
-            f"Image {run.image} is missing: building it first (a few minutes the first time;"
-            f" run {run.id} starts after).",
+            in_thread(
+                run,
+                f"Image {run.image} is missing: building it first (a few minutes the first time;"
+                f" run {run.id} starts after).",
+            ),
             event,
         )
 
@@ -485,7 +494,9 @@ class RunManager:
             self.build_note = f"building {run.image}: {line[:80]}"
             if line.startswith("==") and loop.time() - last_said > 20:
                 last_said = loop.time()
-                await self.notify(run.chat_id, f"Image build: {line.lstrip('= ')}", event)
+                await self.notify(
+                    run.chat_id, in_thread(run, f"Image build: {line.lstrip('= ')}"), event
+                )
 
         try:
             async with self.event_log.action(event, "image_built", target=run.image):
@@ -505,12 +516,16 @@ class RunManager:
                         ended_at=self._now(),
                     )
             await self.notify(
-                run.chat_id, f"Run {run.id} could not start: the image build failed: {exc}", event
+                run.chat_id,
+                in_thread(run, f"Run {run.id} could not start: the image build failed: {exc}"),
+                event,
             )
             return
         self.build_note = None
         took = loop.time() - started
-        await self.notify(run.chat_id, f"Image {run.image} built in {took:.0f}s.", event)
+        await self.notify(
+            run.chat_id, in_thread(run, f"Image {run.image} built in {took:.0f}s."), event
+        )
         await self.dispatch()
 
     async def _image_missing(self, run: RunRecord) -> None:
@@ -527,13 +542,15 @@ class RunManager:
             error=why,
             ended_at=self._now(),
         )
-        await self.notify(run.chat_id, f"Run {run.id} could not start: {why}", event)
+        await self.notify(
+            run.chat_id, in_thread(run, f"Run {run.id} could not start: {why}"), event
+        )
 
     async def queue_position(self, run: RunRecord) -> int:
         queued = [r for r in await self.repo.in_states((RunState.QUEUED,)) if r.gpus_wanted > 0]
         return next((i + 1 for i, r in enumerate(queued) if r.id == run.id), 0)
 
-    async def _start(self, run: RunRecord, gpus: list[int]) -> None:
+    async def _start(self, run: RunRecord, gpus: list[int], host: str = "") -> None:
         """Write the run dir and launch; a refusal fails the run and tells its chat."""
         run_dir = self.run_dir(run.id)
         resume_from = run.checkpoint if run.started_at is not None else None
@@ -542,9 +559,10 @@ class RunManager:
             RunState.STARTING,
             summary=f"run {run.id} {'resuming' if resume_from else 'starting'}"
             f" ({run.recipe}, {len(gpus)} GPU)",
-            content={"gpus": gpus, "resume_from": resume_from},
+            content={"gpus": gpus, "resume_from": resume_from, "host": host or None},
             gpus=gpus,
             blocked=None,
+            host=host or run.host,
         )
         if event_id is None:
             return  # stopped meanwhile
@@ -553,6 +571,7 @@ class RunManager:
             async with self.event_log.action(event_id, "run_launched", target=run.id) as act:
                 url = await self._start_server(run, gpus)
                 request = self._launch_request(run, run_dir, gpus, resume_from, url)
+                request = replace(request, host=host)
                 async with self.event_log.tool_call(
                     f"{self.runner.kind}.launch",
                     {"image": run.image, "gpus": gpus, "memory_mb": run.memory_mb},
@@ -571,7 +590,9 @@ class RunManager:
                 error=str(exc),
                 ended_at=self._now(),
             )
-            await self.notify(run.chat_id, f"Run {run.id} could not start: {exc}", end)
+            await self.notify(
+                run.chat_id, in_thread(run, f"Run {run.id} could not start: {exc}"), end
+            )
             return
         except UNANSWERED as exc:
             # Unanswered, not refused: the container may exist. It waits, queued again,

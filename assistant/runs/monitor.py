@@ -28,13 +28,14 @@ from assistant.jobs.declared import from_json
 from assistant.jobs.recipes import RECIPES, lower_is_better
 from assistant.jobs.text import valid_text
 from assistant.observability import EventLog
-from assistant.reply import Reply
+from assistant.reply import Reply, run_thread
 from assistant.runs import rundir
 from assistant.runs.bench_outcome import bench_report, engine_metrics, reads_server_metrics
 from assistant.runs.engine_watch import UNANSWERED, EngineWatch, silence
 from assistant.runs.events import read_new
 from assistant.runs.lifecycle import LIVE, Lifecycle, Move, RunState, settle
 from assistant.runs.manager import SECRETS_DIR
+from assistant.runs.offers import in_thread, resumable, run_actions
 from assistant.runs.report import (
     Notify,
     ShowProgress,
@@ -371,9 +372,12 @@ class RunMonitor:
             trouble.told = True
             await self.notify(
                 run.chat_id,
-                f"Run {run.id} ({run.recipe}): a line of its {protocol.EVENTS} was skipped"
-                f" ({reasons[0][:200]}). The run goes on; further skipped lines are counted"
-                " in its report.",
+                in_thread(
+                    run,
+                    f"Run {run.id} ({run.recipe}): a line of its {protocol.EVENTS} was skipped"
+                    f" ({reasons[0][:200]}). The run goes on; further skipped lines are counted"
+                    " in its report.",
+                ),
                 event,
             )
 
@@ -503,7 +507,7 @@ class RunMonitor:
             return
         live.progress_shown_at = clock
         live.progress_message = await self.show_progress(
-            run.chat_id, progress_text(run, live), live.progress_message
+            run.chat_id, progress_text(run, live), live.progress_message, run_thread(run.id)
         )
 
     async def _check_end(
@@ -523,7 +527,8 @@ class RunMonitor:
         if state.running and await self._engine_queue(run, state):
             return  # held in the engine's own queue (Slurm): no stall while it waits
         if state.running:
-            await self._check_stall(run)
+            if state.silent is None:  # a silent pool host says nothing of a stall
+                await self._check_stall(run)
             return
         # Over: late lines first (the agent writes its last events just before exiting).
         late = read_new(self.run_dir(run.id), run.events_offset)
@@ -531,6 +536,8 @@ class RunMonitor:
             await self.follow(run)
             return
         final, cause = settle(run, self.run_dir(run.id), state.exit, result, error)
+        if state.silent is not None and final == RunState.LOST:
+            cause = state.silent  # a pool host given up: why it is lost
         try:
             await self.runner.remove(handle)
         except UNANSWERED as exc:  # ended all the same; the container is left behind
@@ -631,9 +638,12 @@ class RunMonitor:
         )
         await self.notify(
             run.chat_id,
-            f"Run {run.id} ({run.recipe}) looks stalled: no progress for"
-            f" {silent:.0f}s (last step {run.step}). /run logs {run.id} shows its output;"
-            f" /run stop {run.id} ends it.",
+            in_thread(
+                run,
+                f"Run {run.id} ({run.recipe}) looks stalled: no progress for"
+                f" {silent:.0f}s (last step {run.step}). /run logs {run.id} shows its output;"
+                f" /run stop {run.id} ends it.",
+            ),
             event,
         )
 
@@ -688,7 +698,7 @@ class RunMonitor:
         report_run = run if run.ended_at else replace(run, ended_at=to_iso(self.clock.now()))
         if run.kind == "bench":
             reply = await bench_report(self.repo, self.settings, report_run, cause, server_tail)
-            await self.notify(run.chat_id, reply, event)
+            await self.notify(run.chat_id, in_thread(run, reply), event)
             return
         text = summary_text(report_run, cause, run_dir)
         trouble = self.trouble.pop(run.id, None)
@@ -703,7 +713,8 @@ class RunMonitor:
                 images = (picture,)
         except Exception:
             log.exception("could not plot run %s", run.id)
-        await self.notify(run.chat_id, Reply(text, images), event)
+        offered = run_actions(run, resumable=resumable(run))
+        await self.notify(run.chat_id, in_thread(run, Reply(text, images), actions=offered), event)
 
 
 def _better(name: str, value: object, best: dict[str, Any], key: tuple[str, str]) -> bool:

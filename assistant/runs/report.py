@@ -31,7 +31,8 @@ OUTBOX = ".outbox"  # beside the run dirs: the host's copies of the images it se
 # (chat, text or reply, event it answers) -> whatever the sender returns
 Notify = Callable[[str, "str | Reply", "int | None"], Awaitable[object]]
 # (chat, text, message id to edit or None) -> the message id to edit next time
-ShowProgress = Callable[[str, str, "str | None"], Awaitable["str | None"]]
+# show_progress(chat_id, text, message id to edit or None, thread key) -> the id to edit next
+ShowProgress = Callable[[str, str, "str | None", "str | None"], Awaitable["str | None"]]
 
 
 def read_events(run_dir: Path, limit: int = EVENTS_FOR_PLOT) -> list[dict[str, Any]]:

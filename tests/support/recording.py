@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.channels.base import Channel, Inbox, IncomingMessage
+from assistant.channels.base import Button, Channel, Inbox, IncomingMessage, Press, PressResult
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 
@@ -44,7 +45,9 @@ class RecordingChannel(Channel):
         self.edits.append((chat_id, message_id, text))
         return message_id
 
-    async def send_image(self, chat_id: str, path: Path, caption: str = "") -> str | None:
+    async def send_image(
+        self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
+    ) -> str | None:
         self.images.append((chat_id, path))
         return str(len(self.images))
 
@@ -69,6 +72,66 @@ class RecordingChannel(Channel):
         )
         await self._inbox.settled(chat_id)
         return [t for c, t in self.sent[before:] if c == chat_id]
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A message as a channel with buttons and threads was asked to send it."""
+
+    id: str
+    chat_id: str
+    text: str
+    buttons: tuple[Button, ...]
+    thread: str | None
+
+
+class ButtonChannel(RecordingChannel):
+    """A recording channel that draws buttons and threads, as Telegram, Slack and
+    Discord do; tests press its buttons with `press`."""
+
+    supports_buttons = True
+    supports_threads = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drawn: list[Drawn] = []
+        self.image_threads: list[str | None] = []
+
+    async def send_message(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        thread: str | None = None,
+    ) -> str | None:
+        message_id = await self.send_text(chat_id, text)
+        assert message_id is not None
+        self.drawn.append(Drawn(message_id, chat_id, text, tuple(buttons), thread))
+        return message_id
+
+    async def send_image(
+        self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
+    ) -> str | None:
+        self.image_threads.append(thread)
+        return await super().send_image(chat_id, path, caption)
+
+    def button(self, label: str, *, under: str = "") -> Button:
+        """The newest button with `label` under a message containing `under`."""
+        for sent in reversed(self.drawn):
+            for button in sent.buttons:
+                if button.label == label and under in sent.text:
+                    return button
+        raise AssertionError(f"no {label!r} button under {under!r}: {self.drawn[-3:]}")
+
+    async def press(self, chat_id: str, button: Button, sender: str = "ann") -> PressResult:
+        assert self._inbox is not None
+        self._ids += 1
+        result = await self._inbox.press(
+            Press(chat_id, sender, button.token, platform_id=f"press-{self._ids}")
+        )
+        await self._inbox.settled(chat_id)
+        return result
 
 
 @dataclass
