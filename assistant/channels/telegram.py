@@ -1,6 +1,11 @@
 """The Telegram channel: long polling with python-telegram-bot's `Bot`, sends through one
 `SendQueue`.
 
+Native where Telegram offers it: the command menu (the `/` button) filled from the command
+registry, inline keyboard buttons whose callback queries come back as presses (answered
+with the orchestrator's note, the keyboard removed once a press acted), and threads as
+replies to the thread's first message (a run's messages reply to its launch message).
+
 Polling needs no public URL, which suits a single assistant on a GPU host. The update offset
 is stored after each update is handled, so a restart neither replays what was answered nor
 skips what arrived while the service was down. The token never appears in a message or a
@@ -26,9 +31,12 @@ from telegram import (
     Bot,
     BotCommand,
     BotCommandScopeChat,
-    BotCommandScopeDefault,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
     InputFile,
     Message,
+    ReplyParameters,
     Update,
 )
 from telegram import error as tg
@@ -36,7 +44,14 @@ from telegram.constants import ChatType, ParseMode
 from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
 from assistant.background import cancel
-from assistant.channels.base import Channel, Inbox, IncomingMessage, MenuEntry
+from assistant.channels.base import (
+    Button,
+    Channel,
+    Inbox,
+    IncomingMessage,
+    MenuEntry,
+    Press,
+)
 from assistant.channels.delivery import RetryAfter, SendQueue, TransientError, split_text
 from assistant.errors import ChannelError
 from storage.kv import KeyValue
@@ -48,8 +63,14 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 T = TypeVar("T")
 OFFSET_KEY = "telegram.offset"
+MENU_KEY = "telegram.menu_chats"  # chats given the full command menu, comma-separated ids
 TEXT_LIMIT = 4096  # characters of a message, after markup is parsed
 CAPTION_LIMIT = 1024
+NOTE_LIMIT = 200  # characters of an answerCallbackQuery text
+BUTTONS_PER_ROW = 3  # what fits side by side on a phone
+# What getUpdates asks for: messages and inline button presses, nothing else.
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+PRESS_FAILED = "That failed inside the assistant; nothing was done"
 TOKEN_REJECTED = "telegram: the bot token was rejected (Unauthorized); check TELEGRAM_BOT_TOKEN"
 _COMMAND_TARGET = re.compile(r"^/[A-Za-z0-9_]+@([A-Za-z0-9_]+)")
 _INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
@@ -71,6 +92,8 @@ class TelegramChannel(Channel):
     name = "telegram"
     prefix = "tg"
     supports_edit = True
+    supports_buttons = True
+    supports_threads = True
     backoff_s = 1.0  # first wait after a failed poll; doubles up to max_backoff_s
     max_backoff_s = 30.0
 
@@ -145,23 +168,41 @@ class TelegramChannel(Channel):
     async def set_menu(self, admin_chats: Sequence[str], commands: Sequence[MenuEntry]) -> None:
         """setMyCommands: every command in each admin chat of ours, /help elsewhere.
 
-        The `/` button in Telegram's app shows this list. A menu Telegram refuses is logged
-        and left as it was: it never stops the channel.
+        The `/` button in Telegram's app shows this list. Telegram keeps a chat's menu until
+        it is deleted, so a chat that was given the full menu and is no longer an admin gets
+        its own deleted (it falls back to the default, /help); which chats have one is kept
+        in the key-value store across restarts. Called again whenever admin chats change. A
+        menu Telegram refuses is logged and left as it was: it never stops the channel.
         """
         every = [BotCommand(c.name, c.summary[:256] or c.name) for c in commands]
         short = [c for c in every if c.command == "help"]
-        menus: list[tuple[list[BotCommand], BotCommandScopeDefault | BotCommandScopeChat]] = [
-            (short, BotCommandScopeDefault())
-        ]
-        for chat in admin_chats:
-            if self.owns(chat) and chat.split(":", 1)[1].lstrip("-").isdigit():
-                menus.append((every, BotCommandScopeChat(int(chat.split(":", 1)[1]))))
-        for menu, scope in menus:
-            try:
-                await self._bot.set_my_commands(menu, scope=scope)
-            except tg.TelegramError as exc:
-                log.warning("telegram: the command menu was not set: %s", self._scrub(exc))
-                return
+        admins = sorted(
+            {
+                int(chat.split(":", 1)[1])
+                for chat in admin_chats
+                if self.owns(chat) and chat.split(":", 1)[1].lstrip("-").isdigit()
+            }
+        )
+        stored = await self._kv.get(MENU_KEY) or ""
+        before = {int(x) for x in stored.split(",") if x.lstrip("-").isdigit()}
+        await self._menu_call("default", self._bot.set_my_commands(short))
+        kept = set(admins)
+        for chat in admins:
+            scope = BotCommandScopeChat(chat)
+            await self._menu_call(f"tg:{chat}", self._bot.set_my_commands(every, scope=scope))
+        for chat in sorted(before - kept):
+            scope = BotCommandScopeChat(chat)
+            if not await self._menu_call(f"tg:{chat}", self._bot.delete_my_commands(scope)):
+                kept.add(chat)  # tried again at the next call
+        await self._kv.set(MENU_KEY, ",".join(str(chat) for chat in sorted(kept)))
+
+    async def _menu_call(self, where: str, call: Awaitable[bool]) -> bool:
+        try:
+            await call
+        except tg.TelegramError as exc:  # one chat refused (the bot left it): the rest go on
+            log.warning("telegram: the command menu (%s) was not set: %s", where, self._scrub(exc))
+            return False
+        return True
 
     async def aclose(self) -> None:
         self._closed = True
@@ -179,7 +220,7 @@ class TelegramChannel(Channel):
         while True:
             try:
                 updates = await self._bot.get_updates(
-                    offset=self._offset, timeout=timeout, allowed_updates=[Update.MESSAGE]
+                    offset=self._offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES
                 )
                 if not self._connected:
                     log.info("telegram: connected again")
@@ -221,7 +262,11 @@ class TelegramChannel(Channel):
             warnings.simplefilter("ignore", PTBUserWarning)
             raw = await self._bot.do_api_request(
                 "getUpdates",
-                api_kwargs={"offset": self._offset, "timeout": 0, "allowed_updates": ["message"]},
+                api_kwargs={
+                    "offset": self._offset,
+                    "timeout": 0,
+                    "allowed_updates": ALLOWED_UPDATES,
+                },
             )
         if not isinstance(raw, list):
             raise ValueError(f"getUpdates answered {type(raw).__name__}, not a list") from cause
@@ -249,6 +294,10 @@ class TelegramChannel(Channel):
         if update.update_id in self._recent:
             log.debug("telegram: update %d was handled before; skipped", update.update_id)
             return
+        if update.callback_query is not None:
+            await self._handle_press(inbox, update.update_id, update.callback_query)
+            await self._advance(update.update_id)
+            return
         # One update that cannot be read or handled must not block every later one.
         try:
             message = self._incoming(update)
@@ -262,6 +311,86 @@ class TelegramChannel(Channel):
                 self.skipped += 1
                 log.exception("telegram: update %d could not be handled; skipped", update.update_id)
         await self._advance(update.update_id)
+
+    async def _handle_press(self, inbox: Inbox, update_id: int, query: CallbackQuery) -> None:
+        """An inline button pressed: hand the press to the inbox, answer the query with its
+        note (Telegram shows it as a toast and stops the button's spinner), and where the
+        press acted, take that button off the message so nobody presses it again. The
+        others stay: "Logs" pressed under a launch message leaves "Stop" there to press.
+
+        Whether it acts (rights at this moment, a button already used, one that expired) is
+        the inbox's to say, never the channel's.
+        """
+        try:
+            press = self._press(query)
+        except Exception as exc:  # fields of a shape PTB let through
+            self.note_skipped(
+                f"update {update_id} (a button press)", f"{type(exc).__name__}: {exc}"
+            )
+            await self._answer(query, "This button could not be read")
+            return
+        if press is None:
+            await self._answer(query, "This button is not one of the assistant's")
+            return
+        try:
+            result = await inbox.press(press)
+        except Exception:
+            self.skipped += 1
+            log.exception("telegram: the press in update %d could not be handled", update_id)
+            await self._answer(query, PRESS_FAILED)
+            return
+        await self._answer(query, result.note)
+        if result.acted and press.message_id is not None:
+            await self._spend(press, query.message)
+
+    def _press(self, query: CallbackQuery) -> Press | None:
+        """The Press a callback query stands for; None for one no button of ours sends (a
+        game, a message sent inline through another chat)."""
+        message = query.message
+        data = query.data
+        if message is None or not isinstance(data, str) or not data:
+            return None
+        chat = message.chat
+        user = query.from_user
+        return Press(
+            chat_id=f"tg:{int(chat.id)}",
+            sender=user.username or user.full_name or str(user.id),
+            token=data,
+            platform_id=str(query.id),
+            message_id=str(int(message.message_id)),
+            chat_title=chat.effective_name or "",
+        )
+
+    async def _answer(self, query: CallbackQuery, note: str) -> None:
+        """answerCallbackQuery, at once (not behind queued messages: the user waits on a
+        spinner). A query too old to answer is logged; it never stops polling."""
+        text = note if len(note) <= NOTE_LIMIT else note[: NOTE_LIMIT - 1] + "…"
+        try:
+            await self._bot.answer_callback_query(str(query.id), text=text or None)
+        except tg.TelegramError as exc:
+            log.warning("telegram: a button press was not answered: %s", self._scrub(exc))
+
+    async def _spend(self, press: Press, message: object) -> None:
+        """editMessageReplyMarkup: the keyboard without the pressed button (none at all
+        where it was the last), built from the message as the press carried it."""
+        assert press.message_id is not None
+        target, message_id = self._target(press.chat_id), int(press.message_id)
+        drawn = message.reply_markup if isinstance(message, Message) else None
+        rows = [
+            [b for b in row if b.callback_data != press.token]
+            for row in (drawn.inline_keyboard if drawn is not None else ())
+        ]
+        left = InlineKeyboardMarkup([row for row in rows if row]) if any(rows) else None
+        try:
+            await self._submit(
+                lambda: self._bot.edit_message_reply_markup(
+                    chat_id=target, message_id=message_id, reply_markup=left
+                )
+            )
+        except (_NotModified, _CannotEdit):
+            pass  # already gone, or the message is: nothing left to press
+        except ChannelError as exc:
+            log.warning("telegram: the buttons of message %d stay drawn: %s", message_id, exc)
 
     def _incoming(self, update: Update) -> IncomingMessage | None:
         message = update.message
@@ -313,18 +442,47 @@ class TelegramChannel(Channel):
 
     async def send_text(self, chat_id: str, text: str) -> str | None:
         """Send as HTML, split at Telegram's limit; returns the last message's id."""
-        target = self._target(chat_id)
-        last: str | None = None
-        for piece in split_text(text, TEXT_LIMIT):
-            if piece.strip():
-                last = await self._send_piece(target, piece)
-        return last
+        sent = await self._send_pieces(self._target(chat_id), text)
+        return sent[-1] if sent else None
+
+    async def send_message(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        thread: str | None = None,
+    ) -> str | None:
+        """Send as HTML with the buttons as an inline keyboard under the text (on its last
+        piece, where it is split), each piece replying to `thread`'s message; returns the
+        first message's id, the one a thread opened by this message hangs from."""
+        sent = await self._send_pieces(
+            self._target(chat_id), text, keyboard=keyboard(buttons), reply=replying_to(thread)
+        )
+        return sent[0] if sent else None
+
+    async def _send_pieces(
+        self,
+        target: int | str,
+        text: str,
+        *,
+        keyboard: InlineKeyboardMarkup | None = None,
+        reply: ReplyParameters | None = None,
+    ) -> list[str]:
+        pieces = [piece for piece in split_text(text, TEXT_LIMIT) if piece.strip()]
+        sent: list[str] = []
+        for n, piece in enumerate(pieces):
+            last = n == len(pieces) - 1
+            sent.append(await self._send_piece(target, piece, keyboard if last else None, reply))
+        return sent
 
     async def send_image(
         self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
     ) -> str | None:
-        """sendPhoto; a caption over Telegram's 1024 follows as its own message."""
+        """sendPhoto, replying to `thread`'s message; a caption over Telegram's 1024
+        follows as its own message."""
         target = self._target(chat_id)
+        reply = replying_to(thread)
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
@@ -338,6 +496,7 @@ class TelegramChannel(Channel):
                 photo,
                 caption=to_html(short) if markup else short,
                 parse_mode=ParseMode.HTML if markup else None,
+                reply_parameters=reply,
             )
 
         try:
@@ -345,7 +504,7 @@ class TelegramChannel(Channel):
         except _Unparsable:
             sent = await self._submit(lambda: send(False))
         if caption and not short:
-            await self.send_text(chat_id, caption)
+            await self._send_pieces(target, caption, reply=reply)
         return str(sent.message_id)
 
     async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
@@ -377,12 +536,20 @@ class TelegramChannel(Channel):
             last = await self._send_piece(target, piece)
         return last
 
-    async def _send_piece(self, target: int | str, piece: str) -> str:
+    async def _send_piece(
+        self,
+        target: int | str,
+        piece: str,
+        keyboard: InlineKeyboardMarkup | None = None,
+        reply: ReplyParameters | None = None,
+    ) -> str:
         async def send(markup: bool) -> Message:
             return await self._bot.send_message(
                 target,
                 to_html(piece) if markup else piece,
                 parse_mode=ParseMode.HTML if markup else None,
+                reply_markup=keyboard,
+                reply_parameters=reply,
             )
 
         try:
@@ -438,6 +605,28 @@ def bot_endpoint(api_url: str) -> str:
     """
     url = api_url.strip().rstrip("/")
     return url if url.endswith("/bot") else f"{url}/bot"
+
+
+def keyboard(buttons: Sequence[Button]) -> InlineKeyboardMarkup | None:
+    """An inline keyboard, BUTTONS_PER_ROW to a row; each button's callback_data is its
+    token as it is (at most 32 characters, within Telegram's 64 bytes). Its style colours it
+    (danger red, primary blue) in apps from February 2026 on; older ones draw it plain."""
+    if not buttons:
+        return None
+    drawn = [
+        InlineKeyboardButton(b.label, callback_data=b.token, style=b.style or None) for b in buttons
+    ]
+    return InlineKeyboardMarkup(
+        [drawn[i : i + BUTTONS_PER_ROW] for i in range(0, len(drawn), BUTTONS_PER_ROW)]
+    )
+
+
+def replying_to(thread: str | None) -> ReplyParameters | None:
+    """A reply to the thread's first message, sent anyway where that message is gone
+    (deleted, or the chat's history cleared): a run's report must not be lost with it."""
+    if thread is None or not thread.isdigit():
+        return None
+    return ReplyParameters(int(thread), allow_sending_without_reply=True)
 
 
 def file_url(api_url: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from assistant.channels.base import IncomingMessage
+from assistant.channels.base import IncomingMessage, Press, PressResult
 from assistant.channels.telegram import (
     OFFSET_KEY,
     TOKEN_REJECTED,
@@ -88,6 +88,9 @@ async def live(settings: Settings, fake: FakeTelegram, kv: KeyValue) -> AsyncIte
 class NullInbox:
     async def deliver(self, message: IncomingMessage) -> None:
         raise AssertionError(f"unexpected {message}")
+
+    async def press(self, press: Press) -> PressResult:
+        raise AssertionError(f"unexpected {press}")
 
     async def settled(self, chat_id: str) -> None:
         return None

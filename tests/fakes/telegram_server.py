@@ -309,6 +309,10 @@ class FakeTelegram:
         self.query_updates[query_id] = self.push_update({"callback_query": query})
         return query_id
 
+    def messages(self, chat_id: int) -> dict[int, dict[str, Any]]:
+        """A chat's messages as Telegram holds them (message JSON by id)."""
+        return self._chat(chat_id).messages
+
     def buttons(self, chat_id: int, message_id: int) -> list[list[tuple[str, str]]]:
         """The inline keyboard a message shows now: rows of (label, callback_data)."""
         return _rows(self._chat(chat_id).messages[message_id].get("reply_markup"))

@@ -1,0 +1,196 @@
+"""Telegram's buttons end to end: a real Orchestrator, the real python-telegram-bot client
+and the fake Bot API server. A press is a command like a typed one: checked for the chat's
+rights when pressed, acting once, recorded in the chain; a run's messages reply to the
+message that launched it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from assistant.channels.telegram import TelegramChannel
+from assistant.config import Settings
+from assistant.orchestrator import Orchestrator
+from assistant.reply import Action, Reply
+from assistant.runs.process_runner import ProcessRunner
+from storage.db import Database
+from storage.kv import KeyValue
+from tests.fakes.telegram_server import Answer, FakeTelegram, Sent
+
+ADMIN = 1001
+STRANGER = 2002
+GROUP = -3003
+RUN_ID = re.compile(r"^Run ([0-9a-z]{6}):", re.M)
+NOT_ALLOWED = "Not allowed here: this chat has no command rights."
+
+
+@dataclass
+class Live:
+    orch: Orchestrator
+    fake: FakeTelegram
+
+    async def say(self, chat: int, text: str, **kwargs: object) -> list[Sent]:
+        """Push a message, wait until it is handled, return what the bot sent back."""
+        before = len(self.fake.sent.get(chat, []))
+        update_id = self.fake.push_message(chat, text, **kwargs)  # type: ignore[arg-type]
+        await self.fake.wait_confirmed(update_id)
+        await self.orch.settled(f"tg:{chat}")
+        return self.fake.sent.get(chat, [])[before:]
+
+    async def press(
+        self, chat: int, message_id: int, label: str | None = None, *, data: str | None = None
+    ) -> Answer:
+        """Press a button, wait until the press is handled to the end; returns the answer."""
+        query = self.fake.push_press(chat, message_id, label, data=data)
+        await self.fake.wait_confirmed(self.fake.query_updates[query])
+        await self.orch.settled(f"tg:{chat}")
+        return self.fake.answers[query]
+
+    async def offer(self, chat: int, *actions: Action) -> Sent:
+        """A message in `chat` with these actions as buttons, as any reply would carry."""
+        assert await self.orch.send(f"tg:{chat}", Reply("What next?", actions=actions), None)
+        return self.fake.sent[chat][-1]
+
+    async def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        await self.orch.services.log.flush()
+        rows = await self.orch.services.db.fetchall(sql, args)
+        return [tuple(row) for row in rows]
+
+
+@pytest.fixture
+async def live(settings: Settings) -> AsyncIterator[Live]:
+    settings = settings.model_copy(
+        update={"admin_chats": (f"tg:{ADMIN}",), "monitor_interval_s": 0.1}
+    )
+    fake = FakeTelegram()
+    await fake.start()
+    db = await Database.open(settings.db_path)
+    channel = TelegramChannel(fake.token, api_url=fake.base_url, kv=KeyValue(db), poll_timeout=1.0)
+    runner = ProcessRunner(settings.runs_dir)
+    try:
+        async with Orchestrator(settings, channels=[channel], runner=runner) as orch:
+            yield Live(orch, fake)
+    finally:
+        await db.aclose()
+        await fake.aclose()
+
+
+ADD_TASK = Action("Remind me", '/task add once +2h "look at the loss"', "primary")
+
+
+async def tasks(live: Live) -> int:
+    return int(await live.orch.services.db.scalar("SELECT count(*) FROM tasks") or 0)
+
+
+async def test_a_press_runs_its_command_once_in_the_chain_and_is_answered(live: Live) -> None:
+    offer = await live.offer(ADMIN, ADD_TASK, Action("Status", "/status"))
+    assert [label for row in offer.buttons for label, _ in row] == ["Remind me", "Status"]
+    assert "/task add" not in offer.text  # drawn as buttons, not listed
+    answer = await live.press(ADMIN, offer.message_id, "Remind me")
+    assert answer.text.startswith("Remind me: ") and await tasks(live) == 1
+    reply = live.fake.sent[ADMIN][-1]
+    assert reply.message_id != offer.message_id and "once" in reply.text.lower()
+    assert live.fake.buttons(ADMIN, offer.message_id) == [[("Status", offer.buttons[0][1][1])]]
+    events = await live.rows(
+        "SELECT e.summary, a.action_type, a.target FROM event_log e JOIN action_log a"
+        " ON a.triggered_by = e.id WHERE a.action_type = 'command'"
+    )
+    assert len(events) == 1
+    summary, kind, target = events[0]
+    assert str(summary).startswith("Button from ann: /task add once")
+    assert (kind, target) == ("command", "/task")
+
+
+async def test_a_button_pressed_twice_acts_once(live: Live) -> None:
+    offer = await live.offer(ADMIN, ADD_TASK)
+    token = offer.buttons[0][0][1]
+    first = await live.press(ADMIN, offer.message_id, "Remind me")
+    replies = len(live.fake.sent[ADMIN])
+    # the second tap: sent before the keyboard went, so it carries the same data
+    second = await live.press(ADMIN, offer.message_id, data=token)
+    assert first.text.startswith("Remind me: ")
+    assert second.text == "Already done: this button was pressed by ann earlier."
+    assert await tasks(live) == 1 and len(live.fake.sent[ADMIN]) == replies
+    assert len(await live.rows("SELECT id FROM action_log WHERE action_type = 'command'")) == 1
+
+
+async def test_a_press_from_a_chat_without_rights_does_nothing_and_is_answered(
+    live: Live,
+) -> None:
+    await live.say(STRANGER, "hello?")  # known to the assistant, no rights
+    offer = await live.offer(STRANGER, ADD_TASK)  # a button there (as if drawn earlier)
+    answer = await live.press(STRANGER, offer.message_id, "Remind me")
+    assert answer.text == NOT_ALLOWED
+    assert await tasks(live) == 0 and live.fake.sent[STRANGER] == [offer]
+    assert live.fake.buttons(STRANGER, offer.message_id) != []
+    assert await live.rows("SELECT id FROM action_log WHERE action_type = 'command'") == []
+
+
+async def test_an_admin_chats_token_pressed_in_another_chat_does_nothing(live: Live) -> None:
+    offer = await live.offer(ADMIN, ADD_TASK)
+    await live.say(STRANGER, "hello?")
+    mine = await live.offer(STRANGER, Action("Status", "/status"))
+    forged = await live.press(STRANGER, mine.message_id, data=offer.buttons[0][0][1])
+    assert forged.text == NOT_ALLOWED and await tasks(live) == 0
+    # and in an admin chat, a token drawn for another chat is no button of this one
+    await live.orch.services.access.grant(f"tg:{STRANGER}", admin=True, allowed=True)
+    other = await live.offer(ADMIN, Action("Status", "/status"))
+    crossed = await live.press(STRANGER, mine.message_id, data=other.buttons[0][0][1])
+    assert crossed.text.startswith("This button is no longer valid") and await tasks(live) == 0
+
+
+async def test_a_press_after_the_chat_lost_its_rights_does_nothing(live: Live) -> None:
+    (granted,) = await live.say(ADMIN, f"/chat admin tg:{GROUP}")
+    assert "is an admin chat now" in granted.text
+    await live.say(GROUP, "hello", chat_type="supergroup")
+    offer = await live.offer(GROUP, ADD_TASK)  # drawn while the group may command
+    (revoked,) = await live.say(ADMIN, f"/chat revoke tg:{GROUP}")
+    assert "may no longer command" in revoked.text
+    answer = await live.press(GROUP, offer.message_id, "Remind me")
+    assert answer.text == NOT_ALLOWED and await tasks(live) == 0
+    assert len(live.fake.sent[GROUP]) == 1
+    # given back, the same button acts: it was never used
+    await live.say(ADMIN, f"/chat admin tg:{GROUP}")
+    again = await live.press(GROUP, offer.message_id, "Remind me")
+    assert again.text.startswith("Remind me: ") and await tasks(live) == 1
+
+
+async def test_a_run_launched_from_telegram_offers_buttons_and_its_messages_reply_to_the_launch(
+    live: Live,
+) -> None:
+    (launch,) = await live.say(ADMIN, "/run train classifier steps=10 gpus=0")
+    match = RUN_ID.search(launch.text)
+    assert match, launch.text
+    run_id = match.group(1)
+    labels = [label for row in launch.buttons for label, _ in row]
+    assert "Stop" in labels and "Logs" in labels
+    assert launch.markup is not None
+    styles = {b["text"]: b.get("style") for row in launch.markup["inline_keyboard"] for b in row}
+    assert styles["Stop"] == "danger"
+    report = await wait_for(live, f"Run {run_id} (classifier) succeeded")
+    assert report.reply_to == launch.message_id
+    await live.fake.wait_calls("sendPhoto", 1)  # the report's plot follows its text
+    (photo,) = live.fake.photos[ADMIN]
+    assert photo.reply_to == launch.message_id
+    later = [s for s in live.fake.sent[ADMIN] if s.message_id > launch.message_id]
+    assert later and all(s.reply_to == launch.message_id for s in later)
+    # Logs, pressed under the launch message once the run is done, still answers
+    answer = await live.press(ADMIN, launch.message_id, "Logs")
+    assert answer.text.startswith(f"Logs: Run {run_id}, last")
+    assert live.fake.sent[ADMIN][-1].text.startswith(f"Run {run_id}, last")
+    assert [label for row in live.fake.buttons(ADMIN, launch.message_id) for label, _ in row] == [
+        label for label in labels if label != "Logs"
+    ]
+
+
+async def wait_for(live: Live, needle: str, timeout: float = 120) -> Sent:
+    async with asyncio.timeout(timeout):
+        while True:
+            for sent in live.fake.sent.get(ADMIN, []):
+                if needle in sent.text:
+                    return sent
+            await live.fake.wait_sent(ADMIN, len(live.fake.sent.get(ADMIN, [])) + 1, timeout)
