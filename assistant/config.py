@@ -199,6 +199,14 @@ class Settings(BaseSettings):
     )
     # seconds a paused or stopped run gets to checkpoint before it is killed
     stop_grace_s: float = Field(default=60, ge=1, validation_alias="ASSISTANT_STOP_GRACE")
+    # a pool of GPU hosts (runs/pool.py); default ASSISTANT_HOME/hosts.toml, used if present
+    hosts_file: Path | None = Field(default=None, validation_alias="ASSISTANT_HOSTS_FILE")
+    # seconds a pool host may stay silent before its runs are given up as lost
+    host_lost_after_s: float = Field(
+        default=600, gt=0, validation_alias="ASSISTANT_HOST_LOST_AFTER"
+    )
+    # seconds between health probes of each pool host
+    host_probe_s: float = Field(default=5, gt=0, le=300, validation_alias="ASSISTANT_HOST_PROBE")
     # log level of the service's own diagnostics
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="ASSISTANT_LOG_LEVEL"
@@ -278,6 +286,10 @@ class Settings(BaseSettings):
     @property
     def recipes_path(self) -> Path:
         return self.recipes_file or self.assistant_home / "recipes.toml"
+
+    @property
+    def hosts_path(self) -> Path:
+        return self.hosts_file or self.assistant_home / "hosts.toml"
 
     @property
     def secrets_dir(self) -> Path:

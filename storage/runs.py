@@ -59,6 +59,8 @@ class RunRecord:
     wanted_at: str | None = None
     signalled_at: str | None = None  # when the stop/pause signal reached the run
     blocked: str | None = None  # why a request or a launch waits (the engine's silence)
+    host: str = ""  # the pool host it runs or ran on (runs/pool.py); "" on one engine
+    host_asked: str = ""  # the host or label `host=` asked for; "" = any host
 
 
 @dataclass
@@ -131,6 +133,7 @@ class RunRepo:
         retry_of: str | None = None,
         definition: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
+        host_asked: str = "",
     ) -> RunRecord:
         for _ in range(5):
             run_id = short_random_id(6)
@@ -139,8 +142,8 @@ class RunRepo:
                     await conn.execute(
                         "INSERT INTO runs (id, kind, recipe, params, image, gpus_wanted, nproc,"
                         " memory_mb, cpus, chat_id, state, created_at, total, retry_of,"
-                        " definition, server)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " definition, server, host_asked)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             run_id,
                             kind,
@@ -158,6 +161,7 @@ class RunRepo:
                             retry_of,
                             None if definition is None else json.dumps(definition),
                             None if server is None else json.dumps(server),
+                            host_asked,
                         ),
                     )
                     await conn.execute(

@@ -33,11 +33,11 @@ from assistant.durations import parse_duration
 from assistant.errors import CommandError
 from assistant.jobs.declared import BUILTIN_FIELDS, RESUME_ONLY_FIELDS, template_fields
 from assistant.jobs.recipes import JOBS, ParamType
-from assistant.recipes.run_params import RUN_PARAMS
+from assistant.recipes.run_params import HOST_PARAM, RUN_PARAMS
 from assistant.recipes.workdir import check_workdir
 
 RESERVED_NAMES = tuple(JOBS)  # the built-in recipes and the benchmark job
-RUN_PARAM_NAMES = tuple(RUN_PARAMS)  # every run has these
+RUN_PARAM_NAMES = (*RUN_PARAMS, HOST_PARAM.name)  # every run has these
 MAX_GPUS = 64
 MIN_MEMORY_MB = 64
 MAX_TIME_LIMIT = timedelta(days=3650)

@@ -6,6 +6,7 @@ them for a built-in and a declared recipe alike (assistant/runs/spec.py reads th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -29,3 +30,16 @@ RUN_PARAMS = {
         RunParam("cpus", "CPU limit (cores)", 0.1, 512, integer=False),
     )
 }
+
+
+@dataclass(frozen=True)
+class TextParam:
+    """A run parameter whose value is a name, not a number."""
+
+    name: str
+    help: str
+
+
+# host=: a pool's host (or a label of hosts) the run must go to (assistant/runs/pool.py)
+HOST_PARAM = TextParam("host", "the pool host or label it must run on (/status lists them)")
+HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")  # as hosts.toml names hosts and labels

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from assistant.runs.placement import Hosts
+
 RunnerKind = Literal["docker", "process", "slurm"]
 # How long one ordinary engine call may take before the engine counts as not answering.
 ENGINE_CALL_S = 5.0
@@ -70,6 +72,7 @@ class LaunchRequest:
     # GPUs the run asked for: an engine that places GPUs itself (Slurm) takes this count,
     # since `gpus` (host indices) is empty for it
     gpus_wanted: int = 0
+    host: str = ""  # a pool's host the run was placed on (runs/pool.py); "" on one engine
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ class RunnerState:
     # the engine put the run back in its queue after it ran (preemption, a requeue): it
     # starts again by itself, from its last checkpoint
     requeued: bool = False
+    # the host holding the run does not answer (a pool's host): why and since when. While
+    # running, nothing is known of the run (no stall either); once gone, it was given up.
+    silent: str | None = None
 
 
 # ---- capabilities ---------------------------------------------------------------------
@@ -227,6 +233,8 @@ class Capabilities:
     places_gpus: bool = False
     # an engine that is a cluster (Slurm): what /status shows of it
     cluster: ClusterView | None = None
+    # a pool of engines (runs/pool.py): where runs go and what is known of each host
+    hosts: Hosts | None = None
 
 
 # ---- the interface --------------------------------------------------------------------

@@ -17,7 +17,7 @@ from assistant.errors import CommandError
 from assistant.jobs.declared import to_json
 from assistant.jobs.recipes import ParamError, validate_params
 from assistant.recipes.catalog import Entry
-from assistant.recipes.run_params import RUN_PARAMS, RunParam
+from assistant.recipes.run_params import HOST_NAME, HOST_PARAM, RUN_PARAMS, RunParam
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)  # what the user set explicitly
     definition: dict[str, Any] | None = None  # a declared recipe, as it was when asked
     server: dict[str, Any] | None = None  # a benchmark's serving container to start
+    host: str | None = None  # host= : a pool's host or label the run must go to
 
 
 def recipe_help(entry: Entry) -> str:
@@ -43,7 +44,8 @@ def recipe_help(entry: Entry) -> str:
     info, d = entry.info, entry.declared
     lines = [f"{info.name}: {info.summary}"]
     lines.extend(f"  {p.describe()}" for p in info.params)
-    run_params = ", ".join(f"{r.name}= ({r.help})" for r in RUN_PARAMS.values())
+    named = [(r.name, r.help) for r in RUN_PARAMS.values()] + [(HOST_PARAM.name, HOST_PARAM.help)]
+    run_params = ", ".join(f"{name}= ({text})" for name, text in named)
     lines.append(f"Run parameters: {run_params}")
     if d is None:
         return "\n".join(lines)
@@ -132,7 +134,7 @@ def build_spec(
         wrong type or out of range; the message lists what is accepted.
     """
     info, declared = entry.info, entry.declared
-    given, run_values, _ = parse_assignments(assignments)
+    given, run_values, placed = parse_assignments(assignments, (HOST_PARAM.name,))
     try:
         overrides: dict[str, Any] = validate_params(info, given)
     except ParamError as exc:
@@ -159,7 +161,24 @@ def build_spec(
         total=run_total(entry, params),
         overrides=overrides,
         definition=None if declared is None else to_json(declared),
+        host=host_value(placed.get(HOST_PARAM.name)),
     )
+
+
+def host_value(raw: str | None) -> str | None:
+    """host= checked: a host's name or a label as hosts.toml writes them.
+
+    :raises CommandError: anything else.
+    """
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if not HOST_NAME.match(value):
+        raise CommandError(
+            f"host={raw!r} is not a host name or label: a lower-case letter, then letters,"
+            " digits or -, at most 32 (/status lists the hosts)"
+        )
+    return value
 
 
 def run_total(entry: Entry, params: dict[str, Any]) -> int | None:

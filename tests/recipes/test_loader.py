@@ -12,7 +12,7 @@ from assistant.jobs.recipes import Param
 from assistant.recipes.lines import KeyLines
 from assistant.recipes.loader import LoadResult, Problem, load_recipes
 from assistant.recipes.rules import RUN_PARAM_NAMES, parse_time_limit
-from assistant.recipes.run_params import RUN_PARAMS
+from assistant.recipes.run_params import HOST_PARAM, RUN_PARAMS
 from tests.support.recipe_host import Host, documented_example
 
 
@@ -577,7 +577,7 @@ def test_problem_text() -> None:
 
 
 def test_run_param_names_match_the_run_specs() -> None:
-    assert set(RUN_PARAM_NAMES) == set(RUN_PARAMS)
+    assert set(RUN_PARAM_NAMES) == {*RUN_PARAMS, HOST_PARAM.name}
 
 
 def test_key_lines_follow_headers_dotted_keys_inline_tables_and_arrays() -> None:
