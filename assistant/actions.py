@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # (stop a run, retry it) is rarely what anyone means a week later.
 BUTTON_TTL = timedelta(days=7)
 
+MAX_LABEL = 75
+
 # handle(chat_id, sender, command_text, source, source_id) -> the command's reply text
 RunCommand = Callable[[str, str, str, str, "str | None"], Awaitable[str]]
 
@@ -60,7 +62,7 @@ class Actions:
         if not reply.actions:
             return Drawn(reply.text, (), thread)
         if not channel.supports_buttons:
-            listed = " · ".join(a.command for a in reply.actions)
+            listed = " · ".join(a.command for a in reply.actions if a.command)
             return Drawn(f"{reply.text}\n\n→ {listed}".strip(), (), thread)
         tokens = await self.repo.draw(
             chat_id,
@@ -69,7 +71,8 @@ class Actions:
             now=self._clock.now(),
         )
         buttons = tuple(
-            Button(a.label, token, a.style) for a, token in zip(reply.actions, tokens, strict=True)
+            Button(_short(a.label), token, a.style)
+            for a, token in zip(reply.actions, tokens, strict=True)
         )
         return Drawn(reply.text, buttons, thread)
 
@@ -100,6 +103,8 @@ class Actions:
             )
         if not await self.repo.claim(button, press.sender, now):
             return PressResult(False, "Already done: another press got there first.")
+        if not button.command:  # "No" of a choice: it only uses the choice up
+            return PressResult(True, f"{button.label}: nothing was done.")
         text = await run(press.chat_id, press.sender, button.command, "button", press.platform_id)
         first = text.strip().splitlines()[0] if text.strip() else "done"
         return PressResult(True, f"{button.label}: {first}"[:190])
@@ -107,3 +112,8 @@ class Actions:
     async def prune(self) -> int:
         cutoff = self._clock.now() - BUTTON_TTL * 4
         return await self.repo.prune(cutoff) + await self.repo.prune_threads(cutoff)
+
+
+def _short(label: str) -> str:
+    """A label every platform takes: Slack's button text holds 75 characters."""
+    return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 1] + "…"

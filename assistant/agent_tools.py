@@ -10,7 +10,9 @@ like the event log, and cut to `RESULT_LIMIT`.
 What the model may run is read from the commands' registry entries (`Guard`), by the form
 a tool stands for: no tool runs or schedules a people-only command (/chat), and a
 destructive command, run directly or scheduled through add_task, needs `confirmed=true`
-(the user's yes) first.
+(the user's yes) first. Where the chat's platform draws buttons, a direct destructive call
+(stop a run, delete a task) also puts a Yes / No choice in the chat: the user's press is
+the yes, checked for rights when pressed, and runs the command itself.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from assistant.operations.runs import (
 )
 from assistant.operations.tasks import AddTask, TaskRef
 from assistant.redaction import Redactor, truncate
-from assistant.reply import Reply
+from assistant.reply import Action, Reply
 from commands import build_router, debug, runs, status, tasks
 from commands.registry import Bound, CommandContext, CommandRouter, CommandRules, TypedHandler
 
@@ -39,6 +41,11 @@ RESULT_LIMIT = 8 * 1024
 
 # A handler bound to its validated arguments: what `Invoke` runs with a fresh context.
 Call = Callable[[CommandContext], Awaitable[str | Reply]]
+
+
+# offer(chat_id, reply with actions, caused_by) -> shown as buttons? (False where the
+# chat's platform has none: the model then asks in words)
+Offer = Callable[[str, Reply, "int | None"], Awaitable[bool]]
 
 
 class Invoke(Protocol):
@@ -356,8 +363,10 @@ class AgentTools:
         *,
         limit: int = RESULT_LIMIT,
         router: CommandRouter | None = None,
+        offer: Offer | None = None,
     ) -> None:
         self._invoke = invoke
+        self._offer = offer
         self._redact = redactor
         self._limit = limit
         self._router = router or build_router()  # whose entries say what needs a yes
@@ -399,6 +408,13 @@ class AgentTools:
                 None,
             )
         if unconfirmed is not None:
+            if await self._offer_choice(call, unconfirmed, chat_id, event_id):
+                return ToolResult(
+                    f"Not done yet: this would {unconfirmed}. The user was shown a button to"
+                    " confirm it, and pressing it does it: tell them so, and do not call"
+                    f" {name} again unless they confirm in words instead.",
+                    None,
+                )
             return ToolResult(
                 f"Not done: this would {unconfirmed}. Ask the user to confirm, then call"
                 f" {name} again with confirmed=true.",
@@ -412,6 +428,19 @@ class AgentTools:
         if reply.images:
             text += f"\n({len(reply.images)} image(s) sent to the chat, not shown here)"
         return ToolResult(self.clean(text), tool.form)
+
+    async def _offer_choice(
+        self, call: Prepared, unconfirmed: str, chat_id: str, event_id: int | None
+    ) -> bool:
+        """Put a Yes / No choice for a direct destructive call in the chat, where its
+        platform draws buttons; whether it was shown. Yes runs the command as typed."""
+        tool = call.tool
+        if self._offer is None or tool.subject is None or tool.schedules is not None:
+            return False
+        subject = str(getattr(call.arguments, tool.subject))
+        yes = Action(f"Yes, {unconfirmed}", f"{tool.form} {subject}", "danger")
+        choice = Reply(f"Confirm: {unconfirmed}?", actions=(yes, Action("No", "")), choice=True)
+        return await self._offer(chat_id, choice, event_id)
 
     def rules(self, tool: Tool, arguments: Arguments) -> CommandRules:
         """The registry's rules for the command form `tool` stands for, with its subject."""

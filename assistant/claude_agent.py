@@ -26,7 +26,7 @@ from anthropic.types import (
     ToolUseBlock,
 )
 
-from assistant.agent_tools import AgentTools, Invoke, ToolError, tool_params
+from assistant.agent_tools import AgentTools, Invoke, Offer, ToolError, tool_params
 from assistant.config import Settings
 from assistant.errors import ConfigError, OpsError
 from assistant.observability import ActionScope, EventLog
@@ -197,6 +197,7 @@ class ClaudeAgent:
         redactor: Redactor,
         is_admin: Callable[[str], bool],
         max_retries: int = 2,
+        offer: Offer | None = None,
     ) -> None:
         key = settings.anthropic_api_key
         if key is None or not key.get_secret_value():
@@ -205,7 +206,7 @@ class ClaudeAgent:
         self._log = event_log
         self._usage = usage
         self._messages = messages
-        self._tools = AgentTools(invoke, redactor)
+        self._tools = AgentTools(invoke, redactor, offer=offer)
         self._redact = redactor
         self._is_admin = is_admin
         self._retries = max_retries
@@ -425,6 +426,7 @@ def build_claude_agent(
     messages: MessageRepo,
     invoke: Invoke,
     is_admin: Callable[[str], bool],
+    offer: Offer | None = None,
 ) -> ClaudeAgent | None:
     """The Claude agent when an API key is configured, else None (the offline reply)."""
     key = settings.anthropic_api_key
@@ -438,4 +440,5 @@ def build_claude_agent(
         invoke=invoke,
         redactor=shared_redactor(settings),
         is_admin=is_admin,
+        offer=offer,
     )

@@ -234,6 +234,7 @@ class Orchestrator:
             messages=self.messages,
             invoke=self.invoke,
             is_admin=self.is_admin,
+            offer=self.offer,
         )
         if claude is not None:
             return claude
@@ -492,6 +493,14 @@ class Orchestrator:
         prompt = _prompt_of(task, self.redact)
         replies = await self.services.agent.respond(task.chat_id, [prompt], event_id)
         return "\n\n".join(replies)
+
+    async def offer(self, chat_id: str, reply: Reply, caused_by: int | None) -> bool:
+        """Send a reply whose actions are the point (a confirmation) where the chat's
+        platform draws them as buttons; False, sending nothing, where it does not."""
+        channel = self._channel_for(chat_id)
+        if channel is None or not channel.supports_buttons:
+            return False
+        return await self.send(chat_id, reply, caused_by)
 
     async def notify(self, chat_id: str, text: str, caused_by: int | None) -> None:
         await self.send(chat_id, text, caused_by)

@@ -25,6 +25,9 @@ from assistant.orchestrator import Orchestrator
 from assistant.reply import Action, Reply
 from assistant.runs.process_runner import ProcessRunner
 from storage.tasks import TaskRepo
+from tests.fakes.anthropic_server import FakeAnthropic, ToolUse
+from tests.fakes.anthropic_server import Reply as Answer
+from tests.support.model_service import model_settings
 from tests.support.recording import ButtonChannel, RecordingChannel
 from tests.support.run_flow import ADMIN, launch, step_of, wait_until
 
@@ -214,3 +217,36 @@ async def _until_settled(stream: AsyncIterator[Incoming]) -> list[str]:
             return texts
         texts.append(item.text)
     raise AssertionError("the connection closed")
+
+
+async def test_the_models_destructive_call_becomes_a_yes_no_choice(settings: Settings) -> None:
+    """The model asks to delete a task without the user's yes: the chat gets a Yes / No
+    choice; the model is told so; Yes (pressed by a person) deletes it, once."""
+    channel = ButtonChannel()
+    async with FakeAnthropic() as fake:
+        model = model_settings(settings, fake)
+        async with Orchestrator(model, channels=[channel]) as orch:
+            (added,) = await channel.say(ADMIN, "/task add every 1h /status")
+            task_id = added.split()[1]
+            fake.add(
+                Answer([ToolUse("tu_1", "delete_task", {"task_id": task_id, "confirmed": False})]),
+                Answer("I put a button for it in the chat."),
+            )
+            said = await channel.say(ADMIN, "delete that task")
+            tasks = TaskRepo(orch.services.db)
+            assert len(await tasks.list_all()) == 1  # nothing done on the model's word
+
+            yes = channel.button(f"Yes, delete task {task_id} and its run history")
+            pressed = await channel.press(ADMIN, yes)
+            late_no = await channel.press(ADMIN, channel.button("No", under="Confirm: delete"))
+            remaining = await tasks.list_all()
+
+    assert said == [
+        f"Confirm: delete task {task_id} and its run history?",
+        "I put a button for it in the chat.",
+    ]
+    result = fake.requests[-1].body["messages"][-1]["content"][0]
+    assert result["content"].startswith(f"Not done yet: this would delete task {task_id}")
+    assert "shown a button" in result["content"]
+    assert pressed.acted and remaining == []
+    assert not late_no.acted  # the choice was used by Yes
