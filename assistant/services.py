@@ -118,9 +118,7 @@ def build_watcher(
     from assistant.watch.poller import Watcher
     from storage.watches import WatchRepo
 
-    return Watcher(
-        WatchRepo(db, shared_redactor(settings)), event_log, send, settings, clock
-    )
+    return Watcher(WatchRepo(db, shared_redactor(settings)), event_log, send, settings, clock)
 
 
 def shared_redactor(settings: Settings) -> Redactor:

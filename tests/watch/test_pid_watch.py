@@ -179,3 +179,43 @@ async def test_refusals_say_what_would_do(
     assert "unknown form 'host'" in unknown
     job.start()
     job.reap()
+
+
+async def test_hostile_output_in_a_log_file_costs_its_own_lines_only(
+    service: tuple[Orchestrator, RecordingChannel], tmp_path: Path
+) -> None:
+    """Bad UTF-8, NUL and a 10 MB line, then report lines; then the log swapped for a
+    symlink to a file the job wants read: it is not followed."""
+    orch, channel = service
+    watcher = orch.services.watches
+    assert watcher is not None
+    job = start_job(tmp_path / "job", steps=10, code=0, hostile=True)
+    (reply,) = await channel.say(ADMIN, f"/watch pid {job.pid}")
+    watch_id = watch_id_of(reply)
+    job.start()
+    report = await channel.wait_for("ended: exit code 0", timeout=60)
+    assert "Step 10/10" in report and "Output lines cut or left out: 1" in report
+    watch = await watcher.repo.get(watch_id)
+    assert watch is not None
+    tail = watcher.tail(watch, 40)
+    assert "bad utf-8 \ufffd\ufffd\ufffd( and NUL \ufffd here" in tail
+    (huge,) = [line for line in tail if line.startswith("xxxx")]
+    assert huge.endswith("…[cut]") and len(huge) < 2100
+    job.reap()
+
+    other = start_job(tmp_path / "other", steps=3, code=0)
+    (reply,) = await channel.say(ADMIN, f"/watch pid {other.pid}")
+    other_id = watch_id_of(reply)
+    secret = tmp_path / "secret.txt"
+    secret.write_text('@assistant {"type": "progress", "step": 999}\nthe-secret-line\n')
+    other.log.unlink()
+    other.log.symlink_to(secret)
+    await watcher.poll()
+    assert "is not a regular file" in watcher.stats.problems[other_id]
+    other.start()
+    other.reap()
+    report = await channel.wait_for(f"Watch {other_id}", timeout=30)
+    report = await channel.wait_for("ended: exit code 0", timeout=30)
+    assert "the-secret-line" not in "".join(t for _, t in channel.sent)
+    watch = await watcher.repo.get(other_id)
+    assert watch is not None and watch.step != 999
