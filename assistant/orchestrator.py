@@ -161,7 +161,7 @@ class Orchestrator:
         )
         self.services.watches = build_watcher(db, event_log, settings, self.clock, self.send)
         start_tracing(settings, event_log, redactor)  # when ASSISTANT_OTLP_ENDPOINT is set
-        self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs)
+        self.pruner = Pruner(db, event_log, settings, scheduler.prune_runs, self.actions.prune)
         try:
             # /healthz now; other routes (/metrics) are added on services.http before start
             self.services.http = HttpServer.from_settings(settings)

@@ -76,10 +76,14 @@ class Pruner:
         event_log: EventLog,
         settings: Settings,
         prune_runs: Callable[[], Awaitable[int]],
+        prune_buttons: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self._db = db
         self._log = event_log
         self._prune_runs = prune_runs
+        # buttons and thread roots weeks old (assistant/actions.py): a press of one says
+        # it expired long before it is pruned
+        self._prune_buttons = prune_buttons
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
         self.last: PruneResult | None = None
@@ -111,13 +115,19 @@ class Pruner:
         try:
             result = await self.prune_events()
             runs = await self._prune_runs()
+            buttons = await self._prune_buttons() if self._prune_buttons is not None else 0
             total = sum(result.deleted.values())
-            if total or runs:
+            if total or runs or buttons:
                 self._log.log_event(
                     "system",
                     None,
-                    summary=f"pruned {total} log rows and {runs} task runs",
-                    content={**result.deleted, "task_runs": runs, "at": to_iso(utc_now())},
+                    summary=f"pruned {total} log rows, {runs} task runs and {buttons} buttons",
+                    content={
+                        **result.deleted,
+                        "task_runs": runs,
+                        "buttons": buttons,
+                        "at": to_iso(utc_now()),
+                    },
                 )
         except Exception:
             log.exception("pruning failed")

@@ -116,4 +116,4 @@ async def test_a_pass_records_itself_and_runs_task_retention(
     await event_log.flush()
     assert calls == [1]
     summary = await db.scalar("SELECT summary FROM event_log WHERE source = 'system'")
-    assert summary == "pruned 15 log rows and 2 task runs"
+    assert summary == "pruned 15 log rows, 2 task runs and 0 buttons"

@@ -134,6 +134,12 @@ async def test_a_forged_or_expired_button_says_so(settings: Settings) -> None:
         assert "/task add every 1h /status" in expired.note  # what to type instead
         assert await TaskRepo(orch.services.db).list_all() == []
 
+        clock.advance(timedelta(days=21))  # four weeks: the pruner forgets it
+        await orch.pruner.prune()
+        assert await orch.services.db.scalar("SELECT count(*) FROM buttons") == 0
+        gone = await channel.press(ADMIN, channel.button("Add"))
+        assert not gone.acted and "no longer valid" in gone.note
+
 
 async def test_a_channel_without_buttons_lists_the_commands(settings: Settings) -> None:
     channel = RecordingChannel()
