@@ -586,12 +586,18 @@ class FakeTelegram:
             raise _BadRequest("message to edit not found")
         if len(text) > 4096:
             raise _BadRequest("MESSAGE_TOO_LONG")
-        if message.get("text") == text:
+        # as on Telegram, an edit without reply_markup takes the inline keyboard off
+        markup = _markup(params.get("reply_markup", '{"inline_keyboard": []}'))
+        if message.get("text") == text and _rows(markup) == _rows(message.get("reply_markup")):
             raise _BadRequest(
                 "message is not modified: specified new message content and reply markup are"
                 " exactly the same as a current content and reply markup of the message"
             )
         message["text"] = text
+        if markup["inline_keyboard"]:
+            message["reply_markup"] = markup
+        else:
+            message.pop("reply_markup", None)
         message["edit_date"] = int(time.time())
         self.edits.setdefault(chat_id, []).append(Edit(message_id, text))
         return message
