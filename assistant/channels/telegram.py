@@ -340,7 +340,7 @@ class TelegramChannel(Channel):
             await self._answer(query, PRESS_FAILED)
             return
         await self._answer(query, result.note)
-        if result.acted and press.message_id is not None:
+        if result.acted:
             await self._spend(press, query.message)
 
     def _press(self, query: CallbackQuery) -> Press | None:
@@ -372,14 +372,14 @@ class TelegramChannel(Channel):
 
     async def _spend(self, press: Press, message: object) -> None:
         """editMessageReplyMarkup: the keyboard without the pressed button (none at all
-        where it was the last), built from the message as the press carried it."""
-        assert press.message_id is not None
-        target, message_id = self._target(press.chat_id), int(press.message_id)
+        where it was the last), built from the message as the press carried it. A message
+        Telegram no longer shows the bot (older than 48 hours) is left as it is: its
+        keyboard is unknown, and taking all of it off would take the other actions too."""
         drawn = message.reply_markup if isinstance(message, Message) else None
-        rows = [
-            [b for b in row if b.callback_data != press.token]
-            for row in (drawn.inline_keyboard if drawn is not None else ())
-        ]
+        if drawn is None or press.message_id is None:
+            return
+        target, message_id = self._target(press.chat_id), int(press.message_id)
+        rows = [[b for b in row if b.callback_data != press.token] for row in drawn.inline_keyboard]
         left = InlineKeyboardMarkup([row for row in rows if row]) if any(rows) else None
         try:
             await self._submit(

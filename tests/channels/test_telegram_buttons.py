@@ -192,6 +192,21 @@ async def test_a_press_that_did_not_act_is_answered_and_leaves_the_keyboard(edge
     assert edge.fake.buttons(CHAT, message_id) == [[("Stop", "tok_stop-1"), ("Logs", "tok_logs")]]
 
 
+async def test_a_press_on_a_message_too_old_to_see_acts_and_leaves_the_keyboard(
+    edge: Edge,
+) -> None:
+    """Past 48 hours a press carries only the message's chat and id, not its keyboard: the
+    press is handed on, and no keyboard is guessed at (the other buttons stay)."""
+    message_id = await sent_with_buttons(edge)
+    query = edge.fake.push_press(CHAT, message_id, "Stop", inaccessible=True)
+    answer = await edge.fake.wait_answered(query)
+    await edge.fake.wait_confirmed(edge.fake.query_updates[query])
+    assert answer.text == "Stop: done"
+    (press,) = edge.inbox.presses
+    assert (press.token, press.message_id) == ("tok_stop-1", str(message_id))
+    assert edge.fake.calls_of("editMessageReplyMarkup") == []
+
+
 async def test_a_press_in_a_group_names_the_group_and_the_presser(edge: Edge) -> None:
     edge.fake.push_message(GROUP, "hello", chat_type="supergroup", title="ML team")
     message_id = await sent_with_buttons(edge, GROUP)

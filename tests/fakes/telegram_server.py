@@ -282,12 +282,15 @@ class FakeTelegram:
         *,
         data: Any = None,
         from_user: dict[str, Any] | None = None,
+        inaccessible: bool = False,
     ) -> str:
         """A user taps an inline button under one of the bot's messages: queue the
         callback_query update Telegram sends, and return the query's id.
 
         `label` names the button as drawn (its callback_data is sent); `data` sends other
         callback data instead (Telegram's clients can send any, so the bot must not trust it).
+        `inaccessible`: the message is older than the bot may see (48 hours), so the press
+        carries only its chat and id (an InaccessibleMessage, date 0).
         """
         message = self._chat(chat_id).messages[message_id]
         if label is not None:
@@ -301,7 +304,11 @@ class FakeTelegram:
         query: dict[str, Any] = {
             "id": query_id,
             "from": dict(from_user or ANN),
-            "message": copy.deepcopy(message),  # as it was when pressed
+            "message": (
+                {"chat": message["chat"], "message_id": message_id, "date": 0}
+                if inaccessible
+                else copy.deepcopy(message)  # as it was when pressed
+            ),
             "chat_instance": f"-{abs(chat_id)}77",
         }
         if data is not None:
