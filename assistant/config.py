@@ -102,8 +102,13 @@ class Settings(BaseSettings):
     # chat platforms' API servers (a self-hosted Bot API server, or a test server)
     telegram_api_url: str = "https://api.telegram.org/bot"
     slack_api_url: str = "https://slack.com/api/"
+    # Slack: the slash command the app's manifest declares (`/gpu status` is /status)
+    slack_command: str = Field(default="/gpu", pattern=r"^/[a-z0-9_-]{1,31}$")
     discord_api_url: str | None = None  # None: discord.py's own
     discord_gateway_url: str | None = None
+    # Discord: the guild (server) whose slash commands are set at start (they show at once);
+    # none: global commands (every guild the bot is in and DMs; Discord may take a while)
+    discord_guild_id: int | None = Field(default=None, gt=0)
     # the model: Anthropic's Messages API (base URL for a proxy or a test server)
     anthropic_base_url: str | None = None
     model: str = Field(default="claude-sonnet-5-5", validation_alias="ASSISTANT_MODEL")
@@ -199,6 +204,11 @@ class Settings(BaseSettings):
     )
     # seconds a paused or stopped run gets to checkpoint before it is killed
     stop_grace_s: float = Field(default=60, ge=1, validation_alias="ASSISTANT_STOP_GRACE")
+    # seconds between passes over watched jobs (/watch), and whether /watch stop may stop one
+    watch_interval_s: float = Field(
+        default=5, gt=0, le=300, validation_alias="ASSISTANT_WATCH_INTERVAL"
+    )
+    watch_allow_stop: bool = Field(default=False, validation_alias="ASSISTANT_WATCH_ALLOW_STOP")
     # a pool of GPU hosts (runs/pool.py); default ASSISTANT_HOME/hosts.toml, used if present
     hosts_file: Path | None = Field(default=None, validation_alias="ASSISTANT_HOSTS_FILE")
     # seconds a pool host may stay silent before its runs are given up as lost

@@ -12,26 +12,59 @@ the error reaches us as a `TransientError`.
 
 `api_url`/`gateway_url` point this one client elsewhere (tests, a proxy): a subclass of
 discord.py's `HTTPClient` is installed on this client only and rewrites its URLs. No
-process-wide setting (`Route.BASE`, `DiscordWebSocket.DEFAULT_GATEWAY`) is changed.
+process-wide setting (`Route.BASE`, `DiscordWebSocket.DEFAULT_GATEWAY`) is changed; the
+interaction and webhook calls (discord.py's webhook adapter, a context variable) are
+redirected only around our own calls.
+
+Interactions: slash commands, buttons and threads. They come as INTERACTION_CREATE over
+the gateway; discord.py parses each into a `discord.Interaction` and we take it in
+`on_interaction`, answering through the Interaction's own methods (`response.defer`,
+`edit_original_response`, `followup`). discord.py's `app_commands.CommandTree` and
+`ui.View` callbacks are not used to route them, on purpose:
+
+- every slash command means one thing here, "/name args" handed to the inbox like typed
+  text, and the orchestrator already answers an unknown or stale name (the tree would
+  raise CommandNotFound and leave the user with "the application did not respond");
+- a button's custom_id is a token stored in the database that must work after a restart
+  and whose press the orchestrator alone decides (rights now, once only); a View's
+  callbacks live in this process only. `ui.View` is used just to draw the buttons
+  (`_Buttons`, never dispatched, so discord.py keeps nothing per message).
+
+Commands are registered with discord.py's bulk overwrite (PUT): in `DISCORD_GUILD_ID`'s
+guild when set (immediate; global commands of this application are then cleared so none
+shows twice), else globally. A slash command is acknowledged with type 5 (deferred,
+"assistant is thinking…") and its reply edits that response, so the answer sits under the
+user's "/status" as Discord users expect; a press is acknowledged with type 6 (deferred
+update) and, where it acted, the message it was under loses its buttons and gains a line
+naming the button and who pressed it; otherwise the presser alone sees the note
+(an ephemeral followup).
+
+Threads: `thread=` is the root message id; a thread started from a message has that id
+as its channel id, so it is created on first use (POST …/messages/{id}/threads; "already
+exists" after a restart is success) and written to by id after. In a DM, where Discord
+has no threads, messages go to the DM itself. A message or press in a thread belongs to
+the thread's parent channel: that is the chat, with its rights.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import re
 import warnings
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from assistant.background import cancel
-from assistant.channels.base import Channel, Inbox, IncomingMessage
+from assistant.channels.base import Button, Channel, Inbox, IncomingMessage, MenuEntry, Press
 from assistant.channels.delivery import RetryAfter, SendQueue, TransientError, split_text
 from assistant.errors import ChannelError
 
@@ -42,6 +75,7 @@ with warnings.catch_warnings():
     from discord.gateway import DiscordWebSocket
     from discord.http import HTTPClient, Route
     from discord.state import ConnectionState
+    from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +92,45 @@ NO_CONTENT_INTENT = (
     " (Developer Portal → Bot → Privileged Gateway Intents → Message Content)"
 )
 ANSWERABLE = (discord.MessageType.default, discord.MessageType.reply)
+# Discord's limits for a slash command (CHAT_INPUT): name, description, an option's text
+COMMAND_NAME = re.compile(r"[-_a-z0-9]{1,32}")
+DESCRIPTION_LIMIT = 100
+MAX_COMMANDS = 100
+ARGS_OPTION = "args"
+ARGS_DESCRIPTION = "what follows the command, as you would type it (e.g. stop 3r6wfv)"
+ButtonStyleName = Literal["", "primary", "danger"]
+BUTTON_STYLES: dict[ButtonStyleName, discord.ButtonStyle] = {
+    "primary": discord.ButtonStyle.primary,  # 1
+    "danger": discord.ButtonStyle.danger,  # 4
+    "": discord.ButtonStyle.secondary,  # 2
+}
+MAX_BUTTONS = 25  # five rows of five
+BUTTON_LABEL_LIMIT = 80
+THREAD_NAME_LIMIT = 100
+THREAD_ARCHIVE_MINUTES: Literal[1440] = 1440  # a day without messages; a message reopens it
+THREAD_EXISTS = 160004  # "A thread has already been created for this message"
+THREAD_TYPES = {
+    discord.ChannelType.public_thread,
+    discord.ChannelType.private_thread,
+    discord.ChannelType.news_thread,
+}
+
+
+@dataclass
+class _Asked:
+    """A slash command waiting for its answer: the deferred response its reply edits."""
+
+    interaction: discord.Interaction[Any]
+    answered: bool = False
+    elsewhere: int | None = None  # a thread the answer went to instead
 
 
 class DiscordChannel(Channel):
     name = "discord"
     prefix = "dc"
     supports_edit = True
+    supports_buttons = True
+    supports_threads = True
 
     def __init__(
         self,
@@ -72,11 +139,13 @@ class DiscordChannel(Channel):
         api_url: str | None = None,
         gateway_url: str | None = None,
         bot_name: str = "assistant",
+        guild_id: int | None = None,
     ) -> None:
         self._token = token
         self._api_url = api_url
         self._gateway_url = gateway_url
         self.bot_name = bot_name
+        self.guild_id = guild_id
         self._client: _Client | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._inbox: Inbox | None = None
@@ -86,6 +155,14 @@ class DiscordChannel(Channel):
         self._mine: OrderedDict[int, None] = OrderedDict()  # ids this bot sent: replies to it
         self._incoming_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sending_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # root message id -> its thread's channel id (the same id), or its own channel
+        # where no thread can be started (a DM); message id -> the thread it was sent to
+        self._threads: dict[int, int] = {}
+        self._parents: dict[int, int] = {}  # thread id -> its parent channel id
+        self._in_thread: OrderedDict[int, int] = OrderedDict()
+        self._first_lines: OrderedDict[int, str] = OrderedDict()  # for a thread's name
+        self._asked: dict[str, _Asked] = {}  # chat id -> the slash command being answered
+        self._webhooks = _RedirectedWebhooks(api_url) if api_url is not None else None
 
     @property
     def is_connected(self) -> bool:
@@ -104,7 +181,12 @@ class DiscordChannel(Channel):
         """
         self._inbox = inbox
         client = self._client = _Client(
-            self._api_url, self._gateway_url, self._ready.set, self._on_message, self.note_skipped
+            self._api_url,
+            self._gateway_url,
+            self._ready.set,
+            self._on_message,
+            self._on_interaction,
+            self.note_skipped,
         )
         try:
             await client.login(self._token)
@@ -138,6 +220,31 @@ class DiscordChannel(Channel):
         if isinstance(exc, discord.ConnectionClosed) and exc.code == 4004:
             return REJECTED
         return f"discord: the gateway connection ended ({_describe(exc)})"
+
+    async def set_menu(self, admin_chats: Sequence[str], commands: Sequence[MenuEntry]) -> None:
+        """The registry's commands as slash commands, each with one optional `args` text.
+
+        A bulk overwrite (PUT), so a command gone from the registry disappears. Discord
+        scopes commands by guild, not by channel: every chat sees the same list, and
+        rights are checked when a command acts. A list Discord refuses is logged and the
+        channel goes on with what was registered before.
+        """
+        client = self._client
+        app_id = client.application_id if client is not None else None
+        if client is None or app_id is None:
+            log.warning("discord: no application id after login; slash commands not registered")
+            return
+        payload = command_payload(commands)
+        try:
+            if self.guild_id is not None:
+                await client.http.bulk_upsert_guild_commands(app_id, self.guild_id, payload)
+                # one list only: a command registered globally before would show twice
+                await client.http.bulk_upsert_global_commands(app_id, [])
+            else:
+                await client.http.bulk_upsert_global_commands(app_id, payload)
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            where = f"guild {self.guild_id}" if self.guild_id is not None else "global"
+            log.warning("discord: slash commands (%s) not registered: %s", where, _describe(exc))
 
     async def aclose(self) -> None:
         await self._queue.aclose()
@@ -193,28 +300,241 @@ class DiscordChannel(Channel):
         )
         dm = message.guild is None
         named = re.match(rf"{re.escape(self.bot_name)}\b", text, re.IGNORECASE) is not None
-        title = getattr(message.channel, "name", None)
         return IncomingMessage(
-            chat_id=f"{self.prefix}:{message.channel.id}",
+            chat_id=self._chat_of(message.channel),
             sender=message.author.display_name,
             text=text,
             platform_id=str(message.id),
-            chat_title=str(title) if title else (f"DM with {message.author.name}" if dm else ""),
+            chat_title=_title(message.channel, message.author, dm),
             reply_to=str(replied_id) if replied_id is not None else None,
             addressed=dm or mentioned or to_me or named,
         )
 
+    def _chat_of(self, channel: Any) -> str:
+        """The chat a channel belongs to: a thread's parent, else the channel itself."""
+        channel_id = int(channel.id)
+        parent = getattr(channel, "parent_id", None)
+        if isinstance(channel, discord.Thread) or getattr(channel, "type", None) in THREAD_TYPES:
+            channel_id = int(parent) if parent is not None else channel_id
+        else:  # a thread discord.py has not seen (not cached): one we started, perhaps
+            channel_id = self._parents.get(channel_id, channel_id)
+        return f"{self.prefix}:{channel_id}"
+
+    async def _on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """A slash command or a button press; anything else (autocomplete, modals) is
+        not ours. One that cannot be read is skipped; the gateway reads on."""
+        if not _remember(self._seen, interaction.id):
+            log.debug("discord: interaction %s delivered again, dropped", interaction.id)
+            return
+        try:
+            if interaction.type is discord.InteractionType.application_command:
+                await self._slash_command(interaction)
+            elif interaction.type is discord.InteractionType.component:
+                await self._pressed(interaction)
+        except _Unreadable as exc:
+            self.note_skipped(f"interaction {interaction.id}", str(exc))
+        except Exception:
+            log.exception("discord: interaction %s failed", interaction.id)
+
+    async def _slash_command(self, interaction: discord.Interaction[Any]) -> None:
+        inbox = self._inbox
+        name, args = _command_text(interaction.data)
+        channel = interaction.channel
+        if inbox is None or channel is None:
+            raise _Unreadable("no channel")
+        chat_id = self._chat_of(channel)
+        user = interaction.user
+        incoming = IncomingMessage(
+            chat_id=chat_id,
+            sender=user.display_name if user else "someone",
+            text=f"/{name} {args}".strip(),
+            platform_id=str(interaction.id),
+            chat_title=_title(channel, user, interaction.guild_id is None),
+        )
+        async with self._incoming_locks[chat_id]:
+            asked: _Asked | None = _Asked(interaction)
+            try:
+                with self._redirected():
+                    await interaction.response.defer()  # type 5: "thinking…" (3 s to do it)
+            except discord.HTTPException as exc:
+                # too late or refused: the answer comes as a plain message instead
+                log.warning("discord: slash command %s not acknowledged: %s", name, exc)
+                asked = None
+            if asked is not None:
+                self._asked[chat_id] = asked
+            try:
+                await inbox.deliver(incoming)
+            except Exception:
+                log.exception("discord: delivering /%s failed", name)
+            finally:
+                if asked is not None:
+                    self._asked.pop(chat_id, None)
+                    await self._close_unanswered(asked)
+
+    async def _close_unanswered(self, asked: _Asked) -> None:
+        """A deferred response must not think forever: point to where the answer went, or
+        remove it when there was none (a command from a chat without rights is ignored)."""
+        if asked.answered:
+            return
+        try:
+            with self._redirected():
+                if asked.elsewhere is not None:
+                    await asked.interaction.edit_original_response(
+                        content=f"Answered in <#{asked.elsewhere}>", allowed_mentions=NO_MENTIONS
+                    )
+                else:
+                    await asked.interaction.delete_original_response()
+        except discord.HTTPException as exc:
+            log.info("discord: the deferred response was left as it was: %s", exc)
+
+    async def _pressed(self, interaction: discord.Interaction[Any]) -> None:
+        inbox = self._inbox
+        data: Any = interaction.data
+        token = data.get("custom_id") if isinstance(data, dict) else None
+        channel, message = interaction.channel, interaction.message
+        if inbox is None or channel is None or not isinstance(token, str) or not token:
+            raise _Unreadable("a button press without a custom_id or channel")
+        try:
+            with self._redirected():
+                await interaction.response.defer()  # type 6: deferred update, at once
+        except discord.HTTPException as exc:
+            log.warning("discord: press %s not acknowledged: %s", interaction.id, exc)
+        user = interaction.user
+        who = user.display_name if user else "someone"
+        press = Press(
+            chat_id=self._chat_of(channel),
+            sender=who,
+            token=token,
+            platform_id=str(interaction.id),
+            message_id=str(message.id) if message is not None else None,
+            chat_title=_title(channel, user, interaction.guild_id is None),
+        )
+        result = await inbox.press(press)
+        try:
+            with self._redirected():
+                if result.acted and message is not None:
+                    label = _label_of(message, token) or "A button"
+                    line = f"\n*{label} — pressed by {who}*"
+                    content = message.content[: LIMIT - len(line)] + line
+                    rest = _other_buttons(message, token)  # Logs pressed: Stop stays
+                    await interaction.edit_original_response(
+                        content=content,
+                        view=_Buttons(rest) if rest else None,
+                        allowed_mentions=NO_MENTIONS,
+                    )
+                elif result.note:
+                    await interaction.followup.send(
+                        result.note, ephemeral=True, allowed_mentions=NO_MENTIONS
+                    )
+        except discord.HTTPException as exc:
+            log.warning("discord: the press's answer was not shown: %s", exc)
+
+    @contextlib.contextmanager
+    def _redirected(self) -> Iterator[None]:
+        """discord.py's webhook calls (interaction responses, followups) to `api_url`, for
+        the calls made inside only: a context variable, so no other client is touched."""
+        if self._webhooks is None:
+            yield
+            return
+        token = async_context.set(self._webhooks)
+        try:
+            yield
+        finally:
+            async_context.reset(token)
+
     # ---- outgoing ----------------------------------------------------------------------
 
     async def send_text(self, chat_id: str, text: str) -> str | None:
+        return await self.send_message(chat_id, text)
+
+    async def send_message(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        thread: str | None = None,
+    ) -> str | None:
+        """Text (split at 2000 characters) with the buttons under its last piece, in the
+        thread of root message `thread`. While a slash command from this chat waits, its
+        deferred response becomes the first piece. Returns the first piece's id."""
         target = self._target(chat_id)
         if not text.strip():
             return None  # Discord refuses empty messages
-        message_id = None
+        pieces = split_text(text, LIMIT)
+        first: str | None = None
         async with self._sending_locks[chat_id]:  # a split text stays contiguous
-            for piece in split_text(text, LIMIT):
-                message_id = await self._submit(_post(target, piece))
-        return message_id
+            where = await self._thread(target, thread)
+            asked = self._asked.get(chat_id)
+            if asked is not None and not asked.answered:
+                here = _channel_id(asked)
+                if thread is None and here is not None and self._client is not None:
+                    where = self._client.get_partial_messageable(here)  # where it was asked
+                elif where.id != here:
+                    asked.elsewhere = where.id  # a thread's message: the thread is its place
+            for number, piece in enumerate(pieces, 1):
+                view = _Buttons(buttons) if buttons and number == len(pieces) else None
+                if asked is not None and not asked.answered and asked.elsewhere != where.id:
+                    asked.answered = True  # the answer sits under the user's command
+                    sent = await self._submit(self._answer(asked, piece, view))
+                else:
+                    sent = await self._submit(_post(where, piece, view=view))
+                if where.id != target.id:
+                    _remember_as(self._in_thread, int(sent), where.id)
+                first = first or sent
+        if first is not None:
+            _remember_as(self._first_lines, int(first), text.strip().splitlines()[0])
+        return first
+
+    def _answer(
+        self, asked: _Asked, content: str, view: discord.ui.View | None
+    ) -> Callable[[], Awaitable[discord.Message]]:
+        async def edit() -> discord.Message:
+            with self._redirected():
+                return await asked.interaction.edit_original_response(
+                    content=content, view=view, allowed_mentions=NO_MENTIONS
+                )
+
+        return edit
+
+    async def _thread(
+        self, target: discord.PartialMessageable, root: str | None
+    ) -> discord.PartialMessageable:
+        """Where a message under `root` goes: its thread, started on first use."""
+        client = self._client
+        if root is None or client is None:
+            return target
+        if not root.isdigit():
+            raise ChannelError(f"discord: {root!r} is not a Discord message id")
+        root_id = int(root)
+        known = self._threads.get(root_id)
+        if known is None:
+            known = self._threads[root_id] = await self._start_thread(target, root_id)
+        return client.get_partial_messageable(known)
+
+    async def _start_thread(self, target: discord.PartialMessageable, root: int) -> int:
+        """The thread's channel id (the root's id); the root's own channel where there is
+        no thread to be had (a DM, no permission, the root gone): said once, then used."""
+        client = self._client
+        assert client is not None
+        name = (self._first_lines.get(root) or f"{self.bot_name} thread")[:THREAD_NAME_LIMIT]
+        try:
+            await client.http.start_thread_with_message(
+                target.id, root, name=name, auto_archive_duration=THREAD_ARCHIVE_MINUTES
+            )
+        except discord.HTTPException as exc:
+            if exc.code == THREAD_EXISTS:  # started before: by us before a restart, or a user
+                self._parents[root] = target.id
+                return root
+            log.warning(
+                "discord: no thread under message %s in %s (%s); sending to the channel",
+                root,
+                target.id,
+                exc,
+            )
+            return target.id
+        self._parents[root] = target.id
+        return root
 
     async def send_image(
         self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
@@ -226,33 +546,42 @@ class DiscordChannel(Channel):
             raise ChannelError(f"discord: cannot read image {path} ({exc.strerror})") from None
         pieces = split_text(caption, LIMIT) if caption.strip() else [""]
         async with self._sending_locks[chat_id]:
+            where = await self._thread(target, thread)
             for piece in pieces[:-1]:
-                await self._submit(_post(target, piece))
-            return await self._submit(_post(target, pieces[-1] or None, (path.name, data)))
+                await self._submit(_post(where, piece))
+            sent = await self._submit(_post(where, pieces[-1] or None, (path.name, data)))
+            if where.id != target.id:
+                _remember_as(self._in_thread, int(sent), where.id)
+            return sent
 
     async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
         """Edit in place; a message that is gone is sent anew. Beyond 2000 characters
-        the rest follows as new messages."""
+        the rest follows as new messages. A message sent into a thread is edited there."""
         target = self._target(chat_id)
         if not message_id.isdigit():
             raise ChannelError(f"discord: {message_id!r} is not a Discord message id")
         if not text.strip():
             return message_id
+        client = self._client
+        assert client is not None
+        where = target
+        if (thread := self._in_thread.get(int(message_id))) is not None:
+            where = client.get_partial_messageable(thread)
         first, *rest = split_text(text, LIMIT)
 
         async def edit() -> discord.Message:
             try:
-                return await target.get_partial_message(int(message_id)).edit(
+                return await where.get_partial_message(int(message_id)).edit(
                     content=first, allowed_mentions=NO_MENTIONS
                 )
             except discord.NotFound:
                 log.info("discord: message %s is gone; sending anew", message_id)
-                return await target.send(first, allowed_mentions=NO_MENTIONS)
+                return await where.send(first, allowed_mentions=NO_MENTIONS)
 
         async with self._sending_locks[chat_id]:
             edited = await self._submit(edit)
             for piece in rest:
-                await self._submit(_post(target, piece))
+                await self._submit(_post(where, piece))
         return edited
 
     def _target(self, chat_id: str) -> discord.PartialMessageable:
@@ -273,16 +602,135 @@ class DiscordChannel(Channel):
 # ---- helpers -------------------------------------------------------------------------
 
 
+class _Unreadable(Exception):
+    """An interaction whose fields are not what Discord documents."""
+
+
+def command_payload(commands: Sequence[MenuEntry]) -> list[dict[str, Any]]:
+    """Slash commands (CHAT_INPUT) within Discord's limits: a name Discord would refuse is
+    left out (and logged) rather than failing the whole list; each takes `args`."""
+    payload: list[dict[str, Any]] = []
+    for entry in commands:
+        name = entry.name.lower()
+        if not COMMAND_NAME.fullmatch(name):
+            log.warning(
+                "discord: /%s cannot be a slash command (a-z, 0-9, - and _, at most 32)", name
+            )
+            continue
+        if len(payload) == MAX_COMMANDS:
+            log.warning(
+                "discord: more than %d commands; /%s and later left out", MAX_COMMANDS, name
+            )
+            break
+        summary = " ".join(entry.summary.split()) or f"/{name}"
+        if len(summary) > DESCRIPTION_LIMIT:
+            summary = summary[: DESCRIPTION_LIMIT - 1] + "…"
+        payload.append(
+            {
+                "name": name,
+                "type": 1,  # CHAT_INPUT: a slash command
+                "description": summary,
+                "options": [
+                    {
+                        "type": 3,  # STRING
+                        "name": ARGS_OPTION,
+                        "description": ARGS_DESCRIPTION,
+                        "required": False,
+                    }
+                ],
+            }
+        )
+    return payload
+
+
+def _command_text(data: Any) -> tuple[str, str]:
+    """A slash command's name and its `args` text (empty when not given)."""
+    name = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not COMMAND_NAME.fullmatch(name):
+        raise _Unreadable(f"a slash command without a valid name ({name!r})")
+    args = ""
+    for option in data.get("options") or []:
+        if isinstance(option, dict) and option.get("name") == ARGS_OPTION:
+            value = option.get("value")
+            if not isinstance(value, str):
+                raise _Unreadable(f"/{name}: args is not text ({type(value).__name__})")
+            args = value.strip()
+    return name, args
+
+
+def _title(channel: Any, user: Any, dm: bool) -> str:
+    title = getattr(channel, "name", None)
+    if isinstance(channel, discord.Thread) and channel.parent is not None:
+        title = channel.parent.name
+    if title:
+        return str(title)
+    return f"DM with {user.name}" if dm and user is not None else ""
+
+
+def _channel_id(asked: _Asked) -> int | None:
+    channel = asked.interaction.channel
+    return channel.id if channel is not None else None
+
+
+def _label_of(message: discord.Message, token: str) -> str | None:
+    """The label of the button with custom_id `token` under a message."""
+    for row in message.components:
+        for item in getattr(row, "children", [row]):
+            if getattr(item, "custom_id", None) == token:
+                label = getattr(item, "label", None)
+                return str(label) if label else None
+    return None
+
+
+def _other_buttons(message: discord.Message, token: str) -> list[Button]:
+    """The buttons under a message but the one pressed: each still acts on its own (the
+    orchestrator says "already done" for the rest of a choice)."""
+    styles: dict[discord.ButtonStyle, ButtonStyleName] = {v: k for k, v in BUTTON_STYLES.items()}
+    found = []
+    for row in message.components:
+        for item in getattr(row, "children", [row]):
+            custom_id = getattr(item, "custom_id", None)
+            if isinstance(item, discord.Button) and custom_id and custom_id != token:
+                style = styles.get(item.style, "")
+                found.append(Button(item.label or custom_id, custom_id, style))
+    return found
+
+
+class _Buttons(discord.ui.View):
+    """The buttons under a message, only drawn: a press comes back as an interaction the
+    channel hands to the inbox, so discord.py must not keep this view to dispatch to."""
+
+    def __init__(self, buttons: Sequence[Button]) -> None:
+        super().__init__(timeout=None)
+        if len(buttons) > MAX_BUTTONS:
+            log.warning("discord: %d buttons, only the first %d drawn", len(buttons), MAX_BUTTONS)
+        for button in buttons[:MAX_BUTTONS]:
+            self.add_item(
+                discord.ui.Button(
+                    label=button.label[:BUTTON_LABEL_LIMIT] or button.token,
+                    style=BUTTON_STYLES.get(button.style, discord.ButtonStyle.secondary),
+                    custom_id=button.token,
+                )
+            )
+
+    def is_dispatchable(self) -> bool:
+        return False
+
+
 def _post(
     target: discord.PartialMessageable,
     content: str | None,
     image: tuple[str, bytes] | None = None,
+    *,
+    view: discord.ui.View | None = None,
 ) -> Callable[[], Awaitable[discord.Message]]:
     """One send, repeatable: a retry needs a fresh `File` (discord.py closes it after use)."""
 
     def send() -> Awaitable[discord.Message]:
         if image is None:
-            return target.send(content, allowed_mentions=NO_MENTIONS)
+            if view is None:
+                return target.send(content, allowed_mentions=NO_MENTIONS)
+            return target.send(content, view=view, allowed_mentions=NO_MENTIONS)
         name, data = image
         attachment = discord.File(io.BytesIO(data), filename=name)
         return target.send(content, file=attachment, allowed_mentions=NO_MENTIONS)
@@ -333,6 +781,14 @@ def _remember(ids: OrderedDict[int, None], message_id: int) -> bool:
     return True
 
 
+def _remember_as(mapping: OrderedDict[int, Any], key: int, value: Any) -> None:
+    """Add to a bounded mapping, the oldest entries going first."""
+    mapping[key] = value
+    mapping.move_to_end(key)
+    while len(mapping) > REMEMBERED:
+        mapping.popitem(last=False)
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "cancelled"
@@ -354,12 +810,14 @@ class _Client(discord.Client):
         gateway_url: str | None,
         on_ready: Callable[[], None],
         on_message: Callable[[discord.Message], Awaitable[None]],
+        on_interaction: Callable[[discord.Interaction[Any]], Awaitable[None]],
         on_unreadable: Callable[[str, str], None],
     ) -> None:
         self._redirect = (api_url, gateway_url)  # read by _get_state during __init__
         self._unreadable = on_unreadable  # likewise
         self._ready_callback = on_ready
         self._message_callback = on_message
+        self._interaction_callback = on_interaction
         intents = discord.Intents.default()
         intents.message_content = True
         super().__init__(
@@ -389,6 +847,9 @@ class _Client(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self._message_callback(message)
+
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        await self._interaction_callback(interaction)
 
 
 def _skipping(
@@ -438,3 +899,17 @@ class _RedirectedHTTP(HTTPClient):
         if self._gateway_url is not None and asked.hostname == default_host:
             url = urlunsplit(urlsplit(self._gateway_url)._replace(query=asked.query))
         return await super().ws_connect(url, compress=compress)
+
+
+class _RedirectedWebhooks(AsyncWebhookAdapter):
+    """discord.py's webhook adapter (interaction callbacks, followups, edits of a response)
+    sending to `api_url`; installed by `DiscordChannel._redirected` around our calls."""
+
+    def __init__(self, api_url: str) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._api_url = api_url.rstrip("/")
+
+    async def request(self, route: Route, session: aiohttp.ClientSession, **kwargs: Any) -> Any:
+        if route.url.startswith(Route.BASE):
+            route.url = self._api_url + route.url[len(Route.BASE) :]
+        return await super().request(route, session, **kwargs)

@@ -32,6 +32,7 @@ def platform_channels(settings: Settings, kv: KeyValue) -> list[Channel]:
                 settings.slack_app_token.get_secret_value(),
                 api_url=settings.slack_api_url,
                 bot_name=name,
+                command=settings.slack_command,
             )
         )
     if settings.discord_bot_token is not None:
@@ -43,6 +44,7 @@ def platform_channels(settings: Settings, kv: KeyValue) -> list[Channel]:
                 api_url=settings.discord_api_url,
                 gateway_url=settings.discord_gateway_url,
                 bot_name=name,
+                guild_id=settings.discord_guild_id,
             )
         )
     return found
