@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,17 @@ from assistant.observability import EventLog
 from assistant.reply import Reply
 from assistant.runs.docker_engine import DEFAULT_DOCKER_HOST, DockerEngine
 from assistant.runs.report import Notify
+from assistant.runs.slurm_cli import SlurmCli
 from assistant.watch import report
 from assistant.watch.output import Chunk, LineReader, line_text
-from assistant.watch.sources import ContainerSource, Observation, PidSource, Resolved, Source
+from assistant.watch.sources import (
+    ContainerSource,
+    Observation,
+    PidSource,
+    Resolved,
+    SlurmSource,
+    Source,
+)
 from storage.timestamps import to_iso
 from storage.watches import ACTIVE, WatchPass, WatchRecord, WatchRepo
 
@@ -92,7 +101,8 @@ class Watcher:
         self._own_engine: DockerEngine | None = None
         self.container = ContainerSource(self.engine)
         self.pid = PidSource(settings.assistant_home)
-        self.slurm = slurm
+        self.slurm = slurm or SlurmSource(self.slurm_cli, settings.assistant_home)
+        self._slurm_cli: SlurmCli | None = None
         self._readers: dict[str, LineReader] = {}
         self._task: asyncio.Task[None] | None = None
         self.stats = PassStats()
@@ -106,12 +116,26 @@ class Watcher:
             )
         return self._own_engine
 
+    def slurm_cli(self) -> SlurmCli:
+        """The cluster's client commands (SLURM_CONF in the service's environment).
+
+        :raises StateError: this host has no Slurm client commands.
+        """
+        if self._slurm_cli is None:
+            if shutil.which("squeue") is None:
+                raise StateError(
+                    "this host has no Slurm client commands (squeue): install slurm-client"
+                    " and point SLURM_CONF at the cluster's slurm.conf"
+                )
+            self._slurm_cli = SlurmCli()
+        return self._slurm_cli
+
     def source(self, kind: str) -> Source:
         if kind == "container":
             return self.container
         if kind == "pid":
             return self.pid
-        if kind == "slurm" and self.slurm is not None:
+        if kind == "slurm":
             return self.slurm
         raise StateError(f"{kind} watches are not available on this host")
 
@@ -188,11 +212,9 @@ class Watcher:
             return await self.container.resolve(target)
         if kind == "pid":
             return await asyncio.to_thread(self.pid.resolve, int(target), log_path)
-        resolve = getattr(self.source(kind), "resolve", None)
-        if resolve is None:
-            raise StateError(f"{kind} watches are not available on this host")
-        found: Resolved = await resolve(target)
-        return found
+        if kind == "slurm" and isinstance(self.slurm, SlurmSource):
+            return await self.slurm.resolve(target)
+        raise StateError(f"{kind} watches are not available on this host")
 
     @staticmethod
     def _first_offset(found: Resolved) -> int:
@@ -237,6 +259,8 @@ class Watcher:
         self._readers.pop(watch_id, None)
         self.container.dropping.pop(watch_id, None)
         self.pid.outputs.pop(watch_id, None)
+        if isinstance(self.slurm, SlurmSource):
+            self.slurm.outputs.pop(watch_id, None)
         self.stats.problems.pop(watch_id, None)
 
     # ---- one pass ----------------------------------------------------------------------

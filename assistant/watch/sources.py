@@ -17,6 +17,7 @@ in words. Only `resolve` (when a watch is added) and `stop` refuse, with one lin
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 from collections.abc import Callable
@@ -385,3 +386,125 @@ def _cmdline(proc_dir: Path, limit: int = 200) -> str:
         return ""
     text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---- Slurm jobs ---------------------------------------------------------------------------
+
+SLURM_ENDS = {
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "CANCELLED": "cancelled",
+    "TIMEOUT": "killed at its time limit (TIMEOUT)",
+    "OUT_OF_MEMORY": "out of memory (OUT_OF_MEMORY)",
+    "NODE_FAIL": "its node failed (NODE_FAIL)",
+    "PREEMPTED": "preempted",
+    "BOOT_FAIL": "its node did not boot (BOOT_FAIL)",
+    "DEADLINE": "past its deadline (DEADLINE)",
+}
+
+
+class SlurmSource:
+    """A Slurm job through `slurm_cli.SlurmCli` (one listing serves a pass's questions);
+    its output from the StdOut file `scontrol show job` names, on a shared filesystem."""
+
+    kind = "slurm"
+
+    def __init__(self, cli: Callable[[], Any], home: Path) -> None:
+        self._cli = cli
+        self._home = home
+        self.outputs: dict[str, FileOutput] = {}
+
+    async def _job(self, job_id: str) -> Any:
+        return await self._cli().job_state(job_id)
+
+    async def resolve(self, target: str) -> Resolved:
+        """:raises NotFoundError: the controller (and accounting) know no such job.
+        :raises Refused: it is one of the assistant's own runs."""
+        job = await self._job(target)
+        if job is None:
+            raise NotFoundError(
+                f"no Slurm job {target} is known to {self._cli().where}; squeue lists jobs"
+            )
+        if job.comment.startswith("assistant:"):
+            run_id = job.comment.rsplit(":", 1)[-1]
+            raise Refused(f"Slurm job {target} is run {run_id}: /run show {run_id} follows it")
+        log_path, note = self._stdout(expand_stdout(job.stdout, job))
+        state = _slurm_observation(job)
+        if state.reason and state.reason not in ("None", "pending"):
+            note = "; ".join(n for n in (f"it waits in the queue: {state.reason}", note) if n)
+        label = job.name + (f" on {job.partition}" if job.partition else "")
+        return Resolved(
+            ref=job.job_id, label=label, state=state.state, log_path=log_path, note=note
+        )
+
+    def _stdout(self, path: str) -> tuple[str | None, str | None]:
+        if not path or not path.startswith("/"):
+            return None, "Slurm names no output file for it (StdOut): only its state is followed"
+        real = Path(os.path.realpath(path))
+        for root in (*FORBIDDEN_ROOTS, Path(os.path.realpath(self._home))):
+            if real == root or root in real.parents:
+                return None, f"its output file lies in {root}: not read"
+        return str(real), None
+
+    async def observe(self, watch: WatchRecord) -> Observation:
+        job = await self._job(watch.ref)
+        if job is None:
+            return Observation(
+                "ended", how="no longer known to the controller (and no accounting to ask)"
+            )
+        return _slurm_observation(job)
+
+    async def read(self, watch: WatchRecord, *, final: bool) -> Chunk:
+        if watch.log_path is None:
+            return Chunk([], watch.out_offset)
+        if watch.state == "pending" and not final:
+            return Chunk([], watch.out_offset)  # not started: no file yet
+        output = self.outputs.setdefault(watch.id, FileOutput(watch.log_path))
+        return output.read(watch.out_offset, final=final)
+
+    async def stop(self, watch: WatchRecord) -> str:
+        await self._cli().cancel(watch.ref)
+        return f"Slurm job {watch.ref} cancelled (scancel)"
+
+
+_FILENAME_PATTERN = re.compile(r"%(\d*)([jAaxuN%])")
+
+
+def expand_stdout(template: str, job: Any) -> str:
+    """The StdOut path with sbatch's filename patterns filled in (squeue's JSON gives the
+    template: `slurm-%j.out`); a pattern not known here is left as it is."""
+    base, _, task = str(job.job_id).partition("_")
+    values = {
+        "j": base,
+        "A": base,
+        "a": task or "4294967294",
+        "x": job.name,
+        "u": job.user,
+        "N": (job.nodes or "").split(",")[0],
+    }
+
+    def fill(match: re.Match[str]) -> str:
+        width, key = match.group(1), match.group(2)
+        if key == "%":
+            return "%"
+        value = values[key]
+        return value.zfill(int(width)) if width and value.isdigit() else value
+
+    return _FILENAME_PATTERN.sub(fill, template)
+
+
+def _slurm_observation(job: Any) -> Observation:
+    if job.pending:
+        return Observation("pending", reason=job.waiting)
+    if not job.ended:
+        return Observation("running")
+    words = SLURM_ENDS.get(job.state, job.state.lower())
+    ok: bool | None = job.state == "COMPLETED" and (job.exit_code or 0) == 0
+    parts = [words]
+    if job.signal:
+        parts.append(f"killed by {signal_name(job.signal)}")
+    elif job.exit_code is not None:
+        parts.append(f"exit code {job.exit_code}")
+    if job.state == "OUT_OF_MEMORY":
+        ok = False
+    return Observation("ended", how=", ".join(parts), exit_code=job.exit_code, ok=ok)
