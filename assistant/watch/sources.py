@@ -30,6 +30,7 @@ import docker.errors
 
 from assistant.errors import NotFoundError, Refused
 from assistant.runs.docker_engine import DockerEngine
+from assistant.runs.slurm_cli import SlurmCli, SlurmJob
 from assistant.watch.output import KEEP_BYTES, MAX_LINE, SCAN_BYTES, Chunk, FileOutput
 from storage.watches import WatchRecord
 
@@ -409,12 +410,12 @@ class SlurmSource:
 
     kind = "slurm"
 
-    def __init__(self, cli: Callable[[], Any], home: Path) -> None:
+    def __init__(self, cli: Callable[[], SlurmCli], home: Path) -> None:
         self._cli = cli
         self._home = home
         self.outputs: dict[str, FileOutput] = {}
 
-    async def _job(self, job_id: str) -> Any:
+    async def _job(self, job_id: str) -> SlurmJob | None:
         return await self._cli().job_state(job_id)
 
     async def resolve(self, target: str) -> Resolved:
@@ -470,7 +471,7 @@ class SlurmSource:
 _FILENAME_PATTERN = re.compile(r"%(\d*)([jAaxuN%])")
 
 
-def expand_stdout(template: str, job: Any) -> str:
+def expand_stdout(template: str, job: SlurmJob) -> str:
     """The StdOut path with sbatch's filename patterns filled in (squeue's JSON gives the
     template: `slurm-%j.out`); a pattern not known here is left as it is."""
     base, _, task = str(job.job_id).partition("_")
@@ -493,7 +494,7 @@ def expand_stdout(template: str, job: Any) -> str:
     return _FILENAME_PATTERN.sub(fill, template)
 
 
-def _slurm_observation(job: Any) -> Observation:
+def _slurm_observation(job: SlurmJob) -> Observation:
     if job.pending:
         return Observation("pending", reason=job.waiting)
     if not job.ended:
