@@ -476,7 +476,7 @@ class DiscordChannel(Channel):
                 view = _Buttons(buttons) if buttons and number == len(pieces) else None
                 if asked is not None and not asked.answered and asked.elsewhere != where.id:
                     asked.answered = True  # the answer sits under the user's command
-                    sent = await self._submit(self._answer(asked, piece, view))
+                    sent = await self._submit(self._answer(asked, where, piece, view))
                 else:
                     sent = await self._submit(_post(where, piece, view=view))
                 if where.id != target.id:
@@ -487,13 +487,28 @@ class DiscordChannel(Channel):
         return first
 
     def _answer(
-        self, asked: _Asked, content: str, view: discord.ui.View | None
+        self,
+        asked: _Asked,
+        where: discord.PartialMessageable,
+        content: str,
+        view: discord.ui.View | None,
     ) -> Callable[[], Awaitable[discord.Message]]:
+        """Edit the deferred response into the answer; where the response is no longer
+        there (its token lasts 15 minutes, or someone removed it) post the answer instead."""
+
         async def edit() -> discord.Message:
-            with self._redirected():
-                return await asked.interaction.edit_original_response(
-                    content=content, view=view, allowed_mentions=NO_MENTIONS
-                )
+            try:
+                with self._redirected():
+                    return await asked.interaction.edit_original_response(
+                        content=content, view=view, allowed_mentions=NO_MENTIONS
+                    )
+            except (discord.NotFound, discord.Forbidden) as exc:
+                log.info("discord: the slash command's response is gone (%s); posting", exc)
+            except discord.HTTPException as exc:
+                if exc.status != 401:  # 401 "Invalid Webhook Token": expired
+                    raise
+                log.info("discord: the slash command's response expired; posting the answer")
+            return await _post(where, content, view=view)()
 
         return edit
 
@@ -554,9 +569,12 @@ class DiscordChannel(Channel):
                 _remember_as(self._in_thread, int(sent), where.id)
             return sent
 
-    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
+    async def edit_text(
+        self, chat_id: str, message_id: str, text: str, *, thread: str | None = None
+    ) -> str | None:
         """Edit in place; a message that is gone is sent anew. Beyond 2000 characters
-        the rest follows as new messages. A message sent into a thread is edited there."""
+        the rest follows as new messages. A message sent into a thread is edited there:
+        one this process sent is remembered; after a restart `thread` (its root) says."""
         target = self._target(chat_id)
         if not message_id.isdigit():
             raise ChannelError(f"discord: {message_id!r} is not a Discord message id")
@@ -565,8 +583,10 @@ class DiscordChannel(Channel):
         client = self._client
         assert client is not None
         where = target
-        if (thread := self._in_thread.get(int(message_id))) is not None:
-            where = client.get_partial_messageable(thread)
+        if (known := self._in_thread.get(int(message_id))) is not None:
+            where = client.get_partial_messageable(known)
+        elif thread is not None:
+            where = await self._thread(target, thread)
         first, *rest = split_text(text, LIMIT)
 
         async def edit() -> discord.Message:

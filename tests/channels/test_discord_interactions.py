@@ -159,6 +159,15 @@ async def test_a_slash_command_is_a_command_in_the_chain(env: Env) -> None:
     assert "Command from ann: /task add every 1h /status" in await env.events()
 
 
+async def test_an_expired_response_gets_the_answer_as_a_message(env: Env) -> None:
+    # the response's token lasts 15 minutes; a slower answer is posted instead
+    env.fake.fail_next("PATCH /webhooks/{app_id}/{token}/messages/@original", 401)
+    iid = await env.fake.push_command(ADMIN_CHANNEL, "status")
+    (answer,) = await env.fake.wait_sent(ADMIN_CHANNEL, 1)
+    assert "Uptime:" in answer.content
+    assert env.fake.interactions[iid].callbacks  # it was acknowledged in time
+
+
 async def test_a_slash_commands_args_are_the_commands_words(env: Env) -> None:
     asked = await env.command(ADMIN_CHANNEL, "help", "task")
     answer = env.fake.message(asked.original or 0)
@@ -319,6 +328,24 @@ async def test_after_a_restart_the_thread_is_found_again(
     assert [m.content for m in fake.sent[int(root)]] == ["step 1", "step 2", "step 3"]
     # started once; the restarted channel heard "already exists" once and wrote there
     assert fake.count(THREADS, 201) == 1 and fake.count(THREADS, 400) == 1
+
+
+async def test_a_threads_message_is_edited_there_after_a_restart(
+    settings: Settings, fake: FakeDiscord
+) -> None:
+    before = _channel(fake)
+    async with Orchestrator(_settings(settings), channels=[before]):
+        root = await before.send_text(ADMIN, "Run abc123 queued")
+        assert root is not None
+        progress = await before.send_message(ADMIN, "step 1/9", thread=root)
+        assert progress is not None
+    after = _channel(fake)
+    async with Orchestrator(_settings(settings), channels=[after]):
+        assert await after.edit_text(ADMIN, progress, "step 5/9", thread=root) == progress
+    assert [e.content for e in fake.edits[int(root)]] == ["step 5/9"]
+    assert [m.content for m in fake.sent[ADMIN_CHANNEL]] == [
+        "Run abc123 queued"
+    ]  # nothing sent anew
 
 
 async def test_in_a_dm_a_threads_messages_stay_in_the_dm(env: Env) -> None:
