@@ -351,15 +351,15 @@ class DiscordChannel(Channel):
             platform_id=str(interaction.id),
             chat_title=_title(channel, user, interaction.guild_id is None),
         )
+        asked: _Asked | None = _Asked(interaction)
+        try:  # first: Discord gives 3 s, and another command may hold the chat's lock
+            with self._redirected():
+                await interaction.response.defer()  # type 5: "thinking…"
+        except discord.HTTPException as exc:
+            # too late or refused: the answer comes as a plain message instead
+            log.warning("discord: slash command %s not acknowledged: %s", name, exc)
+            asked = None
         async with self._incoming_locks[chat_id]:
-            asked: _Asked | None = _Asked(interaction)
-            try:
-                with self._redirected():
-                    await interaction.response.defer()  # type 5: "thinking…" (3 s to do it)
-            except discord.HTTPException as exc:
-                # too late or refused: the answer comes as a plain message instead
-                log.warning("discord: slash command %s not acknowledged: %s", name, exc)
-                asked = None
             if asked is not None:
                 self._asked[chat_id] = asked
             try:
