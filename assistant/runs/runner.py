@@ -14,14 +14,17 @@ can do is declared as data in `Capabilities`, never found out with `isinstance`:
 - `run_dir_shared`: whether the engine sees this host's run dir (False for an ssh://
   engine: the runner keeps the local run dir a mirror, so the host reads it the same way).
 
-Two engines implement it, sharing the run-dir protocol (assistant/jobs/protocol.py):
+Three engines implement it, sharing the run-dir protocol (assistant/jobs/protocol.py):
 `DockerRunner` runs the agent in a hardened container, `ProcessRunner` in a local
-subprocess when no engine is reachable. The host learns everything else from the run dir.
+subprocess when no engine is reachable, `SlurmRunner` (runs/slurm_runner.py) in a Slurm
+batch job on a run dir the cluster shares; Slurm places its GPUs (`places_gpus`) and says
+why a job waits (`RunnerState.waiting`) or that it was requeued (`requeued`). The host
+learns everything else from the run dir.
 
-A third engine (a Slurm cluster, a remote engine over ssh) plugs in by implementing every
-member of `Runner`, declaring its `Capabilities` (None for what it cannot do), adding its
-name to `RunnerKind`, and passing tests/runs/test_runner_contract.py with a fixture of its
-own. Nothing else in the host changes: the manager and the monitor read capabilities.
+A further engine plugs in by implementing every member of `Runner`, declaring its
+`Capabilities` (None for what it cannot do), adding its name to `RunnerKind`, and passing
+tests/runs/test_runner_contract.py with a fixture of its own. Nothing else in the host
+changes: the manager and the monitor read capabilities.
 
 Every call that reaches an engine is bounded: one that does not answer (refused, reset,
 black-holed) raises `EngineUnavailable` within a few seconds; `RunStartError` means the
