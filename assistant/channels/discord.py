@@ -562,6 +562,10 @@ class DiscordChannel(Channel):
         pieces = split_text(caption, LIMIT) if caption.strip() else [""]
         async with self._sending_locks[chat_id]:
             where = await self._thread(target, thread)
+            asked = self._asked.get(chat_id)
+            here = _channel_id(asked) if asked is not None else None
+            if thread is None and here is not None and self._client is not None:
+                where = self._client.get_partial_messageable(here)  # beside its answer
             for piece in pieces[:-1]:
                 await self._submit(_post(where, piece))
             sent = await self._submit(_post(where, pieces[-1] or None, (path.name, data)))
