@@ -507,9 +507,14 @@ class TelegramChannel(Channel):
             await self._send_pieces(target, caption, reply=reply)
         return str(sent.message_id)
 
-    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
-        """editMessageText; a text over the limit continues in new messages."""
+    async def edit_text(
+        self, chat_id: str, message_id: str, text: str, *, thread: str | None = None
+    ) -> str | None:
+        """editMessageText; a text over the limit continues in new messages, and a message
+        that can no longer be edited is sent anew: both as replies to `thread`'s message
+        (the edited one stays where it is: Telegram edits by chat and message id)."""
         target = self._target(chat_id)
+        reply = replying_to(thread)
         if not message_id.isdigit():
             raise ChannelError(f"telegram: {message_id!r} is not a message id")
         first, *rest = split_text(text, TEXT_LIMIT)
@@ -530,10 +535,11 @@ class TelegramChannel(Channel):
         except _NotModified:
             pass
         except _CannotEdit:
-            return await self.send_text(chat_id, text)
+            sent = await self._send_pieces(target, text, reply=reply)
+            return sent[-1] if sent else None
         last = message_id
         for piece in rest:
-            last = await self._send_piece(target, piece)
+            last = await self._send_piece(target, piece, reply=reply)
         return last
 
     async def _send_piece(

@@ -321,6 +321,19 @@ async def test_a_thread_is_a_reply_to_its_first_message(edge: Edge, tmp_path: Pa
     assert [p.reply_to for p in edge.fake.photos[CHAT]] == [int(root), int(root)]
 
 
+async def test_an_edit_that_cannot_be_made_is_sent_anew_in_its_thread(edge: Edge) -> None:
+    root = await edge.channel.send_message(f"tg:{CHAT}", "run 3r6wfv launched")
+    assert root is not None
+    progress = await edge.channel.send_message(f"tg:{CHAT}", "step 1/9", thread=root)
+    assert progress is not None
+    assert await edge.channel.edit_text(f"tg:{CHAT}", progress, "step 5/9", thread=root)
+    again = await edge.channel.edit_text(f"tg:{CHAT}", "999999", "step 9/9", thread=root)
+    assert [e.text for e in edge.fake.edits[CHAT]] == ["step 5/9"]
+    *_, anew = edge.fake.sent[CHAT]
+    assert again == str(anew.message_id) and anew.text == "step 9/9"
+    assert anew.reply_to == int(root)
+
+
 async def test_a_thread_whose_first_message_is_gone_still_gets_the_message(edge: Edge) -> None:
     await edge.channel.send_message(f"tg:{CHAT}", "the report", thread="424242")
     (sent,) = edge.fake.sent[CHAT]
