@@ -103,11 +103,12 @@ class Actions:
             )
         if not await self.repo.claim(button, press.sender, now):
             return PressResult(False, "Already done: another press got there first.")
+        whole = button.grp != button.token  # a choice: its other buttons went with it
         if not button.command:  # "No" of a choice: it only uses the choice up
-            return PressResult(True, f"{button.label}: nothing was done.")
+            return PressResult(True, f"{button.label}: nothing was done.", spent_all=True)
         text = await run(press.chat_id, press.sender, button.command, "button", press.platform_id)
         first = text.strip().splitlines()[0] if text.strip() else "done"
-        return PressResult(True, f"{button.label}: {first}"[:190])
+        return PressResult(True, f"{button.label}: {first}"[:190], spent_all=whole)
 
     async def prune(self) -> int:
         cutoff = self._clock.now() - BUTTON_TTL * 4

@@ -19,7 +19,7 @@ from types import TracebackType
 from assistant.access import Access
 from assistant.actions import Actions, Drawn
 from assistant.agent import Agent, OfflineAgent
-from assistant.channels.base import Channel, IncomingMessage, MenuEntry, Press, PressResult
+from assistant.channels.base import Channel, IncomingMessage, Press, PressResult
 from assistant.channels.factory import platform_channels
 from assistant.claude_agent import ClaudeAgent, build_claude_agent
 from assistant.clock import Clock, SystemClock
@@ -171,10 +171,10 @@ class Orchestrator:
             event_log.log_event("system", None, summary="assistant started")
             await access.load()
             await self.pruner.start()
-            menu = [MenuEntry(s.name, s.summary) for s in self.router.commands.values()]
             for channel in self.channels:
                 await channel.start(self)
-                await channel.set_menu(settings.admin_chats, menu)
+                # admin chats now: the configured ones and those granted with /chat admin
+                await channel.set_menu(access.admin_chats(), self.router.menu())
             await scheduler.start()
             await self.services.monitor.start()
             if self.services.watches is not None:
@@ -548,10 +548,14 @@ class Orchestrator:
             return None
         text = self.redact(text)
         try:
+            drawn = await self.actions.draw(channel, chat_id, Reply(text, thread=thread))
             if message_id is None:
-                drawn = await self.actions.draw(channel, chat_id, Reply(text, thread=thread))
                 return await channel.send_message(chat_id, text, thread=drawn.thread)
-            return await channel.edit_text(chat_id, message_id, text) or message_id
+            if drawn.thread is not None:  # the edit finds the message in its thread
+                edited = await channel.edit_text(chat_id, message_id, text, thread=drawn.thread)
+            else:
+                edited = await channel.edit_text(chat_id, message_id, text)
+            return edited or message_id
         except Exception as exc:
             log.debug("progress message for %s: %s", chat_id, exc)
             return message_id

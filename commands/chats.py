@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from assistant.config import CHAT_ID_RE
 from assistant.errors import CommandError, StateError
 from commands.registry import CommandContext, CommandRouter, Guard, ParsedCommand, usage_error
 
+log = logging.getLogger(__name__)
 router = CommandRouter()
 
 USAGE = "\n".join(
@@ -66,15 +69,29 @@ async def chat_command(ctx: CommandContext, cmd: ParsedCommand) -> str:
         return f"{chat_id} may talk to the assistant now (free text when addressed; no commands)."
     if sub == "admin":
         await access.grant(chat_id, admin=True, allowed=True)
+        await _follow_menus(ctx)
         return f"{chat_id} is an admin chat now: commands work there."
     if sub == "revoke":
         await access.grant(chat_id, admin=False, allowed=False)
+        await _follow_menus(ctx)
         return f"{chat_id} may no longer command or talk to the assistant."
     mode = rest[1].lower()
     if mode not in ("addressed", "all"):
         raise CommandError(f"mode is addressed or all, not {rest[1]!r}")
     await access.grant(chat_id, reply_mode=mode)
     return f"{chat_id}: free text answered {'always' if mode == 'all' else 'when addressed'}."
+
+
+async def _follow_menus(ctx: CommandContext) -> None:
+    """Give each platform's command menu the admin chats as they are now: a new admin
+    chat gets every command, a revoked one only /help. The rights changed whatever a
+    platform says: a menu that fails to update is logged, not the reply."""
+    admins = ctx.services.access.admin_chats()
+    for channel in ctx.services.channels:
+        try:
+            await channel.set_menu(admins, ctx.router.menu())
+        except Exception as exc:
+            log.warning("%s: the command menu did not follow the new rights: %s", channel.name, exc)
 
 
 async def chat_list(ctx: CommandContext) -> str:

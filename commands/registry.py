@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
+from assistant.channels.base import MenuEntry
 from assistant.errors import CommandError, Refused
 from assistant.operations.arguments import Arguments
 from assistant.operations.caller import Caller
@@ -200,6 +201,11 @@ class CommandRouter:
 
     def find(self, name: str) -> CommandSpec | None:
         return self.commands.get(name.lower())
+
+    def menu(self) -> list[MenuEntry]:
+        """Every command as the platforms' menus list it (Telegram's `/` menu, Discord's
+        slash commands): one registry, so a new command is in every menu."""
+        return [MenuEntry(spec.name, spec.summary) for spec in self.commands.values()]
 
     def rules(self, text: str) -> CommandRules:
         """What limits running `text` other than by a person: nothing for free text or an

@@ -58,7 +58,7 @@ class ButtonRepo:
         "Retry" under the same report usable.
         """
         tokens = [new_token() for _ in buttons]
-        group = tokens[0] if choice and tokens else None
+        group = new_token() if choice else None  # a choice's own id, no button's token
         await self._db.write_many(
             "INSERT INTO buttons (token, grp, chat_id, label, command, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",

@@ -92,6 +92,9 @@ class PressResult:
 
     acted: bool
     note: str
+    # the press used every button under its message (a choice's Yes / No), so the
+    # channel takes them all off; otherwise only the pressed one went
+    spent_all: bool = False
 
 
 class Inbox(Protocol):
@@ -163,7 +166,9 @@ class Channel(ABC):
     ) -> str | None:
         return await self.send_text(chat_id, f"{caption}\n[image: {path}]".strip())
 
-    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
+    async def edit_text(
+        self, chat_id: str, message_id: str, text: str, *, thread: str | None = None
+    ) -> str | None:
         """Edit in place where the platform allows; otherwise send anew."""
         return await self.send_text(chat_id, text)
 

@@ -1,40 +1,67 @@
 """Slack over Socket Mode: a bot token and an app token, no public URL.
 
-Web API calls go through slack_sdk's AsyncWebClient (its files_upload_v2 does Slack's
-external-upload steps). The Socket Mode loop is a small aiohttp loop of our own rather
-than slack_sdk's SocketModeClient, which retries a rejected app token forever, reconnects
-at a fixed interval and handles each envelope in an unordered fire-and-forget task. Here a
-rejected token is a clear ChannelError at start, reconnects back off, every envelope is
-acked before it is handled (Slack redelivers after 3 s), and messages keep their order.
+Incoming envelopes go through slack-bolt's `AsyncApp` (events, the slash command, button
+presses), fed by Bolt's aiohttp Socket Mode handler; Web API calls go through slack_sdk's
+AsyncWebClient and the channel's send queue (its files_upload_v2 does Slack's upload steps).
+
+Where Bolt's handler falls short of what this channel promises, the channel keeps its own:
+
+- At start, the bot token (auth.test) and the app token (apps.connections.open) are
+  checked first, and a rejected one is a ChannelError naming the setting; Bolt's client
+  would retry a rejected app token forever. Start returns once Slack said hello.
+- Every envelope is acked the moment it arrives, before it is handled (Slack redelivers
+  after 3 s); Bolt acks only once the app answered 200, so an envelope no listener takes,
+  or one that fails, would come back again and again.
+- Envelopes are handled one at a time in the order they arrived; Bolt's handler runs each
+  in a task of its own, so two messages could be answered out of order.
+- A frame or envelope that cannot be read is counted and skipped (`Channel.note_skipped`).
+- A redelivered message, command or press is handled once (Slack retries an event not
+  acked on a socket that dropped, with a new envelope id).
+- Bolt's "who is the bot" is answered from the start-time auth.test (`authorize=`), so no
+  envelope waits on, or is lost to, a failing auth.test call later.
+
+Bolt keeps the connection: reconnecting after a drop (its monitor checks every
+`ping_interval_s`) or when Slack asks (`disconnect`), pings, and routing each envelope to
+its listener; its ignoring-self-events middleware drops the bot's own posts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.adapter.socket_mode.async_internals import run_async_bolt_app
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from assistant.background import cancel
-from assistant.channels.base import Channel, Inbox, IncomingMessage
+from assistant.channels.base import Button, Channel, Inbox, IncomingMessage, Press
 from assistant.channels.delivery import RetryAfter, SendQueue, TransientError, split_text
 from assistant.errors import ChannelError
 
 log = logging.getLogger(__name__)
 
 LIMIT = 3900  # Slack advises at most 4,000 characters of text per message
+SECTION_LIMIT = 3000  # a section block's text; a message with buttons is split at this
+LABEL_LIMIT = 75  # a button's plain_text label
+BUTTONS_PER_BLOCK = 25  # an actions block holds at most 25 elements
+ACTION_PREFIX = "press:"  # action_id of our buttons: press:<token>
 HELLO_TIMEOUT_S = 10.0
-HEARTBEAT_S = 15.0
-SEEN_KEPT = 2000  # message keys remembered to drop Slack's redeliveries
+SEEN_KEPT = 2000  # keys remembered to drop Slack's redeliveries
+DRAWN_KEPT = 500  # messages whose extra blocks (buttons, pressed line) edits keep
 # errors that mean the token itself is wrong, not that a call failed
 REJECTED = frozenset(
     {
@@ -49,9 +76,11 @@ REJECTED = frozenset(
 # message subtypes that are something a person said; the rest are edits, joins, bots
 PERSON_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 EDIT_REFUSED = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+ENVELOPES = frozenset({"events_api", "slash_commands", "interactive"})
 _NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 JsonDict = dict[str, Any]
+Ack = Callable[[], Awaitable[Any]]  # Bolt's ack(), called first in each listener
 
 
 class SlackRefused(ChannelError):
@@ -62,44 +91,83 @@ class SlackRefused(ChannelError):
         super().__init__(f"slack: {method} failed: {error}")
 
 
+class _Handler(AsyncSocketModeHandler):
+    """Bolt's aiohttp Socket Mode handler, with each frame passed to `arrived` as it is
+    read (in order, in the client's one reading task) instead of to Bolt's `handle`, which
+    runs each envelope in a task of its own and acks it only after the app answered."""
+
+    def __init__(
+        self,
+        app: AsyncApp,
+        app_token: str,
+        web_client: AsyncWebClient,
+        ping_interval: float,
+        arrived: Callable[[aiohttp.WSMessage], Awaitable[None]],
+    ) -> None:
+        super().__init__(app, app_token, web_client=web_client, ping_interval=ping_interval)
+        self.client.socket_mode_request_listeners.clear()
+        self.client.on_message_listeners.append(arrived)
+
+
 class SlackChannel(Channel):
     name = "slack"
     prefix = "sl"
     supports_edit = True
-    reconnect_delay_s = 0.5  # first wait after a dropped socket; doubles per failed attempt
-    max_reconnect_delay_s = 60.0
+    supports_buttons = True
+    supports_threads = True
+    ping_interval_s = 5.0  # Bolt's ping, and how soon a dropped socket is noticed
 
     def __init__(
-        self, bot_token: str, app_token: str, *, api_url: str, bot_name: str = "assistant"
+        self,
+        bot_token: str,
+        app_token: str,
+        *,
+        api_url: str,
+        bot_name: str = "assistant",
+        command: str = "/gpu",
     ) -> None:
         self._bot_token = bot_token
         self._app_token = app_token
         self._api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._bot_name = bot_name
+        self.command = command if command.startswith("/") else "/" + command
         self._inbox: Inbox | None = None
         self._session: aiohttp.ClientSession | None = None
         self._client: AsyncWebClient | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._app: AsyncApp | None = None
+        self._handler: _Handler | None = None
+        self._hello = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._events: asyncio.Queue[JsonDict] = asyncio.Queue()
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._envelopes: asyncio.Queue[SocketModeRequest] = asyncio.Queue()
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+        self._drawn: OrderedDict[tuple[str, str], list[JsonDict]] = OrderedDict()
         self._titles: dict[str, str] = {}
         self._queue = SendQueue("slack")
         self.bot_user_id = ""
         self._bot_id = ""
+        self._team_id: str | None = None
 
     def __repr__(self) -> str:
         return f"SlackChannel(api_url={self._api_url!r})"  # never the tokens
 
     @property
     def is_connected(self) -> bool:
-        return self._ws is not None and not self._ws.closed
+        if self._handler is None:
+            return False
+        client = self._handler.client
+        session = client.current_session
+        return (
+            self._hello.is_set()
+            and session is not None
+            and not session.closed
+            and not client.closed
+            and not client.stale
+        )
 
     # ---- connecting ----------------------------------------------------------------
 
     async def start(self, inbox: Inbox) -> None:
-        """Check the bot token, open Socket Mode; returns once Slack said hello.
+        """Check both tokens, open Socket Mode; returns once Slack said hello.
 
         :raises ChannelError: if a token is rejected or Slack cannot be reached.
         """
@@ -115,13 +183,18 @@ class SlackChannel(Channel):
             auth = await self._at_start(self._client.auth_test(), "bot", "SLACK_BOT_TOKEN")
             self.bot_user_id = str(auth["user_id"])
             self._bot_id = str(auth.get("bot_id") or "")
+            self._team_id = auth.get("team_id")
             url = await self._at_start(self._socket_url(), "app", "SLACK_APP_TOKEN")
-            self._ws = await self._at_start(self._open_socket(url), "app", "SLACK_APP_TOKEN")
+            self._app = self._build_app()
+            self._handler = _Handler(
+                self._app, self._app_token, self._client, self.ping_interval_s, self._arrived
+            )
+            self._handler.client.wss_uri = url  # checked above; the ticket is never logged
+            self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="slack-inbox")
+            await self._connect()
         except BaseException:
             await self.aclose()
             raise
-        self._reader = asyncio.create_task(self._read_forever(), name="slack-socket")
-        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="slack-inbox")
         log.info("slack: connected as %s", self.bot_user_id)
 
     async def _at_start(self, call: Awaitable[Any], which: str, variable: str) -> Any:
@@ -143,93 +216,201 @@ class SlackChannel(Channel):
         response = await self._web().apps_connections_open(app_token=self._app_token)
         return str(response["url"])
 
-    async def _open_socket(self, url: str) -> aiohttp.ClientWebSocketResponse:
-        """Connect and wait for hello. The URL carries a one-time ticket: never logged."""
-        assert self._session is not None
-        ws = await self._session.ws_connect(url, heartbeat=HEARTBEAT_S)
+    async def _connect(self) -> None:
+        """Bolt's connect, bounded: it retries a socket that will not open forever."""
+        assert self._handler is not None
+        handler = self._handler
+
+        async def connected() -> None:
+            await handler.connect_async()  # type: ignore[no-untyped-call]
+            await self._hello.wait()
+
         try:
-            hello = await ws.receive(timeout=HELLO_TIMEOUT_S)
-            if hello.type != aiohttp.WSMsgType.TEXT or '"hello"' not in hello.data:
-                raise TransientError(f"slack: the socket opened without a hello ({hello.type!r})")
-        except BaseException:
-            await ws.close()
-            raise
-        return ws
+            await asyncio.wait_for(connected(), HELLO_TIMEOUT_S)
+        except TimeoutError:
+            raise ChannelError(
+                f"slack: Socket Mode did not say hello within {HELLO_TIMEOUT_S:g}s"
+            ) from None
 
-    async def _read_forever(self) -> None:
-        """Read the socket; when it drops, reconnect with backoff (is_connected is False)."""
-        failures = 0
-        while True:
-            ws = self._ws
-            if ws is not None:
-                reason = await self._read(ws)
-                self._ws = None
-                await ws.close()
-                log.warning("slack: socket closed (%s); reconnecting", reason)
-            await asyncio.sleep(self._backoff(failures))
+    def _build_app(self) -> AsyncApp:
+        """The Bolt app: one listener per kind of envelope, each run to its end before
+        the next envelope (process_before_response), so the channel's order holds."""
+        app = AsyncApp(
+            # Bolt's client needs no token: `authorize` hands it the bot's
+            client=AsyncWebClient(base_url=self._api_url, session=self._session),
+            authorize=self._authorize(),
+            process_before_response=True,
+            request_verification_enabled=False,  # Socket Mode: no signed HTTP requests
+            ssl_check_enabled=False,
+            url_verification_enabled=False,
+            logger=logging.getLogger(f"{__name__}.bolt"),
+        )
+
+        # Bolt passes arguments by parameter name (and counts a method's `self`): plain
+        # functions here, each handing on to the channel
+        async def on_event(body: JsonDict) -> None:
+            await self._on_event(body)
+
+        async def on_command(ack: Ack, command: JsonDict) -> None:
+            await self._on_command(ack, command)
+
+        async def on_action(ack: Ack, body: JsonDict, action: JsonDict) -> None:
+            await self._on_action(ack, body, action)
+
+        app.event(re.compile(r".*"))(on_event)
+        app.command(self.command)(on_command)
+        app.action(re.compile("^" + re.escape(ACTION_PREFIX)))(on_action)
+        return app
+
+    def _authorize(self) -> Callable[..., Awaitable[AuthorizeResult]]:
+        """Who the bot is, from the start-time auth.test (no call per envelope)."""
+
+        async def authorize(team_id: str | None) -> AuthorizeResult:
+            return AuthorizeResult(
+                enterprise_id=None,
+                team_id=team_id or self._team_id,
+                bot_token=self._bot_token,
+                bot_id=self._bot_id or None,
+                bot_user_id=self.bot_user_id or None,
+            )
+
+        return authorize
+
+    # ---- reading -------------------------------------------------------------------
+
+    async def _arrived(self, frame: aiohttp.WSMessage) -> None:
+        """Each text frame, in the order read: hello noted, envelopes acked then queued."""
+        try:
+            data = json.loads(frame.data)
+        except (TypeError, ValueError):
+            data = None
+        if not isinstance(data, dict):
+            self.note_skipped("a socket message", "not a JSON object")
+            return
+        kind = data.get("type")
+        if kind == "hello":
+            self._hello.set()
+            return
+        envelope_id = data.get("envelope_id")
+        if isinstance(envelope_id, str) and envelope_id:
+            assert self._handler is not None
             try:
-                self._ws = await self._open_socket(await self._socket_url())
-            except Exception as exc:  # whatever it was, this loop must keep trying
-                failures += 1
-                log.warning(
-                    "slack: reconnecting failed (%s); next try in %.1fs",
-                    _describe(exc),
-                    self._backoff(failures),
-                )
-            else:
-                failures = 0
-                log.info("slack: reconnected")
-
-    def _backoff(self, failures: int) -> float:
-        return float(min(self.reconnect_delay_s * 2**failures, self.max_reconnect_delay_s))
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
-        """Ack and queue envelopes until the socket ends; returns why it ended."""
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                if msg.type == aiohttp.WSMsgType.ERROR:
-                    return f"error: {ws.exception()}"
-                continue
-            try:
-                data = json.loads(msg.data)
-            except ValueError:
-                data = None
-            if not isinstance(data, dict):
-                self.note_skipped("a socket message", "not a JSON object")
-                continue
-            envelope_id = data.get("envelope_id")
-            if envelope_id:
-                try:
-                    await ws.send_json({"envelope_id": envelope_id})
-                except ConnectionError as exc:
-                    return f"ack failed: {exc}"
-            if data.get("type") == "disconnect":
-                return f"Slack asked to reconnect: {data.get('reason')}"
-            if data.get("type") == "events_api" and isinstance(data.get("payload"), dict):
-                self._events.put_nowait(data["payload"])
-        return "connection lost"
-
-    # ---- incoming ------------------------------------------------------------------
+                await self._handler.client.send_socket_mode_response({"envelope_id": envelope_id})
+            except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+                log.info("slack: ack failed (%s); Slack sends it again", _describe(exc))
+                return
+        if kind not in ENVELOPES:
+            if kind != "disconnect":  # Bolt's client reconnects on that one
+                log.debug("slack: a %r socket message was ignored", kind)
+            return
+        request = SocketModeRequest.from_dict(data) if envelope_id else None
+        if request is None or not isinstance(data.get("payload"), dict):
+            self.note_skipped(f"an envelope of type {kind}", "no envelope id or payload object")
+            return
+        self._envelopes.put_nowait(request)
 
     async def _dispatch_forever(self) -> None:
-        """Hand events to the inbox one at a time, in the order Slack sent them."""
+        """Hand envelopes to the Bolt app one at a time, in the order Slack sent them."""
         while True:
-            payload = await self._events.get()
-            event = payload.get("event")
-            if not isinstance(event, dict):
-                self.note_skipped("an event", f"the event is {type(event).__name__}, not an object")
-                continue
+            request = await self._envelopes.get()
             try:
-                message = await self._incoming(event)
-            except Exception as exc:  # fields of the wrong type
-                self.note_skipped("an event", f"{type(exc).__name__}: {exc}")
-                continue
-            try:
-                if message is not None and self._inbox is not None:
-                    await self._inbox.deliver(message)
-            except Exception:
-                self.skipped += 1
-                log.exception("slack: could not handle an event")
+                await self._dispatch(request)
+            finally:
+                self._envelopes.task_done()
+
+    async def _dispatch(self, request: SocketModeRequest) -> None:
+        assert self._app is not None
+        problem = _shape_problem(request.type, request.payload)
+        if problem is not None:
+            self.note_skipped(f"an envelope of type {request.type}", problem)
+            return
+        try:
+            response = await run_async_bolt_app(self._app, request)
+        except Exception as exc:  # Bolt reading fields of the wrong type
+            self.note_skipped(f"an envelope of type {request.type}", f"{type(exc).__name__}: {exc}")
+            return
+        if response.status != 200:
+            log.debug("slack: Bolt answered %s to a %s envelope", response.status, request.type)
+
+    async def drained(self) -> None:
+        """Return once every envelope received so far has been handled to its end (its
+        replies and press answers sent)."""
+        await self._envelopes.join()
+
+    async def _on_event(self, body: JsonDict) -> None:
+        """Bolt listener: a message or mention (Bolt acks events by itself)."""
+        event = body.get("event")
+        try:
+            message = await self._incoming(event if isinstance(event, dict) else {})
+        except Exception as exc:  # fields of the wrong type
+            self.note_skipped("an event", f"{type(exc).__name__}: {exc}")
+            return
+        if message is not None:
+            await self._deliver(message)
+
+    async def _on_command(self, ack: Ack, command: JsonDict) -> None:
+        """Bolt listener: `/gpu run stop X` is the command `/run stop X`, `/gpu` alone
+        `/help`; delivered like a typed one, the reply posted in the chat."""
+        await ack()
+        channel, user = str(command["channel_id"]), str(command["user_id"])
+        trigger = str(command.get("trigger_id") or "")
+        if trigger and not self._first_time(("command", trigger)):
+            return
+        words = from_mrkdwn(str(command.get("text") or "")).strip().lstrip("/")
+        message = IncomingMessage(
+            chat_id=f"{self.prefix}:{channel}",
+            sender=user,
+            text="/" + (words or "help"),
+            platform_id=trigger or None,
+            chat_title=await self._title(channel),
+            addressed=True,
+        )
+        await self._deliver(message)
+
+    async def _on_action(self, ack: Ack, body: JsonDict, action: JsonDict) -> None:
+        """Bolt listener: one of our buttons pressed. The orchestrator decides (rights now,
+        once only); here the message loses its buttons, or the presser gets the note."""
+        await ack()
+        container = body.get("container") or {}
+        channel = str((body.get("channel") or {}).get("id") or container.get("channel_id"))
+        user = str(body["user"]["id"])
+        found = body.get("message")
+        message: JsonDict = found if isinstance(found, dict) else {}
+        message_ts = str(container.get("message_ts") or message.get("ts") or "") or None
+        action_ts = str(action.get("action_ts") or "")
+        if action_ts and not self._first_time(("press", channel, user, action_ts)):
+            return
+        token = str(action.get("value") or str(action["action_id"])[len(ACTION_PREFIX) :])
+        label = str((action.get("text") or {}).get("text") or token)
+        press = Press(
+            chat_id=f"{self.prefix}:{channel}",
+            sender=user,
+            token=token,
+            platform_id=action_ts or None,
+            message_id=message_ts,
+            chat_title=await self._title(channel),
+        )
+        if self._inbox is None:
+            return
+        result = await self._inbox.press(press)
+        thread = message.get("thread_ts") or container.get("thread_ts")
+        try:
+            if result.acted and message_ts and not container.get("is_ephemeral"):
+                await self._mark_pressed(
+                    channel, message_ts, message, str(action["action_id"]), label, user
+                )
+            elif result.note:
+                await self._ephemeral(channel, user, result.note, thread)
+        except ChannelError as exc:
+            log.warning("slack: could not answer a press in %s: %s", channel, exc)
+
+    async def _deliver(self, message: IncomingMessage) -> None:
+        try:
+            if self._inbox is not None:
+                await self._inbox.deliver(message)
+        except Exception:
+            self.skipped += 1
+            log.exception("slack: could not handle a message")
 
     async def _incoming(self, event: JsonDict) -> IncomingMessage | None:
         """An IncomingMessage for something a person said; None for the rest."""
@@ -239,7 +420,7 @@ class SlackChannel(Channel):
         user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
         if not (user and channel and ts) or self._is_own(event):
             return None
-        if not self._first_time(str(channel), str(ts)):
+        if not self._first_time((str(channel), str(ts))):
             return None  # a redelivery, or the app_mention twin of a message
         text, addressed = self._addressed_text(str(event.get("text") or ""))
         if not text:
@@ -259,8 +440,7 @@ class SlackChannel(Channel):
         own_bot = bool(self._bot_id) and event.get("bot_id") == self._bot_id
         return own_bot or event.get("user") == self.bot_user_id
 
-    def _first_time(self, channel: str, ts: str) -> bool:
-        key = (channel, ts)
+    def _first_time(self, key: Hashable) -> bool:
         if key in self._seen:
             return False
         self._seen[key] = None
@@ -305,31 +485,68 @@ class SlackChannel(Channel):
         """Post as mrkdwn, split at LIMIT; returns the ts of the last piece."""
         if not text.strip():
             return None
-        return await self._post(self._channel(chat_id), split_text(to_mrkdwn(text), LIMIT))
+        sent = await self._post(self._channel(chat_id), split_text(to_mrkdwn(text), LIMIT))
+        return sent[-1]
 
-    async def _post(self, channel: str, pieces: list[str]) -> str:
+    async def send_message(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        thread: str | None = None,
+    ) -> str | None:
+        """Post text with Block Kit buttons under its last piece (a section and an actions
+        block: action_id `press:<token>`, value the token), in the thread under `thread`
+        (its ts); returns the ts of the first piece."""
+        channel = self._channel(chat_id)
+        mrkdwn = to_mrkdwn(text) if text.strip() else ""
+        if not mrkdwn and not buttons:
+            return None
+        pieces = split_text(mrkdwn, SECTION_LIMIT if buttons else LIMIT) if mrkdwn else [""]
+        sent = await self._post(channel, pieces, thread=thread, extra=_actions(buttons))
+        return sent[0]
+
+    async def _post(
+        self,
+        channel: str,
+        pieces: list[str],
+        *,
+        thread: str | None = None,
+        extra: list[JsonDict] | None = None,
+    ) -> list[str]:
         """One queue job for all pieces, so they stay together; a retry resumes at the
-        piece that failed rather than repeating the ones Slack already has."""
+        piece that failed rather than repeating the ones Slack already has. `extra`
+        blocks (buttons) go under the last piece. Returns each piece's ts."""
         remaining = list(pieces)
-        last = ""
+        sent: list[str] = []
 
         async def send() -> str:
-            nonlocal last
             while remaining:
-                response = await self._call(
-                    "chat.postMessage",
-                    lambda: self._web().chat_postMessage(channel=channel, text=remaining[0]),
-                )
-                last = str(response["ts"])
+                piece = remaining[0]
+                args: JsonDict = {"channel": channel, "text": piece}
+                if thread:
+                    args["thread_ts"] = thread
+                if extra and len(remaining) == 1:
+                    args["blocks"] = [*([_section(piece)] if piece else []), *extra]
+                    args["text"] = piece or _labels(extra)
+                response = await self._post_one(args)
+                sent.append(str(response["ts"]))
                 remaining.pop(0)
-            return last
+            return sent[-1]
 
-        return await self._queue.submit(send)
+        await self._queue.submit(send)
+        if extra:
+            self._remember(channel, sent[-1], extra)
+        return sent
+
+    async def _post_one(self, args: JsonDict) -> AsyncSlackResponse:
+        return await self._call("chat.postMessage", lambda: self._web().chat_postMessage(**args))
 
     async def send_image(
         self, chat_id: str, path: Path, caption: str = "", *, thread: str | None = None
     ) -> str | None:
-        """Upload as a file in the chat; returns the file id."""
+        """Upload as a file in the chat (in the thread under `thread`); returns the file id."""
         channel = self._channel(chat_id)
         try:
             data = await asyncio.to_thread(path.read_bytes)
@@ -337,7 +554,7 @@ class SlackChannel(Channel):
             raise ChannelError(f"slack: cannot read image {path}: {exc.strerror}") from None
         comment = to_mrkdwn(caption) if caption.strip() else None
         if comment is not None and len(comment) > LIMIT:
-            await self.send_text(chat_id, caption)
+            await self.send_message(chat_id, caption, thread=thread)
             comment = None
 
         async def send() -> str:
@@ -349,25 +566,31 @@ class SlackChannel(Channel):
                     filename=path.name,
                     title=path.name,
                     initial_comment=comment,
+                    thread_ts=thread,
                 ),
             )
             return str(response["file"]["id"])
 
         return await self._queue.submit(send)
 
-    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
+    async def edit_text(
+        self, chat_id: str, message_id: str, text: str, *, thread: str | None = None
+    ) -> str | None:
         """chat.update in place; a message Slack will not edit is sent anew. Text beyond
-        one message follows as new messages."""
+        one message follows as new messages.
+
+        The text goes as a section block too, with the buttons (or pressed line) the
+        message had: chat.update without blocks keeps a message's old blocks, and Slack
+        shows those, not the new text.
+        """
         channel = self._channel(chat_id)
-        pieces = split_text(to_mrkdwn(text), LIMIT) if text.strip() else []
+        pieces = split_text(to_mrkdwn(text), SECTION_LIMIT) if text.strip() else []
         if not pieces:
             return None
+        extra = self._drawn.get((channel, message_id), [])
 
         async def send() -> str:
-            await self._call(
-                "chat.update",
-                lambda: self._web().chat_update(channel=channel, ts=message_id, text=pieces[0]),
-            )
+            await self._update(channel, message_id, pieces[0], [_section(pieces[0]), *extra])
             return message_id
 
         try:
@@ -375,10 +598,67 @@ class SlackChannel(Channel):
         except SlackRefused as exc:
             if exc.error not in EDIT_REFUSED:
                 raise
-            return await self._post(channel, pieces)
+            return (await self._post(channel, pieces))[-1]
         if len(pieces) > 1:
             await self._post(channel, pieces[1:])
         return edited
+
+    async def _update(
+        self, channel: str, ts: str, text: str, blocks: list[JsonDict]
+    ) -> AsyncSlackResponse:
+        return await self._call(
+            "chat.update",
+            lambda: self._web().chat_update(channel=channel, ts=ts, text=text, blocks=blocks),
+        )
+
+    async def _mark_pressed(
+        self, channel: str, ts: str, message: JsonDict, action_id: str, label: str, user: str
+    ) -> None:
+        """The pressed button becomes a line "<label> — pressed by <who>" under the
+        message, so nobody presses a used button again; the other buttons stay (a run's
+        Logs pressed leaves its Stop), an actions block left empty goes."""
+        pressed = {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": f"{escape(label)} — pressed by <@{user}>"}],
+        }
+        blocks: list[JsonDict] = []
+        for block in message.get("blocks") or []:
+            if block.get("type") == "actions":
+                elements = [e for e in block.get("elements", []) if e.get("action_id") != action_id]
+                if not elements:
+                    continue
+                block = {**block, "elements": elements}
+            blocks.append(block)
+        blocks.append(pressed)
+        text = str(message.get("text") or label)
+
+        async def send() -> str:
+            await self._update(channel, ts, text, blocks)
+            return ts
+
+        # before the update: an edit racing it must not bring the pressed button back
+        self._remember(channel, ts, [b for b in blocks if b.get("type") != "section"])
+        await self._queue.submit(send)
+
+    async def _ephemeral(self, channel: str, user: str, note: str, thread: str | None) -> None:
+        """The press's note, seen only by who pressed."""
+
+        async def send() -> str:
+            response = await self._call(
+                "chat.postEphemeral",
+                lambda: self._web().chat_postEphemeral(
+                    channel=channel, user=user, text=escape(note), thread_ts=thread
+                ),
+            )
+            return str(response.get("message_ts") or "")
+
+        await self._queue.submit(send)
+
+    def _remember(self, channel: str, ts: str, extra: list[JsonDict]) -> None:
+        self._drawn[(channel, ts)] = extra
+        self._drawn.move_to_end((channel, ts))
+        while len(self._drawn) > DRAWN_KEPT:
+            self._drawn.popitem(last=False)
 
     async def _call(
         self, method: str, call: Callable[[], Awaitable[AsyncSlackResponse]]
@@ -414,12 +694,13 @@ class SlackChannel(Channel):
         return chat_id.split(":", 1)[1]
 
     async def aclose(self) -> None:
-        await cancel(self._reader)
+        if self._handler is not None:
+            with contextlib.suppress(Exception):  # closing: whatever state it is in
+                await self._handler.close_async()  # type: ignore[no-untyped-call]
+            self._handler = None
+        self._hello.clear()
         await cancel(self._dispatcher)
-        self._reader = self._dispatcher = None
-        if self._ws is not None:
-            await self._ws.close()
-            self._ws = None
+        self._dispatcher = None
         await self._queue.aclose()
         if self._session is not None:
             await self._session.close()
@@ -471,6 +752,76 @@ def from_mrkdwn(text: str) -> str:
 
     text = _MARKUP.sub(plain, text)
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _section(text: str) -> JsonDict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _actions(buttons: Sequence[Button]) -> list[JsonDict]:
+    """Actions blocks (25 buttons each) whose buttons carry the token as action_id and
+    value; a style only where one is asked for (Slack refuses an empty one)."""
+    elements: list[JsonDict] = []
+    for button in buttons:
+        element: JsonDict = {
+            "type": "button",
+            "text": {"type": "plain_text", "text": button.label[:LABEL_LIMIT] or button.token},
+            "action_id": ACTION_PREFIX + button.token,
+            "value": button.token,
+        }
+        if button.style:
+            element["style"] = button.style
+        elements.append(element)
+    return [
+        {
+            "type": "actions",
+            "block_id": f"assistant-actions-{i // BUTTONS_PER_BLOCK}",
+            "elements": elements[i : i + BUTTONS_PER_BLOCK],
+        }
+        for i in range(0, len(elements), BUTTONS_PER_BLOCK)
+    ]
+
+
+def _labels(blocks: list[JsonDict]) -> str:
+    """Text for a message that is buttons only (notifications show it)."""
+    labels = [
+        e["text"]["text"]
+        for b in blocks
+        for e in b.get("elements", [])
+        if e.get("type") == "button"
+    ]
+    return " / ".join(labels) or " "
+
+
+def _shape_problem(kind: str, payload: JsonDict) -> str | None:
+    """Why an envelope cannot be handled (Bolt would fail on it), or None."""
+    if kind == "events_api":
+        if payload.get("type") != "event_callback":
+            return f"a payload of type {payload.get('type')!r}, not event_callback"
+        event = payload.get("event")
+        if not isinstance(event, dict):
+            return f"the event is {type(event).__name__}, not an object"
+        return None if isinstance(event.get("type"), str) else "the event has no type"
+    if kind == "slash_commands":
+        fields = ("command", "channel_id", "user_id")
+        if not all(isinstance(payload.get(f), str) and payload.get(f) for f in fields):
+            return "a slash command without command, channel_id and user_id"
+        text = payload.get("text")
+        return None if text is None or isinstance(text, str) else "its text is not a string"
+    if payload.get("type") != "block_actions":
+        return None  # other interactions: Bolt routes them, no listener takes them
+    actions, user = payload.get("actions"), payload.get("user")
+    if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
+        return "block_actions without a list of actions"
+    if not all(isinstance(a.get("action_id"), str) for a in actions):
+        return "an action without an action_id"
+    if not isinstance(user, dict) or not isinstance(user.get("id"), str):
+        return "block_actions without a user"
+    channel, container = payload.get("channel"), payload.get("container")
+    has_channel = isinstance(channel, dict) and isinstance(channel.get("id"), str)
+    if not has_channel and not (isinstance(container, dict) and container.get("channel_id")):
+        return "block_actions without a channel"
+    return None
 
 
 def _error_of(exc: SlackApiError) -> str:

@@ -59,6 +59,7 @@ async def test_a_press_runs_its_command_once_and_is_in_the_chain(
     second = await channel.press(ADMIN, add, sender="bob")
 
     assert first.acted and first.note.startswith("Add: ")
+    assert not first.spent_all  # a lone action: only the pressed button goes
     assert not second.acted and "pressed by ann" in second.note
     tasks = await TaskRepo(orch.services.db).list_all()
     assert [t.what for t in tasks] == ["/status"]  # one task, not two
@@ -106,6 +107,23 @@ async def test_a_press_after_the_chat_lost_its_rights_does_nothing(
     assert await TaskRepo(orch.services.db).list_all() == []
 
 
+async def test_the_menus_follow_the_registry_and_the_rights(
+    service: tuple[Orchestrator, ButtonChannel],
+) -> None:
+    orch, channel = service
+    registry = list(orch.router.commands)
+    (at_start,) = channel.menus
+    assert at_start == (["local:console", ADMIN], registry)  # exactly the registry's
+
+    await channel.say(ADMIN, f"/chat admin {OTHER}")
+    granted = channel.menus[-1]
+    await channel.say(ADMIN, f"/chat revoke {OTHER}")
+    revoked = channel.menus[-1]
+
+    assert OTHER in granted[0] and granted[1] == registry
+    assert OTHER not in revoked[0]
+
+
 async def test_a_choice_is_used_by_its_first_press(
     service: tuple[Orchestrator, ButtonChannel],
 ) -> None:
@@ -113,9 +131,10 @@ async def test_a_choice_is_used_by_its_first_press(
     no = Action("No", "/help")
     await orch.send(ADMIN, Reply("Add it?", actions=(ADD, no), choice=True), None)
 
-    assert (await channel.press(ADMIN, channel.button("No"))).acted
+    no_pressed = await channel.press(ADMIN, channel.button("No"))
     late = await channel.press(ADMIN, channel.button("Add"))
 
+    assert no_pressed.acted and no_pressed.spent_all  # the channel takes both off
     assert not late.acted and "a choice here was pressed" in late.note
     assert await TaskRepo(orch.services.db).list_all() == []
 

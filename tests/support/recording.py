@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.channels.base import Button, Channel, Inbox, IncomingMessage, Press, PressResult
+from assistant.channels.base import (
+    Button,
+    Channel,
+    Inbox,
+    IncomingMessage,
+    MenuEntry,
+    Press,
+    PressResult,
+)
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 
@@ -41,7 +49,9 @@ class RecordingChannel(Channel):
 
     supports_edit = True
 
-    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str | None:
+    async def edit_text(
+        self, chat_id: str, message_id: str, text: str, *, thread: str | None = None
+    ) -> str | None:
         self.edits.append((chat_id, message_id, text))
         return message_id
 
@@ -96,6 +106,10 @@ class ButtonChannel(RecordingChannel):
         super().__init__()
         self.drawn: list[Drawn] = []
         self.image_threads: list[str | None] = []
+        self.menus: list[tuple[list[str], list[str]]] = []  # (admin chats, command names)
+
+    async def set_menu(self, admin_chats: Sequence[str], commands: Sequence[MenuEntry]) -> None:
+        self.menus.append((list(admin_chats), [c.name for c in commands]))
 
     async def send_message(
         self,
