@@ -27,7 +27,7 @@ from tests.fakes.discord_server import (
     Interaction,
     Json,
 )
-from tests.support.run_flow import RUN_ID
+from tests.support.run_flow import RUN_ID, step_of, wait_until
 
 ADMIN = f"dc:{ADMIN_CHANNEL}"
 OTHER = f"dc:{OTHER_CHANNEL}"
@@ -472,3 +472,31 @@ async def test_a_runs_messages_go_to_the_thread_of_its_launch(
         left = [b["label"] for b in _buttons(edited)]
         assert "Logs" not in left and left == [b["label"] for b in _buttons(report_json)][1:]
         assert sum(len(v) for v in fake.sent.values()) == before + 1  # the logs, once
+
+
+async def test_a_slash_stop_is_answered_in_the_runs_thread(
+    settings: Settings, fake: FakeDiscord
+) -> None:
+    run_settings = _settings(settings).model_copy(
+        update={"monitor_interval_s": 0.1, "stop_grace_s": 30.0}
+    )
+    channel = _channel(fake)
+    runner = ProcessRunner(run_settings.runs_dir)
+    async with Orchestrator(run_settings, channels=[channel], runner=runner) as orch:
+        env = Env(fake, channel, orch)
+        launched = await env.command(
+            ADMIN_CHANNEL, "run", "train gpt steps=500 gpus=0 sleep_per_step=0.2"
+        )
+        launch = fake.message(launched.original or 0)
+        assert launch is not None
+        found = RUN_ID.search(launch["content"])
+        assert found, launch["content"]
+        run_id, root = found.group(1), int(launch["id"])
+        await wait_until(lambda: step_of(orch.services.runs.repo, run_id), 1, timeout=240)
+        stop = await env.command(ADMIN_CHANNEL, "run", f"stop {run_id}")  # at the top level
+        pointer = fake.message(stop.original or 0)
+        assert pointer is not None and pointer["content"] == f"Answered in <#{root}>"
+        assert any(f"Run {run_id}: stopping" in m.content for m in fake.sent[root])
+        done = f"Run {run_id} (gpt) cancelled"
+        await fake.wait_for(lambda: any(done in m.content for m in fake.sent[root]), timeout=240)
+        assert not any(run_id in t for t in env.texts(ADMIN_CHANNEL))
