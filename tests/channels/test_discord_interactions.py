@@ -5,6 +5,7 @@ webhooks over 127.0.0.1), a real Orchestrator behind it."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -419,6 +420,35 @@ async def test_a_malformed_interaction_is_skipped_and_the_gateway_reads_on(env: 
     assert answer is not None and "Uptime:" in answer["content"]
     assert env.channel.skipped == len(spoiled)
     assert env.channel.is_connected and env.fake.sent[ADMIN_CHANNEL] == []
+
+
+ODD: list[Any] = [None, 0, -1, 2**70, 1.5, True, "", "x", "\udcff", "\x00", "é" * 5000, [], {}]
+
+
+async def test_seeded_random_interactions_never_stop_the_gateway(env: Env) -> None:
+    rng = random.Random(416)
+    message = await env.draw(ADMIN, Action("Hourly", "/task add every 1h /status"))
+    keys = ["id", "type", "token", "channel", "channel_id", "member", "data", "message"]
+    inner = ["name", "options", "custom_id", "component_type"]
+    for _ in range(40):
+        if rng.random() < 0.5:
+            data: Json = {"name": "status", "type": 1}
+            payload = env.fake.interaction_payload(2, ADMIN_CHANNEL, data)
+        else:
+            data = {"custom_id": "nosuchtoken", "component_type": 2}
+            payload = env.fake.interaction_payload(3, ADMIN_CHANNEL, data)
+            payload["message"] = env.fake.message(int(message["id"]))
+        for key in rng.sample(keys, rng.randrange(1, 3)):
+            payload[key] = rng.choice(ODD)
+        if isinstance(payload.get("data"), dict):
+            payload["data"][rng.choice(inner)] = rng.choice(ODD)
+        await env.fake.push_interaction(payload)
+    asked = await env.command(ADMIN_CHANNEL, "help", "task \udcff\x00")  # odd args too
+    answer = env.fake.message(asked.original or 0)
+    assert answer is not None and answer["content"]
+    (button,) = _buttons(message)
+    assert (await env.press(ADMIN_CHANNEL, int(message["id"]), button["custom_id"])).edits
+    assert await env.tasks() == 1 and env.channel.is_connected  # nothing else acted
 
 
 async def test_an_interaction_delivered_twice_is_answered_once(env: Env) -> None:
