@@ -416,7 +416,8 @@ class DiscordChannel(Channel):
                     label = _label_of(message, token) or "A button"
                     line = f"\n*{label} — pressed by {who}*"
                     content = message.content[: LIMIT - len(line)] + line
-                    rest = _other_buttons(message, token)  # Logs pressed: Stop stays
+                    # Logs pressed: Stop stays; Yes of a Yes / No takes both away
+                    rest = [] if result.spent_all else _other_buttons(message, token)
                     await interaction.edit_original_response(
                         content=content,
                         view=_Buttons(rest) if rest else None,

@@ -67,11 +67,12 @@ class Env:
     async def tasks(self) -> int:
         return int(await self.orch.services.db.scalar("SELECT count(*) FROM tasks") or 0)
 
-    async def draw(self, chat_id: str, *actions: Action) -> Json:
+    async def draw(self, chat_id: str, *actions: Action, choice: bool = False) -> Json:
         """A message with buttons, sent as the orchestrator sends every reply."""
         channel_id = int(chat_id.split(":")[1])
         before = len(self.fake.sent[channel_id])
-        assert await self.orch.send(chat_id, Reply("Pick one", actions=actions), None)
+        reply = Reply("Pick one", actions=actions, choice=choice)
+        assert await self.orch.send(chat_id, reply, None)
         message = self.fake.message(self.fake.sent[channel_id][before].id)
         assert message is not None
         return message
@@ -253,6 +254,24 @@ async def test_a_press_takes_away_its_own_button_only(env: Env) -> None:
     edited = env.fake.message(int(message["id"]))
     assert edited is not None and edited["components"] == []
     assert edited["content"].endswith("*Logs — pressed by ann*\n*Hourly — pressed by ann*")
+
+
+async def test_a_choice_pressed_takes_all_its_buttons_away(env: Env) -> None:
+    message = await env.draw(
+        ADMIN,
+        Action("Yes", "/task add every 1h /status", "danger"),
+        Action("No", "/help"),
+        choice=True,
+    )
+    yes, no = _buttons(message)
+    assert (await env.press(ADMIN_CHANNEL, int(message["id"]), yes["custom_id"])).edits
+    edited = env.fake.message(int(message["id"]))
+    assert edited is not None and edited["components"] == []
+    assert edited["content"] == "Pick one\n*Yes — pressed by ann*"
+    # a No pressed from a copy of the message still drawn somewhere acts not
+    pressed = await env.press(ADMIN_CHANNEL, int(message["id"]), no["custom_id"])
+    (note,) = pressed.followups
+    assert note["content"].startswith("Already done") and await env.tasks() == 1
 
 
 async def test_a_press_in_a_chat_without_rights_does_nothing(env: Env) -> None:
