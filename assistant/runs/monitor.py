@@ -554,6 +554,7 @@ class RunMonitor:
         clock starts when it leaves the queue.
         """
         before = self.waiting.get(run.id)
+        engine = "Slurm" if self.runner.kind == "slurm" else self.engine_name
         if state.waiting is None:
             if before is not None:
                 del self.waiting[run.id]
@@ -566,13 +567,13 @@ class RunMonitor:
                 run,
                 RunState.PREEMPTED,
                 f"requeued by the engine (waiting: {state.waiting})",
-                summary=f"run {run.id} preempted: back in the {self.engine_name} queue"
+                summary=f"run {run.id} preempted: back in the {engine} queue"
                 f" ({state.waiting}); it resumes from {where} by itself",
             )
             if event is not None:
                 await self.notify(
                     run.chat_id,
-                    f"Run {run.id} ({run.recipe}) was preempted: {self.engine_name} put it back"
+                    f"Run {run.id} ({run.recipe}) was preempted: {engine} put it back"
                     f" in its queue (waiting: {state.waiting}). It resumes from {where} by"
                     f" itself; /run stop {run.id} ends it.",
                     event,
@@ -581,7 +582,7 @@ class RunMonitor:
             self.event_log.log_event(
                 "run",
                 run.id,
-                summary=f"run {run.id} waits in the {self.engine_name} queue: {state.waiting}",
+                summary=f"run {run.id} waits in the {engine} queue: {state.waiting}",
                 content={"waiting": state.waiting},
                 caused_by=run.launch_action,
             )

@@ -11,6 +11,7 @@ each host and of a run whose host does not answer.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,6 +87,6 @@ class Hosts(Protocol):
         """/status: each host, up or not, its GPUs free and used, its runs."""
         ...
 
-    def when_back(self, callback: object) -> None:
-        """`callback()` (a coroutine function) is awaited when a host answers again."""
+    def when_back(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """`callback()` is awaited when a host answers again (queued runs may start there)."""
         ...

@@ -51,6 +51,7 @@ from assistant.background import cancel
 from assistant.config import Settings
 from assistant.errors import CapacityError, ConfigError, EngineUnavailable, NotFoundError
 from assistant.runs.docker_runner import DockerRunner
+from assistant.runs.lifecycle import LIVE
 from assistant.runs.placement import Place
 from assistant.runs.pool_config import HostsFile
 from assistant.runs.runner import (
@@ -68,7 +69,6 @@ log = logging.getLogger(__name__)
 SEP = "/"  # between a host's name and the container id in a pooled handle
 PING_S = 2.0
 GPU_PROBE_S = 90.0
-LIVE_STATES = ("starting", "running", "pausing", "stopping")
 
 Callback = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -171,8 +171,8 @@ class HostPool:
             except Exception:
                 log.exception("after host %s answered again", host.name)
 
-    def when_back(self, callback: object) -> None:
-        self._callbacks.append(callback)  # type: ignore[arg-type]
+    def when_back(self, callback: Callback) -> None:
+        self._callbacks.append(callback)
 
     def since(self, host: Host) -> str:
         when = datetime.fromtimestamp(host.down_since or time.time(), self.zone)
@@ -180,7 +180,7 @@ class HostPool:
 
     def unknown(self, run: RunRecord) -> str | None:
         host = self.get(run.host) if run.host else None
-        if host is None or host.up or run.state not in LIVE_STATES:
+        if host is None or host.up or run.state not in LIVE:
             return None
         return f"unknown: host {host.name} not answering since {self.since(host)}"
 
@@ -246,7 +246,7 @@ class HostPool:
         return f"waiting for {want}: " + ", ".join(parts)
 
     def status_lines(self, runs: list[RunRecord]) -> list[str]:
-        live = [r for r in runs if r.state in LIVE_STATES]
+        live = [r for r in runs if r.state in LIVE]
         busy = _busy(live)
         lines = [f"Hosts ({len(self.hosts)}, {self.source}):"]
         for h in self.hosts:
