@@ -396,9 +396,8 @@ class SlackChannel(Channel):
         thread = message.get("thread_ts") or container.get("thread_ts")
         try:
             if result.acted and message_ts and not container.get("is_ephemeral"):
-                await self._mark_pressed(
-                    channel, message_ts, message, str(action["action_id"]), label, user
-                )
+                spent = None if result.spent_all else str(action["action_id"])
+                await self._mark_pressed(channel, message_ts, message, spent, label, user)
             elif result.note:
                 await self._ephemeral(channel, user, result.note, thread)
         except ChannelError as exc:
@@ -576,8 +575,9 @@ class SlackChannel(Channel):
     async def edit_text(
         self, chat_id: str, message_id: str, text: str, *, thread: str | None = None
     ) -> str | None:
-        """chat.update in place; a message Slack will not edit is sent anew. Text beyond
-        one message follows as new messages.
+        """chat.update in place; a message Slack will not edit is sent anew (in the thread
+        under `thread`, where it belongs in one). Text beyond one message follows as new
+        messages, there too.
 
         The text goes as a section block too, with the buttons (or pressed line) the
         message had: chat.update without blocks keeps a message's old blocks, and Slack
@@ -598,9 +598,9 @@ class SlackChannel(Channel):
         except SlackRefused as exc:
             if exc.error not in EDIT_REFUSED:
                 raise
-            return (await self._post(channel, pieces))[-1]
+            return (await self._post(channel, pieces, thread=thread))[-1]
         if len(pieces) > 1:
-            await self._post(channel, pieces[1:])
+            await self._post(channel, pieces[1:], thread=thread)
         return edited
 
     async def _update(
@@ -612,11 +612,18 @@ class SlackChannel(Channel):
         )
 
     async def _mark_pressed(
-        self, channel: str, ts: str, message: JsonDict, action_id: str, label: str, user: str
+        self,
+        channel: str,
+        ts: str,
+        message: JsonDict,
+        action_id: str | None,
+        label: str,
+        user: str,
     ) -> None:
         """The pressed button becomes a line "<label> — pressed by <who>" under the
-        message, so nobody presses a used button again; the other buttons stay (a run's
-        Logs pressed leaves its Stop), an actions block left empty goes."""
+        message, so nobody presses a used button again. The other buttons stay (a run's
+        Logs pressed leaves its Stop), unless `action_id` is None: a choice (Yes / No)
+        was used up, and every button goes. An actions block left empty goes."""
         pressed = {
             "type": "context",
             "elements": [{"type": "mrkdwn", "text": f"{escape(label)} — pressed by <@{user}>"}],
@@ -624,7 +631,11 @@ class SlackChannel(Channel):
         blocks: list[JsonDict] = []
         for block in message.get("blocks") or []:
             if block.get("type") == "actions":
-                elements = [e for e in block.get("elements", []) if e.get("action_id") != action_id]
+                elements = [
+                    e
+                    for e in block.get("elements", [])
+                    if action_id is not None and e.get("action_id") != action_id
+                ]
                 if not elements:
                     continue
                 block = {**block, "elements": elements}

@@ -35,7 +35,7 @@ def make_channel(slack: FakeSlack, **tokens: str) -> SlackChannel:
         tokens.get("app", slack.app_token),
         api_url=slack.api_url,
     )
-    channel.reconnect_delay_s = 0.2
+    channel.ping_interval_s = 1.0
     return channel
 
 
@@ -256,8 +256,9 @@ async def test_edits_update_in_place_or_send_anew(channel: SlackChannel, slack: 
     ts = await channel.send_text(f"sl:{ADMIN}", "training: 10%")
     assert ts is not None
     assert await channel.edit_text(f"sl:{ADMIN}", ts, "training: 90%") == ts
-    assert slack.updates[ADMIN] == [{"ts": ts, "text": "training: 90%"}]
-    assert slack.texts(ADMIN) == ["training: 90%"]
+    (update,) = slack.updates[ADMIN]
+    assert (update["ts"], update["text"]) == (ts, "training: 90%")
+    assert slack.texts(ADMIN) == slack.shown(ADMIN) == ["training: 90%"]
     other = await channel.edit_text(f"sl:{ADMIN}", "1.000001", "training: done")
     assert other != "1.000001" and slack.texts(ADMIN)[-1] == "training: done"
 

@@ -5,8 +5,13 @@ Web API: POST /api/<method>, token in `Authorization: Bearer`, arguments as JSON
 query string (slack_sdk uses all three); errors are HTTP 200 {"ok": false, "error": ...}
 except rate limits (429 + Retry-After) and server failures (5xx). Socket Mode:
 apps.connections.open (app token) hands out a one-time ws:// URL; the socket says hello,
-then carries events_api envelopes that the client must ack with {"envelope_id": ...}.
-Like Slack, the bot's own posts and edits come back as events (its message, message_changed).
+then carries envelopes that the client must ack with {"envelope_id": ...}: events_api
+(messages, mentions), slash_commands (`push_command`) and interactive block_actions
+(`press`, built from a button the bot drew). Like Slack, an events_api envelope not acked
+when its socket ends is sent again, with retry_attempt raised, on the next connection, and
+the bot's own posts and edits come back as events (its message, message_changed).
+Messages keep their Block Kit blocks; chat.update without blocks keeps them, as Slack does
+(python-slack-sdk issue 523), so `shown` gives what a person would read.
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ class _Socket:
 
 
 @dataclass
+class _Sent:
+    envelope: Json
+    socket: _Socket | None
+
+
+@dataclass
 class Upload:
     file_id: str
     filename: str
@@ -54,6 +65,7 @@ class Upload:
     content: bytes = b""
     title: str = ""
     initial_comment: str | None = None
+    thread_ts: str | None = None
 
 
 @dataclass
@@ -66,6 +78,7 @@ class FakeSlack:
     echo_bot_messages: bool = True  # Slack sends the bot its own posts as events
     messages: dict[str, list[Json]] = field(default_factory=lambda: defaultdict(list))
     updates: dict[str, list[Json]] = field(default_factory=lambda: defaultdict(list))
+    ephemerals: dict[str, list[Json]] = field(default_factory=lambda: defaultdict(list))
     files: dict[str, list[Upload]] = field(default_factory=lambda: defaultdict(list))
     calls: list[str] = field(default_factory=list)  # every Web API method called, in order
     acked: set[str] = field(default_factory=set)
@@ -78,7 +91,7 @@ class FakeSlack:
         self._tickets: set[str] = set()
         self._socket: _Socket | None = None
         self._backlog: list[Json] = []  # envelopes waiting for a socket
-        self._sent: dict[str, Json] = {}  # envelope id -> envelope, until acked
+        self._sent: dict[str, _Sent] = {}  # envelope id -> envelope, until acked
         self._events: dict[str, Json] = {}  # ts -> event, for redelivery
         self._channels: dict[str, Json] = {}
         self._uploads: dict[str, Upload] = {}
@@ -173,15 +186,112 @@ class FakeSlack:
         envelope_id = f"env-{next(self._ids)}"
         envelope = {
             "envelope_id": envelope_id,
-            "payload": {"team_id": TEAM, "api_app_id": APP_ID, "event": event},
+            "payload": {
+                "team_id": TEAM,
+                "api_app_id": APP_ID,
+                "event": event,
+                "type": "event_callback",
+                "event_id": f"Ev{next(self._ids)}",
+            },
             "type": "events_api",
             "accepts_response_payload": False,
             "retry_attempt": 0,
             "retry_reason": "",
         }
-        self._sent[envelope_id] = envelope
         await self._send(envelope)
         return envelope_id
+
+    async def push_command(
+        self,
+        channel: str,
+        text: str,
+        user: str = "U1",
+        command: str = "/gpu",
+        channel_type: str = "channel",
+    ) -> str:
+        """A person types `/gpu <text>` in a channel or a DM; returns the trigger id."""
+        if channel not in self._channels:
+            self.add_channel(channel, is_im=channel_type == "im")
+        info = self._channels[channel]
+        trigger_id = f"{next(self._ids)}.{secrets.token_hex(6)}"
+        payload = {
+            "token": "verification-token",
+            "team_id": TEAM,
+            "team_domain": "fake",
+            "channel_id": channel,
+            "channel_name": "directmessage" if info.get("is_im") else info.get("name"),
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": APP_ID,
+            "is_enterprise_install": "false",
+            "response_url": f"https://hooks.fake.slack.com/commands/{TEAM}/{trigger_id}",
+            "trigger_id": trigger_id,
+        }
+        await self._envelope("slash_commands", payload, accepts_response_payload=True)
+        return trigger_id
+
+    def button(
+        self, channel: str, label: str, messages: list[Json] | None = None
+    ) -> tuple[Json, Json]:
+        """The newest message in `channel` (or in `messages`) with a button labelled
+        `label`, and the button."""
+        for message in reversed(self.messages.get(channel, []) if messages is None else messages):
+            for block in message.get("blocks") or []:
+                for element in block.get("elements", []) if block.get("type") == "actions" else []:
+                    if element.get("text", {}).get("text") == label:
+                        return message, {**element, "block_id": block.get("block_id", "")}
+        raise AssertionError(f"no button {label!r} in {channel}: {self.messages.get(channel)}")
+
+    async def press(
+        self, channel: str, label: str, user: str = "U1", *, seen: Json | None = None
+    ) -> str:
+        """A person presses a button the bot drew: a block_actions envelope, as Slack sends
+        it (the message as it stands, the action with its value); returns the action_ts.
+        `seen`: the message as a client that has not caught up still shows it."""
+        message, button = self.button(channel, label, None if seen is None else [seen])
+        action_ts = f"{time.time():.6f}"
+        container = {
+            "type": "message",
+            "message_ts": message["ts"],
+            "channel_id": channel,
+            "is_ephemeral": False,
+        }
+        if message.get("thread_ts"):
+            container["thread_ts"] = message["thread_ts"]
+        payload = {
+            "type": "block_actions",
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+            "api_app_id": APP_ID,
+            "token": "verification-token",
+            "container": container,
+            "trigger_id": f"{next(self._ids)}.{secrets.token_hex(6)}",
+            "team": {"id": TEAM, "domain": "fake"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": self._channels[channel].get("name", channel)},
+            "message": json.loads(json.dumps(message)),
+            "state": {"values": {}},
+            "response_url": f"https://hooks.fake.slack.com/actions/{TEAM}/{action_ts}",
+            "actions": [
+                {
+                    "action_id": button["action_id"],
+                    "block_id": button["block_id"],
+                    "text": button["text"],
+                    "value": button.get("value", ""),
+                    **({"style": button["style"]} if button.get("style") else {}),
+                    "type": "button",
+                    "action_ts": action_ts,
+                }
+            ],
+        }
+        await self._envelope("interactive", payload)
+        return action_ts
+
+    async def push_envelope(self, kind: str, payload: Any) -> str:
+        """Any envelope type and payload, well-formed or not; returns its id."""
+        return await self._envelope(kind, payload)
 
     async def push_frame(self, frame: str | bytes) -> None:
         """A raw socket frame as is: text for str, binary for bytes (hostile-input tests)."""
@@ -228,6 +338,15 @@ class FakeSlack:
 
     def texts(self, channel: str) -> list[str]:
         return [m["text"] for m in self.messages.get(channel, [])]
+
+    def shown(self, channel: str) -> list[str]:
+        """What a person reads of each message: its blocks' text where it has blocks
+        (Slack shows those, `text` is only the notification), else its text."""
+        return [_shown(m) for m in self.messages.get(channel, [])]
+
+    def in_thread(self, channel: str, thread_ts: str) -> list[Json]:
+        """The replies in the thread under `thread_ts`, oldest first."""
+        return [m for m in self.messages.get(channel, []) if m.get("thread_ts") == thread_ts]
 
     # ---- Web API -------------------------------------------------------------------
 
@@ -285,12 +404,19 @@ class FakeSlack:
         channel, text = str(args.get("channel", "")), args.get("text")
         if channel not in self._channels:
             return _error("channel_not_found")
-        if not text:
+        blocks = _blocks(args.get("blocks"))
+        if blocks is False:
+            return _error("invalid_blocks")
+        if not text and not blocks:
             return _error("no_text")
         ts = self._next_ts()
-        message: Json = {"type": "message", "text": text, "user": self.bot_user, "ts": ts}
+        message: Json = {"type": "message", "text": text or "", "user": self.bot_user, "ts": ts}
         message.update(bot_id=BOT_ID, app_id=APP_ID, team=TEAM)
+        if blocks:
+            message["blocks"] = blocks
         if args.get("thread_ts"):
+            if not any(m["ts"] == args["thread_ts"] for m in self.messages[channel]):
+                return _error("thread_not_found")
             message["thread_ts"] = args["thread_ts"]
         self.messages[channel].append(message)
         self._echo({**message, "channel": channel, "event_ts": ts})
@@ -301,11 +427,17 @@ class FakeSlack:
         original = next((m for m in self.messages.get(channel, []) if m["ts"] == ts), None)
         if original is None:
             return _error("message_not_found")
-        if not text:
+        blocks = _blocks(args.get("blocks"))
+        if blocks is False:
+            return _error("invalid_blocks")
+        if not text and not blocks:
             return _error("no_text")
         previous = dict(original)
-        original["text"] = text
-        self.updates[channel].append({"ts": ts, "text": text})
+        original["text"] = text or ""
+        update: Json = {"ts": ts, "text": text or ""}
+        if blocks is not None:  # absent: the message keeps the blocks it had
+            original["blocks"] = update["blocks"] = blocks
+        self.updates[channel].append(update)
         self._echo(
             {
                 "type": "message",
@@ -318,6 +450,20 @@ class FakeSlack:
             }
         )
         return _ok(channel=channel, ts=ts, text=text)
+
+    async def _m_chat_postEphemeral(self, args: Json) -> web.Response:
+        channel, user, text = str(args.get("channel", "")), args.get("user"), args.get("text")
+        if channel not in self._channels:
+            return _error("channel_not_found")
+        if not user:
+            return _error("user_not_found")
+        if not text and not args.get("blocks"):
+            return _error("no_text")
+        ephemeral: Json = {"user": user, "text": text or ""}
+        if args.get("thread_ts"):
+            ephemeral["thread_ts"] = args["thread_ts"]
+        self.ephemerals[channel].append(ephemeral)
+        return _ok(message_ts=self._next_ts())
 
     async def _m_files_getUploadURLExternal(self, args: Json) -> web.Response:
         filename, length = args.get("filename"), args.get("length")
@@ -339,6 +485,7 @@ class FakeSlack:
                 return _error("file_not_found" if upload is None else "file_upload_size_mismatch")
             upload.title = str(item.get("title") or upload.filename)
             upload.initial_comment = args.get("initial_comment")
+            upload.thread_ts = args.get("thread_ts") or None
             self.files[channel].append(upload)
             done.append({"id": upload.file_id, "name": upload.filename, "title": upload.title})
         return _ok(files=done)
@@ -384,7 +531,27 @@ class FakeSlack:
                     self.acked.add(envelope_id)
         if self._socket is socket:
             self._socket = None
+        await self._retry_unacked(socket)
         return ws
+
+    async def _retry_unacked(self, socket: _Socket) -> None:
+        """Events sent on a socket that ended before they were acked go out again, as
+        Slack retries them; slash commands and presses are not retried (Slack tells the
+        person it failed)."""
+        for envelope_id, sent in list(self._sent.items()):
+            if sent.socket is not socket:
+                continue
+            del self._sent[envelope_id]
+            if sent.envelope["type"] == "events_api":
+                retry = sent.envelope["retry_attempt"] + 1
+                await self._send(
+                    {
+                        **sent.envelope,
+                        "envelope_id": f"env-{next(self._ids)}",
+                        "retry_attempt": retry,
+                        "retry_reason": "timeout",
+                    }
+                )
 
     async def _emit(self, event: Json, retry_attempt: int = 0) -> None:
         envelope_id = f"env-{next(self._ids)}"
@@ -406,16 +573,32 @@ class FakeSlack:
             "retry_attempt": retry_attempt,
             "retry_reason": "timeout" if retry_attempt else "",
         }
-        self._sent[envelope_id] = envelope
         await self._send(envelope)
 
+    async def _envelope(
+        self, kind: str, payload: Any, *, accepts_response_payload: bool = False
+    ) -> str:
+        envelope_id = f"env-{next(self._ids)}"
+        envelope = {
+            "envelope_id": envelope_id,
+            "payload": payload,
+            "type": kind,
+            "accepts_response_payload": accepts_response_payload,
+        }
+        await self._send(envelope)
+        return envelope_id
+
     async def _send(self, envelope: Json) -> None:
-        if self._socket is None:
+        """Send now, or when a client connects; tracked until acked."""
+        socket = self._socket
+        self._sent[envelope["envelope_id"]] = _Sent(envelope, socket)
+        if socket is None:
             self._backlog.append(envelope)
             return
         try:
-            await self._socket.ws.send_json(envelope)
+            await socket.ws.send_json(envelope)
         except ConnectionError:
+            self._sent[envelope["envelope_id"]].socket = None
             self._backlog.append(envelope)
 
     def _echo(self, event: Json) -> None:
@@ -426,6 +609,35 @@ class FakeSlack:
 
     def _next_ts(self) -> str:
         return f"{int(time.time())}.{next(self._ts):06d}"
+
+
+def _blocks(value: Any) -> list[Json] | bool | None:
+    """Blocks as sent (a JSON list, or its text in a form); None if absent, False if bad."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return False
+    if not isinstance(value, list) or not all(isinstance(b, dict) and b.get("type") for b in value):
+        return False
+    return value
+
+
+def _shown(message: Json) -> str:
+    blocks = message.get("blocks")
+    if not blocks:
+        return str(message["text"])
+    lines: list[str] = []
+    for block in blocks:
+        if block.get("type") == "section":
+            lines.append(block["text"]["text"])
+        elif block.get("type") == "context":
+            lines.extend(e.get("text", "") for e in block.get("elements", []))
+        elif block.get("type") == "actions":
+            lines.append(" ".join(f"[{e['text']['text']}]" for e in block.get("elements", [])))
+    return "\n".join(lines)
 
 
 def _ok(**data: Any) -> web.Response:
