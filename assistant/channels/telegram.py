@@ -316,7 +316,8 @@ class TelegramChannel(Channel):
         """An inline button pressed: hand the press to the inbox, answer the query with its
         note (Telegram shows it as a toast and stops the button's spinner), and where the
         press acted, take that button off the message so nobody presses it again. The
-        others stay: "Logs" pressed under a launch message leaves "Stop" there to press.
+        others stay ("Logs" pressed under a launch message leaves "Stop" there to press),
+        unless the press used them all (a choice: Yes / No), which takes the keyboard off.
 
         Whether it acts (rights at this moment, a button already used, one that expired) is
         the inbox's to say, never the channel's.
@@ -341,7 +342,7 @@ class TelegramChannel(Channel):
             return
         await self._answer(query, result.note)
         if result.acted:
-            await self._spend(press, query.message)
+            await self._spend(press, query.message, every=result.spent_all)
 
     def _press(self, query: CallbackQuery) -> Press | None:
         """The Press a callback query stands for; None for one no button of ours sends (a
@@ -370,16 +371,20 @@ class TelegramChannel(Channel):
         except tg.TelegramError as exc:
             log.warning("telegram: a button press was not answered: %s", self._scrub(exc))
 
-    async def _spend(self, press: Press, message: object) -> None:
-        """editMessageReplyMarkup: the keyboard without the pressed button (none at all
-        where it was the last), built from the message as the press carried it. A message
-        Telegram no longer shows the bot (older than 48 hours) is left as it is: its
-        keyboard is unknown, and taking all of it off would take the other actions too."""
+    async def _spend(self, press: Press, message: object, *, every: bool) -> None:
+        """editMessageReplyMarkup: the keyboard without the pressed button, built from the
+        message as the press carried it; none at all where that was the last button or
+        `every` one went. A message Telegram no longer shows the bot (older than 48 hours)
+        carries no keyboard: it is left as it is unless every button went, since taking
+        all of it off would take the other actions too."""
         drawn = message.reply_markup if isinstance(message, Message) else None
-        if drawn is None or press.message_id is None:
+        if press.message_id is None or (drawn is None and not every):
             return
         target, message_id = self._target(press.chat_id), int(press.message_id)
-        rows = [[b for b in row if b.callback_data != press.token] for row in drawn.inline_keyboard]
+        rows = [
+            [b for b in row if b.callback_data != press.token]
+            for row in (drawn.inline_keyboard if drawn is not None and not every else ())
+        ]
         left = InlineKeyboardMarkup([row for row in rows if row]) if any(rows) else None
         try:
             await self._submit(

@@ -192,6 +192,20 @@ async def test_a_press_that_did_not_act_is_answered_and_leaves_the_keyboard(edge
     assert edge.fake.buttons(CHAT, message_id) == [[("Stop", "tok_stop-1"), ("Logs", "tok_logs")]]
 
 
+async def test_a_press_that_used_a_whole_choice_takes_every_button_off(edge: Edge) -> None:
+    message_id = await sent_with_buttons(edge)
+    edge.inbox.result = PressResult(True, "Stop: done", spent_all=True)
+    await edge.fake.wait_answered(edge.fake.push_press(CHAT, message_id, "Stop"))
+    await edge.fake.wait_calls("editMessageReplyMarkup", 1)
+    assert edge.fake.buttons(CHAT, message_id) == []
+    # past 48 hours too: the keyboard is unknown, but all of it goes
+    other = await sent_with_buttons(edge)
+    query = edge.fake.push_press(CHAT, other, "Logs", inaccessible=True)
+    await edge.fake.wait_answered(query)
+    await edge.fake.wait_calls("editMessageReplyMarkup", 2)
+    assert edge.fake.buttons(CHAT, other) == []
+
+
 async def test_a_press_on_a_message_too_old_to_see_acts_and_leaves_the_keyboard(
     edge: Edge,
 ) -> None:

@@ -6,6 +6,7 @@ message that launched it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -118,6 +119,20 @@ async def test_a_button_pressed_twice_acts_once(live: Live) -> None:
     assert len(await live.rows("SELECT id FROM action_log WHERE action_type = 'command'")) == 1
 
 
+async def test_a_choice_pressed_takes_all_its_buttons_off_and_acts_once(live: Live) -> None:
+    no = Action("No", "/status")
+    assert await live.orch.send(
+        f"tg:{ADMIN}", Reply("Add the reminder?", actions=(ADD_TASK, no), choice=True), None
+    )
+    offer = live.fake.sent[ADMIN][-1]
+    no_token = offer.buttons[0][1][1]
+    answer = await live.press(ADMIN, offer.message_id, "Remind me")
+    assert answer.text.startswith("Remind me: ") and await tasks(live) == 1
+    assert live.fake.buttons(ADMIN, offer.message_id) == []
+    other = await live.press(ADMIN, offer.message_id, data=no_token)  # tapped meanwhile
+    assert other.text == "Already done: a choice here was pressed by ann earlier."
+
+
 async def test_a_press_from_a_chat_without_rights_does_nothing_and_is_answered(
     live: Live,
 ) -> None:
@@ -157,6 +172,45 @@ async def test_a_press_after_the_chat_lost_its_rights_does_nothing(live: Live) -
     await live.say(ADMIN, f"/chat admin tg:{GROUP}")
     again = await live.press(GROUP, offer.message_id, "Remind me")
     assert again.text.startswith("Remind me: ") and await tasks(live) == 1
+
+
+def menu_of(fake: FakeTelegram, chat: int | None) -> list[str] | None:
+    scope = {"type": "default"} if chat is None else {"type": "chat", "chat_id": chat}
+    menu = fake.menus.get(json.dumps(scope, sort_keys=True))
+    return None if menu is None else [c["command"] for c in menu]
+
+
+async def test_the_menu_follows_the_rights_as_they_change(live: Live) -> None:
+    every = list(live.orch.router.commands)
+    assert menu_of(live.fake, ADMIN) == every and menu_of(live.fake, None) == ["help"]
+    assert menu_of(live.fake, GROUP) is None
+    await live.say(ADMIN, f"/chat admin tg:{GROUP}")
+    assert menu_of(live.fake, GROUP) == every  # at once, not at the next start
+    await live.say(ADMIN, f"/chat revoke tg:{GROUP}")
+    assert menu_of(live.fake, GROUP) is None  # deleted: the group sees the default, /help
+    assert menu_of(live.fake, ADMIN) == every
+
+
+async def test_a_chat_granted_earlier_gets_the_full_menu_at_start(settings: Settings) -> None:
+    settings = settings.model_copy(update={"admin_chats": (f"tg:{ADMIN}",)})
+    fake = FakeTelegram()
+    await fake.start()
+    db = await Database.open(settings.db_path)
+
+    def channel() -> TelegramChannel:
+        return TelegramChannel(fake.token, api_url=fake.base_url, kv=KeyValue(db), poll_timeout=1)
+
+    try:
+        async with Orchestrator(settings, channels=[channel()]) as orch:
+            # granted in the database (not through /chat, which updates menus at once)
+            await orch.services.access.grant(f"tg:{GROUP}", admin=True, allowed=True)
+        assert menu_of(fake, GROUP) is None
+        async with Orchestrator(settings, channels=[channel()]) as orch:
+            every = list(orch.router.commands)
+        assert menu_of(fake, GROUP) == every and menu_of(fake, ADMIN) == every
+    finally:
+        await db.aclose()
+        await fake.aclose()
 
 
 async def test_a_run_launched_from_telegram_offers_buttons_and_its_messages_reply_to_the_launch(
