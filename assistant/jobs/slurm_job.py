@@ -110,6 +110,9 @@ class Supervisor:
         self.writer = writer
         self.resumable = resumable
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pause_due = False  # the time limit is near; pause once the recipe runs
+        events = run_dir / EVENTS
+        self._offset = events.stat().st_size if events.exists() else 0  # this attempt's
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._forward)
         signal.signal(signal.SIGUSR1, self._time_limit)
@@ -128,6 +131,20 @@ class Supervisor:
                 " so it runs until Slurm ends it",
             )
             return
+        self.pause_due = True  # acted on by run(): a signal handler only notes it
+
+    def _recipe_started(self) -> bool:
+        """Whether this attempt's recipe has said `started` (it handles SIGTERM then)."""
+        try:
+            with open(self.run_dir / EVENTS, "rb") as events:
+                events.seek(self._offset)
+                return b'"started"' in events.read()
+        except OSError:
+            return False
+
+    def _pause(self) -> None:
+        """Pause the run the way /run pause does: control.json, then SIGTERM."""
+        self.pause_due = False
         if read_control(self.run_dir) is None:
             tmp = self.run_dir / (CONTROL + ".tmp")
             tmp.write_text(json.dumps({"action": "pause", "why": "time limit"}))
@@ -138,7 +155,7 @@ class Supervisor:
             message="the Slurm job's time limit is near: checkpointing, then pausing"
             " (/run resume continues under a fresh time limit)",
         )
-        self._forward(signal.SIGTERM, frame)
+        self._forward(signal.SIGTERM, None)
 
     def run(self) -> int:
         self.proc = subprocess.Popen(
@@ -147,9 +164,12 @@ class Supervisor:
         )
         while True:
             try:
-                return self.proc.wait()
-            except InterruptedError:  # pragma: no cover - wait() retries by itself
-                continue
+                return self.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                # a recipe still starting would die of SIGTERM before it could checkpoint:
+                # the pause waits for its started event (Slurm ends it at the limit anyway)
+                if self.pause_due and self._recipe_started():
+                    self._pause()
 
 
 def main(argv: list[str] | None = None) -> int:

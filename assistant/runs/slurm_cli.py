@@ -265,7 +265,10 @@ class SlurmCli:
 
         :raises EngineUnavailable: it does not.
         """
-        out = await self.run("scontrol", "ping")
+        try:
+            out = await self.run("scontrol", "ping")
+        except SlurmRefused:  # exit 1: "Slurmctld(primary) at host is DOWN"
+            out = ""
         if "UP" not in out:
             raise self._unavailable("scontrol ping", out.strip().splitlines()[0] if out else "?")
 
@@ -316,6 +319,9 @@ class SlurmCli:
         if self.use_json is not False:
             try:
                 out = await self.run("squeue", "--json")
+                problem = json_errors(out)
+                if problem:  # squeue exits 0 with the controller unreachable
+                    raise self._unavailable("squeue", problem)
                 jobs = parse_squeue_json(out)
                 self.use_json = True
                 return jobs
@@ -417,6 +423,17 @@ def _json_exit(job: dict[str, Any]) -> tuple[int | None, int | None]:
     if status is None:
         return None, None
     return (status >> 8) & 0xFF, (status & 0x7F) or None
+
+
+def json_errors(text: str) -> str | None:
+    """The errors a `--json` listing reports (it exits 0 when it could not ask)."""
+    with contextlib.suppress(ValueError):
+        data = json.loads(text)
+        errors = data.get("errors") if isinstance(data, dict) else None
+        if errors:
+            first = errors[0] if isinstance(errors[0], dict) else {"error": str(errors[0])}
+            return str(first.get("description") or first.get("error") or "an error")[:300]
+    return None
 
 
 def parse_squeue_json(text: str) -> dict[str, SlurmJob]:

@@ -6,7 +6,7 @@ and the tests run as root; scripts/test installs them too):
 - `munged` with a throwaway key and its own socket (slurm.conf's `AuthInfo=socket=` points
   the daemons and the client commands at it);
 - `slurmctld` and `slurmd` (both as root, in the foreground, our children) with a
-  configuration written into a temp dir: one node on 127.0.0.1 declaring 8 CPUs, 16 GB and
+  configuration written into a temp dir: one node on 127.0.0.1 declaring 8 CPUs, 64 GB and
   four GPUs (`Gres=gpu:4`) it does not have (`SlurmdParameters=config_overrides`),
   select/cons_tres, proctrack/linuxproc and task/none (no cgroups in a container), no
   accounting (`accounting_storage/none`: sacct has nothing to say, so the runner reads
@@ -115,6 +115,18 @@ class SlurmCluster:
         with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
             self.command("scancel", "--full", "--user=root")
 
+    def drain(self, timeout: float = 15) -> None:
+        """Cancel every job and wait until the queue is empty: the next test starts clean."""
+        self.cancel_all()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if not self.command("squeue", "--noheader").strip():
+                    return
+            except (AssertionError, subprocess.TimeoutExpired):
+                return
+            time.sleep(0.3)
+
     # ---- start and stop -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -185,7 +197,7 @@ class SlurmCluster:
             "JobRequeue=1",
             "InactiveLimit=0",
             f"NodeName={NODE} NodeHostname={self.host} NodeAddr=127.0.0.1 CPUs=8"
-            f" RealMemory=16000 Gres=gpu:{GPUS} State=UNKNOWN",
+            f" RealMemory=64000 Gres=gpu:{GPUS} State=UNKNOWN",
             f"PartitionName=main Nodes={NODE} Default=YES MaxTime=60 State=UP",
             "",
         ]
@@ -228,15 +240,7 @@ class SlurmCluster:
         return out.strip() == "idle"
 
     def close(self) -> None:
-        self.cancel_all()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if not self.command("squeue", "--noheader").strip():
-                    break
-            except (AssertionError, subprocess.TimeoutExpired):
-                break
-            time.sleep(0.3)
+        self.drain()
         for proc in reversed(self._procs):  # slurmd, slurmctld, munged
             proc.terminate()
             try:
@@ -244,6 +248,9 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        keep = os.environ.get("ASSISTANT_TEST_SLURM_LOGS")  # where to keep the daemons' logs
+        if keep:
+            shutil.copytree(self.root / "log", keep, dirs_exist_ok=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
