@@ -186,7 +186,12 @@ def _recipe_query(words: list[str]) -> RecipeQuery:
 
 async def train(ctx: CommandContext, args: LaunchTraining) -> Reply:
     launched = await ctx.run_ops.launch_training(ctx.caller, args)
-    return _launched(ctx, launched.run, _train_text(launched))
+    text = _train_text(launched)
+    hosts = ctx.services.runs.runner.capabilities.hosts
+    if hosts is not None:  # a pool: the host it went to, or why it waits
+        note = pool_note(hosts, launched.run, await ctx.run_ops.active())
+        text += f"\nHost: {note}." if note else ""
+    return _launched(ctx, launched.run, text)
 
 
 def _train_text(launched: Launched) -> str:

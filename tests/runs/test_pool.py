@@ -107,8 +107,12 @@ async def test_runs_go_where_gpus_are_free_in_the_order_asked_or_where_pinned(
     try:
         async with service(pooled) as (orch, channel):
             wide = await launch(channel, f"{SHORT} gpus=2")  # only local has 2
-            pinned = await launch(channel, f"{SHORT} gpus=1 host=gpu2")
-            waits = await launch(channel, f"{SHORT} gpus=1")  # nothing free now
+            (reply,) = await channel.say(ADMIN, f"{SHORT} gpus=1 host=gpu2")
+            assert "\nHost: on gpu2." in reply, reply
+            pinned = reply.split(":", 1)[0].removeprefix("Run ")
+            (reply,) = await channel.say(ADMIN, f"{SHORT} gpus=1")  # nothing free now
+            assert "\nHost: waiting for 1 GPU(s): local 0/2 GPUs free, gpu2 0/1" in reply
+            waits = reply.split(":", 1)[0].removeprefix("Run ")
             assert (await run_of(orch, wide)).host == "local"
             assert (await run_of(orch, pinned)).host == "gpu2"
             assert (await run_of(orch, waits)).state == "queued"

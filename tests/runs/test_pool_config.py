@@ -14,7 +14,7 @@ import pytest
 
 from assistant.config import Settings
 from assistant.errors import CapacityError, ConfigError, NotFoundError
-from assistant.runs.pool import HostPool, build_pool, split_ref
+from assistant.runs.pool import HostPool, build_pool, probe_gpus, split_ref
 from assistant.runs.pool_config import load_hosts
 from assistant.runs.select import choose_runner
 from tests.support.run_records import record
@@ -210,3 +210,12 @@ def test_cpu_runs_take_a_slot_per_host_and_a_resume_goes_back(tmp_path: Path) ->
 def test_a_pooled_handle_names_its_host() -> None:
     assert split_ref("gpu2/abc123") == ("gpu2", "abc123")
     assert split_ref("abc123") == ("", "abc123")  # from before the pool
+
+
+async def test_auto_gpus_on_an_engine_without_the_nvidia_runtime_are_none(tmp_path: Path) -> None:
+    pool = pool_of(tmp_path, '[hosts.a]\nengine = "unix:///x.sock"\ngpus = "auto"\n')
+    (host,) = pool.hosts
+    assert host.gpus_auto and host.gpus == []
+    await probe_gpus(host)  # never connected: no runtime is known, so no probe container
+    assert host.gpus == [] and host.gpu_note == "auto: the engine has no NVIDIA runtime"
+    assert "(auto: the engine has no NVIDIA runtime)" in pool.status_lines([])[1]
