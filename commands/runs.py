@@ -419,6 +419,9 @@ async def show(ctx: CommandContext, ref: RunRef) -> str:
     waiting = _waiting(run)
     if waiting:
         lines.append(f"Waiting: {waiting}" + (f" ({run.blocked})" if pending(run) else ""))
+    held = ctx.services.monitor.waiting.get(run.id)
+    if held:  # the engine's own queue holds it (Slurm): its reason
+        lines.append(f"Waiting: {held} (in the {run.runner or 'engine'} queue)")
     hosts = ctx.services.runs.runner.capabilities.hosts
     if hosts is not None:  # a pool: its host, and whether that host answers
         active = await ctx.run_ops.active()

@@ -71,7 +71,7 @@ class RunManager:
         self.show_progress = show_progress
         self.lifecycle = Lifecycle(repo, event_log, clock)
         self.engine = EngineWatch()  # shared with the monitor: one view of the engine
-        self.engine_name = "Docker" if runner.kind == "docker" else runner.kind
+        self.engine_name = {"docker": "Docker", "slurm": "Slurm"}.get(runner.kind, runner.kind)
         self.signals = Signals(
             repo, runner, event_log, clock, self.engine, self.engine_name, settings.stop_grace_s
         )

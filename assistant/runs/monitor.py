@@ -225,7 +225,7 @@ class RunMonitor:
         self._task: asyncio.Task[None] | None = None
         self._wake = wake
         self.engine = engine
-        self.engine_name = "Docker" if runner.kind == "docker" else runner.kind
+        self.engine_name = {"docker": "Docker", "slurm": "Slurm"}.get(runner.kind, runner.kind)
         self.signals = signals
         self._told: dict[str, int] = {}  # run -> the outage its chain was told of
         self._told_chats: dict[str, int] = {}  # chat -> the outage it was told of

@@ -105,6 +105,8 @@ async def test_a_run_waits_with_slurms_reason_then_pauses_resumes_and_stops(
     assert f"{small} gpt starting" in listing and "waiting: Resources" in listing, listing
     (status,) = await channel.say(ADMIN, "/status")
     assert "waiting: Resources" in status and "Slurm jobs: 2" in status, status
+    (shown,) = await channel.say(ADMIN, f"/run show {small}")
+    assert "Waiting: Resources (in the slurm queue)" in shown, shown
 
     await wait_until(lambda: step_of(repo, big), 6, timeout=180)
     (reply,) = await channel.say(ADMIN, f"/run pause {big}")
