@@ -20,9 +20,13 @@ Where Bolt's handler falls short of what this channel promises, the channel keep
 - Bolt's "who is the bot" is answered from the start-time auth.test (`authorize=`), so no
   envelope waits on, or is lost to, a failing auth.test call later.
 
+- While the socket is down, the next try uses a new Socket Mode URL (`_fresh_urls`):
+  Bolt's client would retry a used-up URL forever after one failed connection.
+
 Bolt keeps the connection: reconnecting after a drop (its monitor checks every
-`ping_interval_s`) or when Slack asks (`disconnect`), pings, and routing each envelope to
-its listener; its ignoring-self-events middleware drops the bot's own posts.
+`ping_interval_s`, then retries at that interval) or when Slack asks (`disconnect`),
+pings, and routing each envelope to its listener; its ignoring-self-events middleware
+drops the bot's own posts.
 """
 
 from __future__ import annotations
@@ -138,6 +142,7 @@ class SlackChannel(Channel):
         self._handler: _Handler | None = None
         self._hello = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._envelopes: asyncio.Queue[SocketModeRequest] = asyncio.Queue()
         self._seen: OrderedDict[Hashable, None] = OrderedDict()
         self._drawn: OrderedDict[tuple[str, str], list[JsonDict]] = OrderedDict()
@@ -192,6 +197,7 @@ class SlackChannel(Channel):
             self._handler.client.wss_uri = url  # checked above; the ticket is never logged
             self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="slack-inbox")
             await self._connect()
+            self._watchdog = asyncio.create_task(self._fresh_urls(), name="slack-socket-url")
         except BaseException:
             await self.aclose()
             raise
@@ -231,6 +237,15 @@ class SlackChannel(Channel):
             raise ChannelError(
                 f"slack: Socket Mode did not say hello within {HELLO_TIMEOUT_S:g}s"
             ) from None
+
+    async def _fresh_urls(self) -> None:
+        """While the socket is down, make Bolt's client ask for a new Socket Mode URL on
+        its next try: a URL is good for one connection, and Bolt's client retries a
+        failed one forever (its connect loop reuses `wss_uri` once it is set)."""
+        while True:
+            await asyncio.sleep(self.ping_interval_s / 2)
+            if self._handler is not None and not self.is_connected:
+                self._handler.client.wss_uri = None
 
     def _build_app(self) -> AsyncApp:
         """The Bolt app: one listener per kind of envelope, each run to its end before
@@ -710,8 +725,9 @@ class SlackChannel(Channel):
                 await self._handler.close_async()  # type: ignore[no-untyped-call]
             self._handler = None
         self._hello.clear()
+        await cancel(self._watchdog)
         await cancel(self._dispatcher)
-        self._dispatcher = None
+        self._dispatcher = self._watchdog = None
         await self._queue.aclose()
         if self._session is not None:
             await self._session.close()

@@ -302,6 +302,17 @@ async def test_a_reconnect_loses_no_envelope(edge: Edge) -> None:
     assert len(edge.inbox.messages) == 10  # a retried event is not handled twice
 
 
+async def test_a_socket_that_fails_to_open_is_retried_with_a_new_url(edge: Edge) -> None:
+    slack, channel = edge.slack, edge.channel
+    slack.refuse_sockets = 2  # each refused try uses its URL's ticket up
+    await slack.drop_socket()
+    await slack.push_message(DM, "after the outage")
+    assert await edge.received(1) == ["after the outage"]
+    await slack.wait_for("connected", lambda: channel.is_connected)
+    assert slack.refuse_sockets == 0 and slack.connections == 2
+    assert slack.calls.count("apps.connections.open") >= 4  # start, and a URL per try
+
+
 async def test_malformed_envelopes_are_skipped_and_the_loop_goes_on(edge: Edge) -> None:
     slack, channel = edge.slack, edge.channel
     hostile = [

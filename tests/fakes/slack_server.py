@@ -83,6 +83,7 @@ class FakeSlack:
     calls: list[str] = field(default_factory=list)  # every Web API method called, in order
     acked: set[str] = field(default_factory=set)
     connections: int = 0  # sockets that got their hello
+    refuse_sockets: int = 0  # the next n socket openings fail (their tickets used up)
 
     def __post_init__(self) -> None:
         self._runner: web.AppRunner | None = None
@@ -503,7 +504,10 @@ class FakeSlack:
         ticket = request.query.get("ticket", "")
         if ticket not in self._tickets:
             return web.Response(status=401, text="invalid ticket")
-        self._tickets.discard(ticket)
+        self._tickets.discard(ticket)  # a ticket is good for one connection attempt
+        if self.refuse_sockets > 0:
+            self.refuse_sockets -= 1
+            return web.Response(status=503, text="try again")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         if self._socket is not None:  # one connection at a time, like a single-socket app
