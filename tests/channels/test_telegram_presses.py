@@ -21,6 +21,7 @@ from assistant.runs.process_runner import ProcessRunner
 from storage.db import Database
 from storage.kv import KeyValue
 from tests.fakes.telegram_server import Answer, FakeTelegram, Sent
+from tests.support.run_flow import step_of, wait_until
 
 ADMIN = 1001
 STRANGER = 2002
@@ -248,3 +249,31 @@ async def wait_for(live: Live, needle: str, timeout: float = 120) -> Sent:
                 if needle in sent.text:
                     return sent
             await live.fake.wait_sent(ADMIN, len(live.fake.sent.get(ADMIN, [])) + 1, timeout)
+
+
+async def test_stop_pressed_under_the_launch_message_stops_the_run_once(live: Live) -> None:
+    (launch,) = await live.say(ADMIN, "/run train classifier steps=400 gpus=0 sleep_per_step=0.2")
+    match = RUN_ID.search(launch.text)
+    assert match, launch.text
+    run_id = match.group(1)
+    stop_token = dict(b for row in launch.buttons for b in row)["Stop"]
+    repo = live.orch.services.runs.repo
+    await wait_until(lambda: step_of(repo, run_id), 2, timeout=120)
+    answer = await live.press(ADMIN, launch.message_id, "Stop")
+    assert (
+        answer.text
+        == f"Stop: Run {run_id}: stopping. It checkpoints, then stops; the report follows."
+    )
+    left = [label for row in live.fake.buttons(ADMIN, launch.message_id) for label, _ in row]
+    assert "Stop" not in left and "Logs" in left
+    again = await live.press(ADMIN, launch.message_id, data=stop_token)  # a second tap
+    assert again.text == "Already done: this button was pressed by ann earlier."
+    report = await wait_for(live, f"Run {run_id} (classifier) cancelled", timeout=90)
+    assert report.reply_to == launch.message_id
+    stops = await live.rows(
+        "SELECT e.source FROM event_log e JOIN action_log a ON a.triggered_by = e.id"
+        " WHERE a.action_type = 'command' AND e.summary LIKE '%/run stop%'"
+    )
+    assert stops == [("button",)]
+    run = await repo.get(run_id)
+    assert run is not None and run.wanted != "kill"  # pressed once: never escalated to a kill
