@@ -50,6 +50,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from assistant.background import cancel
 from assistant.channels.base import Button, Channel, Inbox, IncomingMessage, Press
@@ -147,6 +148,7 @@ class SlackChannel(Channel):
         self._seen: OrderedDict[Hashable, None] = OrderedDict()
         self._drawn: OrderedDict[tuple[str, str], list[JsonDict]] = OrderedDict()
         self._titles: dict[str, str] = {}
+        self._member_of: set[str] = set()  # channels Slack said the bot is in
         self._queue = SendQueue("slack")
         self.bot_user_id = ""
         self._bot_id = ""
@@ -371,6 +373,13 @@ class SlackChannel(Channel):
         trigger = str(command.get("trigger_id") or "")
         if trigger and not self._first_time(("command", trigger)):
             return
+        if not await self._may_post(channel):
+            await self._respond(
+                command.get("response_url"),
+                f"I am not in this channel, so I cannot answer here: invite me with"
+                f" `/invite <@{self.bot_user_id}>`, then try again.",
+            )
+            return
         words = from_mrkdwn(str(command.get("text") or "")).strip().lstrip("/")
         message = IncomingMessage(
             chat_id=f"{self.prefix}:{channel}",
@@ -417,6 +426,33 @@ class SlackChannel(Channel):
                 await self._ephemeral(channel, user, result.note, thread)
         except ChannelError as exc:
             log.warning("slack: could not answer a press in %s: %s", channel, exc)
+
+    async def _may_post(self, channel: str) -> bool:
+        """False where Slack says the bot is not in the channel: a slash command works
+        there, but its answer could not be posted. Asked until the answer is yes."""
+        if channel in self._member_of:
+            return True
+        try:
+            info = (await self._web().conversations_info(channel=channel))["channel"]
+        except (SlackApiError, *_NETWORK_ERRORS) as exc:
+            log.info("slack: cannot tell whether the bot is in %s (%s)", channel, _describe(exc))
+            return True  # the answer's send will say what is wrong
+        if info.get("is_member") is False:
+            return False
+        self._member_of.add(channel)
+        return True
+
+    async def _respond(self, url: object, text: str) -> None:
+        """A line only the person who typed the slash command sees, through its
+        response_url (which needs no channel membership)."""
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            return
+        try:
+            await AsyncWebhookClient(url, session=self._session).send(
+                text=text, response_type="ephemeral"
+            )
+        except (SlackApiError, SlackRequestError, *_NETWORK_ERRORS) as exc:
+            log.warning("slack: could not answer a slash command (%s)", _describe(exc))
 
     async def _deliver(self, message: IncomingMessage) -> None:
         try:

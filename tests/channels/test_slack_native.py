@@ -126,6 +126,22 @@ async def test_another_command_name_is_configurable(edge: Edge) -> None:
     assert [m.text for m in inbox.messages] == ["/runs"]
 
 
+async def test_a_slash_command_where_the_bot_is_not_a_member_says_how_to_invite_it(
+    edge: Edge,
+) -> None:
+    slack = edge.slack
+    slack.add_channel("C0OUT", "elsewhere", member=False)
+    await slack.push_command("C0OUT", "status", user="U7")
+    await slack.wait_for("the answer", lambda: slack.responses["C0OUT"])
+    (response,) = slack.responses["C0OUT"]
+    assert response["response_type"] == "ephemeral"
+    assert "invite me with `/invite <@U0BOT>`" in response["text"]
+    slack.add_channel("C0OUT", "elsewhere", member=True)  # invited
+    await slack.push_command("C0OUT", "status", user="U7")
+    assert await edge.received(1) == ["/status"]
+    assert len(slack.responses["C0OUT"]) == 1
+
+
 # ---- buttons and presses -------------------------------------------------------------
 
 

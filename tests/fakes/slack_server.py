@@ -79,6 +79,7 @@ class FakeSlack:
     messages: dict[str, list[Json]] = field(default_factory=lambda: defaultdict(list))
     updates: dict[str, list[Json]] = field(default_factory=lambda: defaultdict(list))
     ephemerals: dict[str, list[Json]] = field(default_factory=lambda: defaultdict(list))
+    responses: dict[str, list[Json]] = field(default_factory=lambda: defaultdict(list))
     files: dict[str, list[Upload]] = field(default_factory=lambda: defaultdict(list))
     calls: list[str] = field(default_factory=list)  # every Web API method called, in order
     acked: set[str] = field(default_factory=set)
@@ -106,6 +107,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/v1/{file_id}", self._upload)
+        app.router.add_post("/hooks/commands/{channel}/{trigger}", self._response_url)
         app.router.add_get("/link/", self._websocket)
         self._runner = web.AppRunner(app, shutdown_timeout=1)
         await self._runner.setup()
@@ -133,12 +135,16 @@ class FakeSlack:
 
     # ---- test controls -------------------------------------------------------------
 
-    def add_channel(self, channel: str, name: str | None = None, *, is_im: bool = False) -> None:
+    def add_channel(
+        self, channel: str, name: str | None = None, *, is_im: bool = False, member: bool = True
+    ) -> None:
+        """A channel (or a DM); `member`: whether the bot is in it (else it cannot post)."""
         info: Json = {"id": channel, "is_im": is_im, "is_channel": not is_im}
         if is_im:
             info["user"] = "U1"
         else:
             info["name"] = name or channel.lower()
+            info["is_member"] = member
         self._channels[channel] = info
 
     def fail_next(
@@ -227,7 +233,7 @@ class FakeSlack:
             "text": text,
             "api_app_id": APP_ID,
             "is_enterprise_install": "false",
-            "response_url": f"https://hooks.fake.slack.com/commands/{TEAM}/{trigger_id}",
+            "response_url": f"http://127.0.0.1:{self._port}/hooks/commands/{channel}/{trigger_id}",
             "trigger_id": trigger_id,
         }
         await self._envelope("slash_commands", payload, accepts_response_payload=True)
@@ -405,6 +411,8 @@ class FakeSlack:
         channel, text = str(args.get("channel", "")), args.get("text")
         if channel not in self._channels:
             return _error("channel_not_found")
+        if self._channels[channel].get("is_member") is False:
+            return _error("not_in_channel")
         blocks = _blocks(args.get("blocks"))
         if blocks is False:
             return _error("invalid_blocks")
@@ -490,6 +498,12 @@ class FakeSlack:
             self.files[channel].append(upload)
             done.append({"id": upload.file_id, "name": upload.filename, "title": upload.title})
         return _ok(files=done)
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        """A slash command's response_url: a message for the channel, or only for who
+        typed the command (response_type ephemeral, the default)."""
+        self.responses[request.match_info["channel"]].append(await request.json())
+        return web.Response(text="ok", content_type="text/plain")
 
     async def _upload(self, request: web.Request) -> web.Response:
         upload = self._uploads.get(request.match_info["file_id"])
