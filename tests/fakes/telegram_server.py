@@ -5,7 +5,8 @@ editMessageText, editMessageReplyMarkup, answerCallbackQuery, setMyCommands, sen
 with the JSON the real server sends, and fails the way the
 real one does: an HTTP status plus `{"ok": false, "error_code", "description", "parameters"}`
 (python-telegram-bot picks its exception from the status). Updates follow the real
-semantics: `getUpdates(offset=N)` confirms and forgets everything below N.
+semantics: `getUpdates(offset=N)` confirms and forgets everything below N, and only the
+kinds of update its `allowed_updates` (as last given) names are sent.
 
     fake = FakeTelegram(); await fake.start()
     uid = fake.push_message(1001, "/status")
@@ -199,6 +200,8 @@ class FakeTelegram:
         self.markup_edits: dict[int, list[MarkupEdit]] = {}
         self._queries: dict[str, int] = {}  # callback query id -> the chat it came from
         self.query_updates: dict[str, int] = {}  # callback query id -> its update_id
+        # the kinds of update getUpdates last asked for (None: every kind, the default)
+        self.allowed_updates: set[str] | None = None
         self._next_query = 880000
 
     @property
@@ -464,12 +467,17 @@ class FakeTelegram:
         offset = int(params.get("offset") or 0)
         timeout = float(params.get("timeout") or 0)
         limit = int(params.get("limit") or 100)
+        if "allowed_updates" in params:  # kept until a later call sets it again
+            wanted = json.loads(params["allowed_updates"])
+            self.allowed_updates = set(wanted) if wanted else None
         if offset:
             self._confirmed_below = max(self._confirmed_below, offset)
             self._unconfirmed = [u for u in self._unconfirmed if u >= offset]
             self._touch()
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
+            # an update of a kind the client did not ask for is never sent (nor kept)
+            self._unconfirmed = [u for u in self._unconfirmed if self._wanted(self._updates[u])]
             ready = self._redelivered + [self._updates[u] for u in self._unconfirmed]
             if self._redelivered:
                 self._redelivered = []
@@ -485,6 +493,11 @@ class FakeTelegram:
                     await self._changed.wait()
             except TimeoutError:
                 return []
+
+    def _wanted(self, update: dict[str, Any]) -> bool:
+        if self.allowed_updates is None:
+            return True
+        return any(kind in self.allowed_updates for kind in update if kind != "update_id")
 
     def _send_message(self, params: dict[str, str]) -> dict[str, Any]:
         chat_id = int(params["chat_id"])
