@@ -66,7 +66,11 @@ class Live:
 @pytest.fixture
 async def live(settings: Settings) -> AsyncIterator[Live]:
     settings = settings.model_copy(
-        update={"admin_chats": (f"tg:{ADMIN}",), "monitor_interval_s": 0.1}
+        update={
+            "admin_chats": (f"tg:{ADMIN}",),
+            "monitor_interval_s": 0.1,
+            "progress_interval_s": 0.5,  # a run's live progress message, edited in place
+        }
     )
     fake = FakeTelegram()
     await fake.start()
@@ -270,6 +274,11 @@ async def test_stop_pressed_under_the_launch_message_stops_the_run_once(live: Li
     assert again.text == "Already done: this button was pressed by ann earlier."
     report = await wait_for(live, f"Run {run_id} (classifier) cancelled", timeout=90)
     assert report.reply_to == launch.message_id
+    # the live progress message, the stop's reply and the report: all under the launch
+    later = [s for s in live.fake.sent[ADMIN] if s.message_id > launch.message_id]
+    assert len(later) >= 3 and all(s.reply_to == launch.message_id for s in later)
+    progress = {e.message_id for e in live.fake.edits.get(ADMIN, [])}
+    assert progress and progress <= {s.message_id for s in later}
     stops = await live.rows(
         "SELECT e.source FROM event_log e JOIN action_log a ON a.triggered_by = e.id"
         " WHERE a.action_type = 'command' AND e.summary LIKE '%/run stop%'"
