@@ -3,7 +3,7 @@
 
 Native where Telegram offers it: the command menu (the `/` button) filled from the command
 registry, inline keyboard buttons whose callback queries come back as presses (answered
-with the orchestrator's note, the keyboard removed once a press acted), and threads as
+with the orchestrator's note, the pressed button taken off once it acted), and threads as
 replies to the thread's first message (a run's messages reply to its launch message).
 
 Polling needs no public URL, which suits a single assistant on a GPU host. The update offset
