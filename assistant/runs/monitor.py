@@ -516,8 +516,10 @@ class RunMonitor:
         if run.handle is None or run.runner is None:
             return
         handle = RunHandle(run.runner, run.handle, run.id)  # type: ignore[arg-type]
-        if not self.engine.due():
-            return  # the engine did not answer lately: the run keeps its state meanwhile
+        # the engine did not answer lately: the run keeps its state meanwhile. (A pool keeps
+        # each host's health itself and answers for a silent host without asking it.)
+        if not self.engine.due() and self.runner.capabilities.hosts is None:
+            return
         try:
             state = await self.runner.state(handle)
         except UNANSWERED as exc:

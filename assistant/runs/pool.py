@@ -480,9 +480,9 @@ class PooledRunner:
         return host, RunHandle(handle.runner, ref, handle.run_id)
 
     def _silent(self, host: Host) -> EngineUnavailable:
-        return EngineUnavailable(
-            f"host {host.name} does not answer (since {self.pool.since(host)}: {host.why})"
-        )
+        # the host's name first and no engine address: what a waiting run shows
+        # (engine_watch.silence) names the host; /status says why
+        return EngineUnavailable(f"host {host.name} does not answer since {self.pool.since(host)}")
 
     async def launch(self, request: LaunchRequest) -> RunHandle:
         host = self.pool.get(request.host) or self.pool.hosts[0]

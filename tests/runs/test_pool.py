@@ -153,14 +153,15 @@ async def test_runs_go_where_gpus_are_free_in_the_order_asked_or_where_pinned(
 async def test_a_host_that_drops_leaves_its_runs_unknown_until_it_answers_again(
     second_engine: SshEngine, settings: Settings
 ) -> None:
-    """gpu2 behind a proxy that the test cuts: its run is unknown, not failed, the other
-    host's run goes on; restored, the run is followed again to its report."""
+    """gpu2 behind a proxy that the test cuts: its run is unknown, not failed, a stop asked
+    meanwhile waits for it, the other host's run goes on and ends on time; restored, the
+    stop reaches the run and it is followed to its report."""
     proxy = EngineProxy(str(second_engine.socket))
     await proxy.restore()
     try:
         pooled = pool_settings(settings, proxy.url)
         async with service(pooled) as (orch, channel):
-            far = await launch(channel, f"{LONG.replace('200', '30')} gpus=1 host=gpu2")
+            far = await launch(channel, f"{LONG} gpus=1 host=gpu2")
             near = await launch(channel, f"{SHORT} gpus=1 host=local")
             await until(lambda: in_state(orch, far, "running"), "the run on gpu2 to start", 300)
             await proxy.cut()
@@ -177,12 +178,14 @@ async def test_a_host_that_drops_leaves_its_runs_unknown_until_it_answers_again(
             assert f"runs: {far} unknown" in status
             (show,) = await channel.say(ADMIN, f"/run show {far}")
             assert "Host: unknown: host gpu2 not answering since" in show
+            (stop,) = await channel.say(ADMIN, f"/run stop {far}")
+            assert "when the engine answers" in stop and "host gpu2 does not answer" in stop
             # the other host is not held up by the silent one
             await channel.wait_for(f"Run {near} (classifier) succeeded", timeout=420)
-            assert (await run_of(orch, far)).state == "running"  # nothing settled meanwhile
+            assert (await run_of(orch, far)).state == "stopping"  # nothing settled meanwhile
             await proxy.restore()
-            report = await channel.wait_for(f"Run {far} (classifier) succeeded", timeout=420)
-            assert "accuracy" in report
+            report = await channel.wait_for(f"Run {far} (classifier) cancelled", timeout=420)
+            assert "Checkpoint:" in report  # it checkpointed on the stop, as on one engine
             assert (await run_of(orch, far)).error is None
     finally:
         await proxy.aclose()
