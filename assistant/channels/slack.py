@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import re
@@ -86,6 +87,10 @@ _NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 JsonDict = dict[str, Any]
 Ack = Callable[[], Awaitable[Any]]  # Bolt's ack(), called first in each listener
+# the channel whose slash command is being answered in this task (see send_message)
+_ANSWERING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "slack_answering", default=None
+)
 
 
 class SlackRefused(ChannelError):
@@ -389,7 +394,11 @@ class SlackChannel(Channel):
             chat_title=await self._title(channel),
             addressed=True,
         )
-        await self._deliver(message)
+        token = _ANSWERING.set(channel)
+        try:
+            await self._deliver(message)
+        finally:
+            _ANSWERING.reset(token)
 
     async def _on_action(self, ack: Ack, body: JsonDict, action: JsonDict) -> None:
         """Bolt listener: one of our buttons pressed. The orchestrator decides (rights now,
@@ -554,7 +563,12 @@ class SlackChannel(Channel):
         if not mrkdwn and not buttons:
             return None
         pieces = split_text(mrkdwn, SECTION_LIMIT if buttons else LIMIT) if mrkdwn else [""]
-        sent = await self._post(channel, pieces, thread=thread, extra=_actions(buttons))
+        # a slash command is seen by nobody: its answer, where it goes in a thread (a
+        # run's), shows in the channel too, or the person who typed it would see nothing
+        broadcast = thread is not None and _ANSWERING.get() == channel
+        sent = await self._post(
+            channel, pieces, thread=thread, extra=_actions(buttons), broadcast=broadcast
+        )
         return sent[0]
 
     async def _post(
@@ -564,10 +578,12 @@ class SlackChannel(Channel):
         *,
         thread: str | None = None,
         extra: list[JsonDict] | None = None,
+        broadcast: bool = False,
     ) -> list[str]:
         """One queue job for all pieces, so they stay together; a retry resumes at the
         piece that failed rather than repeating the ones Slack already has. `extra`
-        blocks (buttons) go under the last piece. Returns each piece's ts."""
+        blocks (buttons) go under the last piece; `broadcast`: the thread's pieces show
+        in the channel too. Returns each piece's ts."""
         remaining = list(pieces)
         sent: list[str] = []
 
@@ -577,6 +593,8 @@ class SlackChannel(Channel):
                 args: JsonDict = {"channel": channel, "text": piece}
                 if thread:
                     args["thread_ts"] = thread
+                    if broadcast:
+                        args["reply_broadcast"] = True
                 if extra and len(remaining) == 1:
                     args["blocks"] = [*([_section(piece)] if piece else []), *extra]
                     args["text"] = piece or _labels(extra)

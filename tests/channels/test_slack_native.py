@@ -280,6 +280,34 @@ async def test_an_edit_slack_refuses_is_sent_anew_in_its_thread(edge: Edge) -> N
     assert progress["ts"] == sent and progress["text"] == "Run 3r6wfv: step 5"
 
 
+async def test_a_slash_commands_answer_in_a_thread_shows_in_the_channel_too(edge: Edge) -> None:
+    slack = edge.slack
+    await edge.channel.aclose()  # one socket at a time: this test's channel answers
+    channel = make_channel(slack)
+    root: list[str] = []
+
+    class Answering(RecordingInbox):
+        async def deliver(self, message: IncomingMessage) -> None:
+            await super().deliver(message)  # the orchestrator answers in the run's thread
+            await channel.send_message(message.chat_id, "Run 3r6wfv: stopping", thread=root[0])
+
+    inbox = Answering()
+    await channel.start(inbox)
+    try:
+        sent = await channel.send_message(f"sl:{CHAT}", "Run 3r6wfv queued", buttons=[STOP])
+        assert sent is not None
+        root.append(sent)
+        await slack.push_command(CHAT, "run stop 3r6wfv")
+        await slack.wait_for("the answer", lambda: slack.in_thread(CHAT, sent))
+        await channel.send_message(f"sl:{CHAT}", "Run 3r6wfv: step 10", thread=sent)  # the run's
+    finally:
+        await channel.aclose()
+    answer, progress = slack.in_thread(CHAT, sent)
+    assert [m.text for m in inbox.messages] == ["/run stop 3r6wfv"]
+    assert answer.get("subtype") == "thread_broadcast"  # seen in the channel as well
+    assert "subtype" not in progress
+
+
 # ---- the socket ----------------------------------------------------------------------
 
 

@@ -427,6 +427,8 @@ class FakeSlack:
             if not any(m["ts"] == args["thread_ts"] for m in self.messages[channel]):
                 return _error("thread_not_found")
             message["thread_ts"] = args["thread_ts"]
+            if args.get("reply_broadcast") in (True, "true", "1"):
+                message["subtype"] = "thread_broadcast"  # shown in the channel too
         self.messages[channel].append(message)
         self._echo({**message, "channel": channel, "event_ts": ts})
         return _ok(channel=channel, ts=ts, message=message)
