@@ -11,7 +11,7 @@ Where Bolt's handler falls short of what this channel promises, the channel keep
   would retry a rejected app token forever. Start returns once Slack said hello.
 - Every envelope is acked the moment it arrives, before it is handled (Slack redelivers
   after 3 s); Bolt acks only once the app answered 200, so an envelope no listener takes,
-  or one that fails, would come back again and again.
+  or one that fails, would be sent again (events up to three times).
 - Envelopes are handled one at a time in the order they arrived; Bolt's handler runs each
   in a task of its own, so two messages could be answered out of order.
 - A frame or envelope that cannot be read is counted and skipped (`Channel.note_skipped`).
@@ -19,7 +19,6 @@ Where Bolt's handler falls short of what this channel promises, the channel keep
   acked on a socket that dropped, with a new envelope id).
 - Bolt's "who is the bot" is answered from the start-time auth.test (`authorize=`), so no
   envelope waits on, or is lost to, a failing auth.test call later.
-
 - While the socket is down, the next try uses a new Socket Mode URL (`_fresh_urls`):
   Bolt's client would retry a used-up URL forever after one failed connection.
 
