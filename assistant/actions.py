@@ -35,8 +35,9 @@ BUTTON_TTL = timedelta(days=7)
 
 MAX_LABEL = 75
 
-# handle(chat_id, sender, command_text, source, source_id) -> the command's reply text
-RunCommand = Callable[[str, str, str, str, "str | None"], Awaitable[str]]
+# handle(chat_id, sender, command_text, source, source_id, thread key of the button's
+# message: the answer goes there) -> the command's reply text
+RunCommand = Callable[[str, str, str, str, "str | None", "str | None"], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Actions:
             [NewButton(a.label, a.command) for a in reply.actions],
             choice=reply.choice,
             now=self._clock.now(),
+            thread=reply.thread or reply.opens,
         )
         buttons = tuple(
             Button(_short(a.label), token, a.style)
@@ -106,7 +108,9 @@ class Actions:
         whole = button.grp != button.token  # a choice: its other buttons went with it
         if not button.command:  # "No" of a choice: it only uses the choice up
             return PressResult(True, f"{button.label}: nothing was done.", spent_all=True)
-        text = await run(press.chat_id, press.sender, button.command, "button", press.platform_id)
+        text = await run(
+            press.chat_id, press.sender, button.command, "button", press.platform_id, button.thread
+        )
         first = text.strip().splitlines()[0] if text.strip() else "done"
         return PressResult(True, f"{button.label}: {first}"[:190], spent_all=whole)
 

@@ -298,10 +298,16 @@ class Orchestrator:
             return PressResult(False, f"Sorry, that failed inside the assistant: {exc}")
 
     async def _run_pressed(
-        self, chat_id: str, sender: str, text: str, source: str, source_id: str | None
+        self,
+        chat_id: str,
+        sender: str,
+        text: str,
+        source: str,
+        source_id: str | None,
+        thread: str | None,
     ) -> str:
         reply = await self.handle_command(
-            chat_id, sender, text, source=source, source_id=source_id, pressed=True
+            chat_id, sender, text, source=source, source_id=source_id, pressed=True, thread=thread
         )
         return reply.text
 
@@ -418,11 +424,13 @@ class Orchestrator:
         source: str,
         source_id: str | None = None,
         pressed: bool = False,
+        thread: str | None = None,
     ) -> Reply:
         """A command from a chat: answer it there, tracing it unless it is introspection.
 
         `pressed`: it came from a button, which never escalates (a second stop kills when
-        typed; pressed, it says the run is already stopping).
+        typed; pressed, it says the run is already stopping). `thread`: the thread of the
+        button's message (a run's): the answer goes there unless it opens its own.
         """
         services = self.services
         text = self.redact(text)  # a no-op when it came through deliver
@@ -434,6 +442,7 @@ class Orchestrator:
         spec = self.router.find(name)
         if spec is not None and parsed is not None and not spec.is_traced(parsed):
             reply, _ = await self._run_guarded(chat_id, sender, parsed, None, pressed)
+            reply = _in(thread, reply)
             await self.send(chat_id, reply, None, traced=False)
             return reply
         how = "Button" if pressed else "Command"
@@ -451,6 +460,7 @@ class Orchestrator:
             act.content = reply.text[:500]
             if error is not None:
                 act.fail(error)
+        reply = _in(thread, reply)
         await self.send(chat_id, reply, event_id)
         return reply
 
@@ -624,6 +634,13 @@ class Orchestrator:
             log.warning("sending to %s failed", chat_id, exc_info=first)
             return False
         return True
+
+
+def _in(thread: str | None, reply: Reply) -> Reply:
+    """`reply` in `thread` (a pressed button's), unless it has or opens a thread itself."""
+    if thread is None or reply.thread is not None or reply.opens is not None:
+        return reply
+    return dataclasses.replace(reply, thread=thread)
 
 
 async def _send_drawn(channel: Channel, chat_id: str, drawn: Drawn) -> str | None:

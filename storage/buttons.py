@@ -33,6 +33,7 @@ class StoredButton:
     pressed_at: str | None
     pressed_by: str | None
     pressed_token: str | None  # which button of the group was pressed
+    thread: str | None  # the thread key ("run:<id>") of the message it is under
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,13 @@ class ButtonRepo:
         self._db = db
 
     async def draw(
-        self, chat_id: str, buttons: list[NewButton], *, choice: bool, now: datetime
+        self,
+        chat_id: str,
+        buttons: list[NewButton],
+        *,
+        choice: bool,
+        now: datetime,
+        thread: str | None = None,
     ) -> list[str]:
         """Store the buttons of one message; returns their tokens in order.
 
@@ -60,10 +67,10 @@ class ButtonRepo:
         tokens = [new_token() for _ in buttons]
         group = new_token() if choice else None  # a choice's own id, no button's token
         await self._db.write_many(
-            "INSERT INTO buttons (token, grp, chat_id, label, command, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO buttons (token, grp, chat_id, label, command, created_at, thread)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (token, group or token, chat_id, b.label, b.command, to_iso(now))
+                (token, group or token, chat_id, b.label, b.command, to_iso(now), thread)
                 for token, b in zip(tokens, buttons, strict=True)
             ],
         )

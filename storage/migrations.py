@@ -320,7 +320,8 @@ def m009_buttons(conn: sqlite3.Connection) -> None:
             created_at  TEXT NOT NULL,
             pressed_at  TEXT,
             pressed_by  TEXT,
-            pressed_token TEXT
+            pressed_token TEXT,
+            thread      TEXT            -- the thread key of its message: the answer goes there
         );
         CREATE INDEX buttons_grp ON buttons(grp);
         CREATE INDEX buttons_created ON buttons(created_at);

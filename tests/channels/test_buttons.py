@@ -208,6 +208,14 @@ async def test_a_runs_messages_go_under_its_launch_and_offer_its_next_steps(
     stopped = [d for d in channel.drawn if d.text.startswith(f"Run {run_id}: stopping")]
     assert stopped and stopped[0].thread == launched.id
 
+    logs = await channel.press(ADMIN, channel.button("Logs", under=report))
+    shown = next(d for d in reversed(channel.drawn) if d.text.startswith(f"Run {run_id}, last"))
+    assert logs.acted and shown.thread == launched.id  # a pressed answer stays in the thread
+    drawn_before = len(channel.drawn)
+    (typed,) = await channel.say(ADMIN, f"/run logs {run_id}")
+    assert typed.startswith(f"Run {run_id}, last")
+    assert len(channel.drawn) == drawn_before  # plain send_text: no thread, where it was typed
+
     retry = await channel.press(ADMIN, channel.button("Retry", under=report))
     assert retry.acted and f"retries {run_id}" in retry.note
 
