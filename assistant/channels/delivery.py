@@ -133,10 +133,12 @@ class SendQueue:
         while True:
             job = await self._jobs.get()
             failures = 0
-            while not job.done.done():
+            while not job.done.done():  # done already: its caller gave up (cancelled)
                 try:
-                    job.done.set_result(await job.send())
+                    result = await job.send()
                     self.stats.sent += 1
+                    if not job.done.done():
+                        job.done.set_result(result)
                 except RetryAfter as exc:
                     self.stats.rate_limited += 1
                     self.waiting_until = loop.time() + exc.seconds
@@ -147,13 +149,15 @@ class SendQueue:
                     failures += 1
                     if failures >= self._attempts:
                         self.stats.failures += 1
-                        job.done.set_exception(exc)
+                        if not job.done.done():
+                            job.done.set_exception(exc)
                     else:
                         self.stats.retries += 1
                         await asyncio.sleep(self._backoff_s * 2 ** (failures - 1))
                 except Exception as exc:
                     self.stats.failures += 1
-                    job.done.set_exception(exc)
+                    if not job.done.done():
+                        job.done.set_exception(exc)
 
     async def aclose(self) -> None:
         """Stop the worker; what is still queued fails with ChannelError (never silently)."""

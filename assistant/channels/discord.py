@@ -247,10 +247,12 @@ class DiscordChannel(Channel):
             log.warning("discord: slash commands (%s) not registered: %s", where, _describe(exc))
 
     async def aclose(self) -> None:
-        await self._queue.aclose()
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        try:
+            await self._queue.aclose()
+        finally:  # whatever the queue says, the client's session and socket are closed
+            client, self._client = self._client, None
+            if client is not None:
+                await client.close()
         task, self._gateway = self._gateway, None
         if task is not None:
             await asyncio.wait({task}, timeout=5)  # returns once the closed socket is noticed
