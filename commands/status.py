@@ -102,7 +102,7 @@ async def runs_section(ctx: CommandContext, gpus: dict[int, GpuInfo]) -> list[st
     engine = await engine_probe(manager.runner).check()
     if engine != OK:
         lines.append(f"Engine: {engine}")
-    elif manager.runner.capabilities.cluster is not None:
+    if manager.runner.capabilities.cluster is not None:  # asked apart: a slow ping says less
         lines.extend(await cluster_lines(manager.runner.capabilities.cluster))
     hosts = manager.runner.capabilities.hosts
     if hosts is not None:  # a pool: each host, up or not, its GPUs and runs

@@ -17,7 +17,7 @@ import pytest
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from tests.support.recording import RecordingChannel
-from tests.support.run_flow import ADMIN, launch, step_of, wait_until
+from tests.support.run_flow import ADMIN, RUN_ID, step_of, wait_until
 from tests.support.slurm_cluster import SlurmCluster
 
 GPT = "/run train gpt device=cpu log_every=1"
@@ -54,6 +54,19 @@ def _events(orch: Orchestrator, run_id: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+async def _launch(channel: RecordingChannel, text: str) -> str:
+    """The id of the run `text` launched."""
+    found = RUN_ID.search(await _said(channel, text))
+    assert found, text
+    return found.group(1)
+
+
+async def _said(channel: RecordingChannel, text: str) -> str:
+    """Everything said to the chat while `text` was handled (a run's own message may land
+    in the same moment as the reply)."""
+    return "\n".join(await channel.say(ADMIN, text))
+
+
 async def _running(repo, run_id: str) -> int:  # type: ignore[no-untyped-def]
     run = await repo.get(run_id)
     return int(run is not None and run.state == "running")
@@ -70,12 +83,12 @@ async def test_runs_report_and_status_shows_the_cluster(
 ) -> None:
     """A classifier and a two-process gpt (torchrun on the node's loopback) side by side."""
     orch, channel = service
-    one = await launch(channel, "/run train classifier steps=20 gpus=1 device=cpu")
-    two = await launch(channel, f"{GPT} procs=2 gpus=2 steps=12 eval_every=6")
+    one = await _launch(channel, "/run train classifier steps=20 gpus=1 device=cpu")
+    two = await _launch(channel, f"{GPT} procs=2 gpus=2 steps=12 eval_every=6")
     job = await _job(orch, one)
     shown = slurm_cluster.scontrol("show", "job", job)
     assert "Comment=assistant:" in shown and f":{one}" in shown and "gres:gpu:1" in shown
-    (status,) = await channel.say(ADMIN, "/status")
+    status = await _said(channel, "/status")
     assert "Runner: slurm at" in status and "Cluster:" in status, status
     assert "main (default, up, max 1:00:00)" in status and "GPUs" in status, status
     assert f"(run {one}, 1 GPU)" in status, status
@@ -85,7 +98,7 @@ async def test_runs_report_and_status_shows_the_cluster(
     started = [e for e in _events(orch, two) if e["type"] == "started"]
     assert started and started[0]["world_size"] == 2
     await orch.services.log.flush()
-    (chain,) = await channel.say(ADMIN, f"/debug run {one}")
+    chain = await _said(channel, f"/debug run {one}")
     assert "tool slurm.launch" in chain, chain
 
 
@@ -94,22 +107,22 @@ async def test_a_run_waits_with_slurms_reason_then_pauses_resumes_and_stops(
 ) -> None:
     orch, channel = service
     repo = orch.services.runs.repo
-    big = await launch(channel, f"{GPT} gpus=3 steps=400 sleep_per_step=0.1 eval_every=5")
-    small = await launch(channel, f"{GPT} gpus=2 steps=10 eval_every=5")
+    big = await _launch(channel, f"{GPT} gpus=3 steps=400 sleep_per_step=0.1 eval_every=5")
+    small = await _launch(channel, f"{GPT} gpus=2 steps=10 eval_every=5")
 
     async def reason() -> int:
         return int(orch.services.monitor.waiting.get(small) == "Resources")
 
     await wait_until(reason, 1, timeout=30)
-    (listing,) = await channel.say(ADMIN, "/runs")
+    listing = await _said(channel, "/runs")
     assert f"{small} gpt starting" in listing and "waiting: Resources" in listing, listing
-    (status,) = await channel.say(ADMIN, "/status")
+    status = await _said(channel, "/status")
     assert "waiting: Resources" in status and "Slurm jobs: 2" in status, status
-    (shown,) = await channel.say(ADMIN, f"/run show {small}")
+    shown = await _said(channel, f"/run show {small}")
     assert "Waiting: Resources (in the slurm queue)" in shown, shown
 
     await wait_until(lambda: step_of(repo, big), 6, timeout=180)
-    (reply,) = await channel.say(ADMIN, f"/run pause {big}")
+    reply = await _said(channel, f"/run pause {big}")
     assert "pausing" in reply
     await channel.wait_for(f"Run {big} (gpt) paused", timeout=60)
     paused = await repo.get(big)
@@ -118,10 +131,10 @@ async def test_a_run_waits_with_slurms_reason_then_pauses_resumes_and_stops(
     await channel.wait_for(f"Run {small} (gpt) succeeded", timeout=180)
     assert small not in orch.services.monitor.waiting
 
-    (reply,) = await channel.say(ADMIN, f"/run resume {big}")
+    reply = await _said(channel, f"/run resume {big}")
     assert "resumes from" in reply
     await wait_until(lambda: step_of(repo, big), paused.step + 2, timeout=180)
-    (reply,) = await channel.say(ADMIN, f"/run stop {big}")
+    reply = await _said(channel, f"/run stop {big}")
     assert "stopping" in reply
     await channel.wait_for(f"Run {big} (gpt) cancelled", timeout=60)
     starts = [e["step"] for e in _events(orch, big) if e["type"] == "started"]
@@ -133,7 +146,7 @@ async def test_a_requeued_job_is_preempted_and_resumes_from_its_checkpoint(
 ) -> None:
     orch, channel = service
     repo = orch.services.runs.repo
-    run_id = await launch(channel, f"{GPT} gpus=1 steps=24 sleep_per_step=0.1 eval_every=4")
+    run_id = await _launch(channel, f"{GPT} gpus=1 steps=24 sleep_per_step=0.1 eval_every=4")
     await wait_until(lambda: step_of(repo, run_id), 8, timeout=180)
     job = await _job(orch, run_id)
     slurm_cluster.requeue(job)  # what a preemption with PreemptMode=REQUEUE does too
@@ -174,8 +187,8 @@ progress = ['step (?P<step>\\d+)']
     channel = RecordingChannel()
     async with Orchestrator(settings, channels=[channel]) as orch:
         repo = orch.services.runs.repo
-        gpt = await launch(channel, f"{GPT} gpus=1 steps=100000 sleep_per_step=0.2 eval_every=5")
-        sleeper = await launch(channel, "/run train sleeper")
+        gpt = await _launch(channel, f"{GPT} gpus=1 steps=100000 sleep_per_step=0.2 eval_every=5")
+        sleeper = await _launch(channel, "/run train sleeper")
         for run_id in (gpt, sleeper):  # both run (the clock of --time is ticking)
             await wait_until(lambda run_id=run_id: _running(repo, run_id), 1, timeout=60)
     # The service is gone; the jobs are not.
