@@ -19,7 +19,7 @@ import contextlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,9 @@ class Watcher:
         self._readers: dict[str, LineReader] = {}
         self._task: asyncio.Task[None] | None = None
         self.stats = PassStats()
+        # the active watches as last stored: read again only when one is added or removed
+        # or changes state, not on every pass (this service is the only writer)
+        self._active: list[WatchRecord] | None = None
 
     def engine(self) -> DockerEngine:
         if self._engine is not None:
@@ -205,6 +208,7 @@ class Watcher:
             )
             report.make_dir(self.settings.assistant_home, watch.id)
             act.content = {"watch": watch.id, "ref": found.ref, "state": found.state}
+        self._active = None
         return watch, found.note
 
     async def _resolve(self, kind: str, target: str, log_path: str | None) -> Resolved:
@@ -255,7 +259,12 @@ class Watcher:
     def tail(self, watch: WatchRecord, n: int = report.TAIL_LINES) -> list[str]:
         return report.output_tail(self.folder(watch.id), n)
 
+    def reload(self) -> None:
+        """Read the active watches again on the next pass (after a write not made here)."""
+        self._active = None
+
     def _forget(self, watch_id: str) -> None:
+        self._active = None
         self._readers.pop(watch_id, None)
         self.container.dropping.pop(watch_id, None)
         self.pid.outputs.pop(watch_id, None)
@@ -268,7 +277,9 @@ class Watcher:
     async def poll(self) -> None:
         """One pass over every active watch; one watch's failure is its own."""
         began = time.perf_counter()
-        watches = await self.repo.active()
+        if self._active is None:
+            self._active = await self.repo.active()
+        watches = self._active
         followed: list[tuple[WatchRecord, Followed]] = []
         for watch in watches:
             try:
@@ -280,7 +291,11 @@ class Watcher:
                 self.stats.failures += 1
                 log.exception("following watch %s failed", watch.id)
                 await self._problem(watch, f"{type(exc).__name__}: {valid_text(str(exc))[:200]}")
-        await self.repo.record((w, f.passed) for w, f in followed)
+        moved = [(w, f) for w, f in followed if _changed(w, f)]
+        await self.repo.record((w, f.passed) for w, f in moved)
+        known = {w.id: _after(w, f.passed) for w, f in moved}
+        if self._active is watches:  # what was stored, kept as the next pass's view
+            self._active = [known.get(w.id, w) for w in watches]
         for watch, f in followed:
             try:
                 await self._changes(watch, f)
@@ -364,6 +379,9 @@ class Watcher:
         )
 
     async def _changes(self, watch: WatchRecord, f: Followed) -> None:
+        if watch.state == f.seen.state and not f.ended:
+            return
+        self._active = None  # a state moves: the next pass reads the watches again
         now = to_iso(self.clock.now())
         seen = f.seen
         if (
@@ -415,6 +433,25 @@ class Watcher:
         except Exception:
             log.exception("could not plot watch %s", watch.id)
         await self.notify(watch.chat_id, Reply(text, images), event)
+
+
+def _changed(watch: WatchRecord, f: Followed) -> bool:
+    p = f.passed
+    return bool(p.out_offset != watch.out_offset or p.lines or p.skipped)
+
+
+def _after(watch: WatchRecord, p: WatchPass) -> WatchRecord:
+    """The watch as `WatchRepo.record` leaves it after storing `p`."""
+    return replace(
+        watch,
+        out_offset=p.out_offset,
+        step=p.step if p.step is not None else watch.step,
+        total=p.total if p.total is not None else watch.total,
+        metrics={**watch.metrics, **p.metrics},
+        best={**watch.best, **p.best},
+        lines=watch.lines + p.lines,
+        skipped=watch.skipped + p.skipped,
+    )
 
 
 def _is_number(value: object) -> bool:

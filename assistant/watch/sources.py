@@ -257,8 +257,12 @@ class ProcStat:
 
 def proc_stat(pid: int, proc: Path = Path("/proc")) -> ProcStat | None:
     """The process's /proc/<pid>/stat, or None when there is no such process."""
-    try:
-        data = (proc / str(pid) / "stat").read_bytes()
+    try:  # three system calls: this runs for every pid watch on every pass
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     # the command name is in parentheses and may hold anything, ')' too: split at the last
