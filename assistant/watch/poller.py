@@ -283,6 +283,9 @@ class Watcher:
         followed: list[tuple[WatchRecord, Followed]] = []
         for watch in watches:
             try:
+                if watch.kind == "pid":  # /proc and a local file: nothing to wait for
+                    followed.append((watch, await self.follow(watch)))
+                    continue
                 async with asyncio.timeout(FOLLOW_BOUND_S):
                     followed.append((watch, await self.follow(watch)))
             except (EngineUnavailable, TimeoutError) as exc:
@@ -319,11 +322,13 @@ class Watcher:
         return Followed(passed, seen, seen.state == "ended" and not chunk.more, result)
 
     def _absorb(self, watch: WatchRecord, chunk: Chunk) -> tuple[WatchPass, str | None]:
+        passed = WatchPass(out_offset=chunk.offset, lines=len(chunk.lines), skipped=chunk.skipped)
+        if not chunk.lines:
+            return passed, None
         reader = self._readers.get(watch.id)
         if reader is None:
             reader = self._readers[watch.id] = LineReader(watch.rules)
             reader.step = watch.step
-        passed = WatchPass(out_offset=chunk.offset, lines=len(chunk.lines), skipped=chunk.skipped)
         key = str(watch.rules.get("key_metric") or "loss")
         mode = str(watch.rules.get("key_metric_mode") or "min")
         texts: list[str] = []
