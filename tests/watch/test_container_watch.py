@@ -17,6 +17,7 @@ from tests.support.watched_jobs import (
     ADMIN,
     container_base,
     docker_run,
+    wait_until,
     watch_id_of,
     watch_settings,
 )
@@ -148,7 +149,15 @@ async def test_stopping_a_container_is_refused_unless_allowed_and_refusals_say_w
         assert "is not a container name or id" in bad
     channel = RecordingChannel()
     allowed = watch_settings(settings, watch_allow_stop=True)
-    async with Orchestrator(allowed, channels=[channel]):
+    async with Orchestrator(allowed, channels=[channel]) as orch:
+        watcher = orch.services.watches
+        assert watcher is not None
+
+        async def handler_set() -> bool:  # "job up" comes after its SIGTERM handler
+            watch = await watcher.repo.get(watch_id)
+            return watch is not None and watch.lines >= 1
+
+        await wait_until(handler_set, timeout=60)
         (stopped,) = await channel.say(ADMIN, f"/watch stop {watch_id}")
         assert "SIGTERM sent to the container" in stopped
         report = await channel.wait_for("ended: exit code 143: killed by SIGTERM", timeout=60)
