@@ -19,6 +19,7 @@ OpsError
  │    └── _CannotEdit            channels/telegram.py: too old to edit; sent anew
  ├── ModelError             claude_agent.py: the model API failed after the SDK's retries
  ├── RunStartError          the engine refused to start a run (its reason)
+ │    └── SlurmRefused           runs/slurm_cli.py: a Slurm command said no (its message)
  └── EngineUnavailable      the engine did not answer; what was asked may still happen
 
 A command handler raises `CommandError` for input it cannot read (the command's usage
