@@ -7,7 +7,7 @@ test_slack_presses.py."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,37 +15,13 @@ import pytest
 from assistant.channels.base import Button, IncomingMessage, Press, PressResult
 from assistant.channels.slack import LIMIT, SECTION_LIMIT, SlackChannel
 from tests.fakes.slack_server import FakeSlack
+from tests.support.recording import RecordingInbox
 
 CHAT = "C0123"
 DM = "D0ANN"
 STOP = Button("Stop", "tok_stop-1", "danger")
 RESUME = Button("Resume", "tok_resume", "primary")
 LOGS = Button("Logs", "tok_logs")
-
-
-@dataclass
-class RecordingInbox:
-    """An inbox that keeps what it is handed and answers presses as told."""
-
-    messages: list[IncomingMessage] = field(default_factory=list)
-    presses: list[Press] = field(default_factory=list)
-    result: PressResult = field(default_factory=lambda: PressResult(True, "Stop: done"))
-    fail: bool = False
-
-    async def deliver(self, message: IncomingMessage) -> None:
-        self.messages.append(message)
-
-    async def press(self, press: Press) -> PressResult:
-        self.presses.append(press)
-        if self.fail:
-            raise RuntimeError("boom")
-        return self.result
-
-    async def settled(self, chat_id: str) -> None:
-        return None
-
-    def texts(self) -> list[str]:
-        return [m.text for m in self.messages]
 
 
 @dataclass

@@ -10,45 +10,24 @@ import random
 import struct
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from assistant.channels.base import Button, IncomingMessage, MenuEntry, Press, PressResult
+from assistant.channels.base import Button, MenuEntry, Press, PressResult
 from assistant.channels.telegram import MENU_KEY, PRESS_FAILED, TelegramChannel
 from assistant.config import Settings
 from storage.db import Database
 from storage.kv import KeyValue
 from tests.fakes.telegram_server import ANN, FakeTelegram
+from tests.support.recording import RecordingInbox
 
 CHAT = 1001
 GROUP = -3003
 STOP = Button("Stop", "tok_stop-1", "danger")
 LOGS = Button("Logs", "tok_logs")
-
-
-@dataclass
-class RecordingInbox:
-    """An inbox that keeps what it is handed and answers presses as told."""
-
-    messages: list[IncomingMessage] = field(default_factory=list)
-    presses: list[Press] = field(default_factory=list)
-    result: PressResult = field(default_factory=lambda: PressResult(True, "Stop: done"))
-    fail: bool = False
-
-    async def deliver(self, message: IncomingMessage) -> None:
-        self.messages.append(message)
-
-    async def press(self, press: Press) -> PressResult:
-        self.presses.append(press)
-        if self.fail:
-            raise RuntimeError("boom")
-        return self.result
-
-    async def settled(self, chat_id: str) -> None:
-        return None
 
 
 @dataclass

@@ -84,6 +84,31 @@ class RecordingChannel(Channel):
         return [t for c, t in self.sent[before:] if c == chat_id]
 
 
+@dataclass
+class RecordingInbox:
+    """An inbox that keeps what it is handed and answers presses as told."""
+
+    messages: list[IncomingMessage] = field(default_factory=list)
+    presses: list[Press] = field(default_factory=list)
+    result: PressResult = field(default_factory=lambda: PressResult(True, "Stop: done"))
+    fail: bool = False
+
+    async def deliver(self, message: IncomingMessage) -> None:
+        self.messages.append(message)
+
+    async def press(self, press: Press) -> PressResult:
+        self.presses.append(press)
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.result
+
+    async def settled(self, chat_id: str) -> None:
+        return None
+
+    def texts(self) -> list[str]:
+        return [m.text for m in self.messages]
+
+
 @dataclass(frozen=True)
 class Drawn:
     """A message as a channel with buttons and threads was asked to send it."""
