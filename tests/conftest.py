@@ -16,6 +16,9 @@ from storage.db import Database
 pytest_plugins = [
     "tests.support.docker_engine",
     "tests.support.slurm_cluster",
+    # one session-wide second engine: imported into two modules, it was two fixtures, and
+    # the second waited forever on the first one's lock
+    "tests.support.ssh_engine",
 ]
 
 

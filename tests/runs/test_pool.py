@@ -28,9 +28,7 @@ from tests.support.docker_engine import docker_run_settings
 from tests.support.engine_proxy import EngineProxy
 from tests.support.recording import RecordingChannel
 from tests.support.run_flow import ADMIN, launch
-from tests.support.ssh_engine import SshEngine, ssh_engine, ssh_home
-
-__all__ = ["ssh_engine", "ssh_home"]  # the fixtures, used by name
+from tests.support.ssh_engine import SshEngine
 
 RUN_IMAGE = "assistant-run:latest"
 SHORT = "/run train classifier steps=8 sleep_per_step=0.5"  # about 5 s once started

@@ -21,9 +21,7 @@ from assistant.runs.select import choose_runner
 from tests.support.docker_engine import docker_run_settings
 from tests.support.recording import RecordingChannel
 from tests.support.run_flow import ADMIN, launch, step_of, wait_until
-from tests.support.ssh_engine import SshEngine, ssh_engine, ssh_home
-
-__all__ = ["ssh_engine", "ssh_home"]  # the fixtures, used by name
+from tests.support.ssh_engine import SshEngine
 
 
 def unused_port() -> int:
