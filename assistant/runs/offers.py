@@ -41,7 +41,10 @@ def run_actions(run: RunRecord, *, resumable: bool) -> tuple[Action, ...]:
 def resumable(run: RunRecord) -> bool:
     """Whether the run's recipe resumes from a checkpoint (so it can be paused)."""
     if run.definition is not None:
-        return from_json(run.definition).resume is not None
+        try:
+            return from_json(run.definition).resume is not None
+        except ValueError:  # a stored definition that no longer reads: offer no pause
+            return False
     return run.recipe in RECIPES and RECIPES[run.recipe].supports_resume
 
 
