@@ -18,7 +18,6 @@ import psutil
 
 import assistant
 from assistant.errors import RunStartError, StateError
-from assistant.jobs.text import decoded
 from assistant.runs import rundir
 from assistant.runs.runner import (
     Capabilities,
@@ -31,11 +30,8 @@ from assistant.runs.runner import (
 )
 
 PID_FILE = "agent.pid"
-AGENT_LOG = "agent.log"
+AGENT_LOG = rundir.AGENT_LOG
 CODE_ROOT = Path(assistant.__file__).resolve().parents[1]
-
-
-LOG_TAIL_BYTES = 64 * 1024
 
 
 class ProcessRunner:
@@ -185,13 +181,7 @@ class ProcessRunner:
 
     async def logs_tail(self, handle: RunHandle, lines: int) -> str:
         """The last lines of the agent's own output (agent.log in its run dir)."""
-        try:  # in a folder the run can write: read without following links
-            data = await asyncio.to_thread(
-                rundir.read_tail, self._runs_dir / handle.run_id, AGENT_LOG, limit=LOG_TAIL_BYTES
-            )
-        except OSError:
-            return ""
-        return "\n".join(decoded(data).splitlines()[-max(1, lines) :])
+        return await asyncio.to_thread(rundir.agent_log_tail, self._runs_dir / handle.run_id, lines)
 
     async def ping(self, timeout_s: float) -> None:
         """Always answers: local processes have no engine between."""

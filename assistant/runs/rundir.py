@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from assistant.jobs.text import decoded
+
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 JSON_LIMIT = 1024 * 1024  # result.json and other JSON a run leaves: far more than they need
@@ -336,3 +338,19 @@ def _give(dir_fd: int, name: str, uid: int, gid: int) -> None:
         return
     if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
         os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+
+# The agent's own output in a run dir (local processes and Slurm jobs write it there), and
+# how much of its end `/run logs` reads.
+AGENT_LOG = "agent.log"
+LOG_TAIL_BYTES = 64 * 1024
+
+
+def agent_log_tail(run_dir: Path, lines: int) -> str:
+    """The last `lines` lines of the run's agent.log, read without following links;
+    "" where it cannot be read."""
+    try:
+        data = read_tail(run_dir, AGENT_LOG, limit=LOG_TAIL_BYTES)
+    except OSError:
+        return ""
+    return "\n".join(decoded(data).splitlines()[-max(1, lines) :])

@@ -56,7 +56,6 @@ from pathlib import Path
 
 import assistant
 from assistant.errors import EngineUnavailable, RunStartError, StateError
-from assistant.jobs.text import decoded
 from assistant.runs import rundir
 from assistant.runs.runner import (
     Capabilities,
@@ -69,8 +68,7 @@ from assistant.runs.runner import (
 )
 from assistant.runs.slurm_cli import SlurmCli, SlurmJob, SlurmRefused
 
-AGENT_LOG = "agent.log"
-LOG_TAIL_BYTES = 64 * 1024
+AGENT_LOG = rundir.AGENT_LOG
 CODE_ROOT = Path(assistant.__file__).resolve().parents[1]
 COMMENT_PREFIX = "assistant"
 MIN_SIGNAL_S = 10  # the least warning before the time limit that still helps
@@ -265,13 +263,7 @@ class SlurmRunner:
 
     async def logs_tail(self, handle: RunHandle, lines: int) -> str:
         """The last lines of the job's own output (agent.log in its run dir)."""
-        try:  # in a folder the run can write: read without following links
-            data = await asyncio.to_thread(
-                rundir.read_tail, self.runs_dir / handle.run_id, AGENT_LOG, limit=LOG_TAIL_BYTES
-            )
-        except OSError:
-            return ""
-        return "\n".join(decoded(data).splitlines()[-max(1, lines) :])
+        return await asyncio.to_thread(rundir.agent_log_tail, self.runs_dir / handle.run_id, lines)
 
     async def list_managed(self) -> list[RunHandle]:
         """This assistant's jobs not yet over (pending ones too), by their comment."""
