@@ -47,8 +47,7 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
 from assistant.runs.runner import Runner
-from bench.harness import NullChannel
-from storage.timestamps import from_iso
+from bench.harness import NullChannel, started_at
 
 COMMAND = "/run train classifier steps=1 gpus=0"
 
@@ -178,15 +177,7 @@ async def _measure(name: str, engine: Engine, n: int) -> None:
             replies.append(t_reply - t0)
             run_id = reply.text.split(":", 1)[0].removeprefix("Run ")
             events = orch.services.runs.run_dir(run_id) / "events.jsonl"
-            started = None
-            while started is None:
-                await asyncio.sleep(0.02)
-                if events.exists():
-                    for line in events.read_text().splitlines():
-                        event = json.loads(line)
-                        if event["type"] == "started":
-                            started = from_iso(event["ts"]).timestamp()
-            starts.append(started - t0)
+            starts.append(await started_at(events, 0.02) - t0)
             begun = engine.started_at(run_id) if engine.started_at else None
             queued.append(max(0.0, begun - t_reply) if begun else 0.0)
             while (await orch.services.runs.repo.get(run_id)).state not in (  # type: ignore[union-attr]

@@ -35,8 +35,7 @@ from assistant.runs.runner import (
     RunnerKind,
     RunnerState,
 )
-from bench.harness import NullChannel
-from storage.timestamps import from_iso
+from bench.harness import NullChannel, started_at
 
 
 class AlwaysRunning:
@@ -110,15 +109,7 @@ async def launch_latency(kind: str, n: int) -> None:
                 replies.append(time.time() - t0)
                 run_id = reply.text.split(":", 1)[0].removeprefix("Run ")
                 events = orch.services.runs.run_dir(run_id) / "events.jsonl"
-                started = None
-                while started is None:
-                    await asyncio.sleep(0.01)
-                    if events.exists():
-                        for line in events.read_text().splitlines():
-                            event = json.loads(line)
-                            if event["type"] == "started":
-                                started = from_iso(event["ts"]).timestamp()
-                starts.append(started - t0)
+                starts.append(await started_at(events, 0.01) - t0)
                 while (await orch.services.runs.repo.get(run_id)).state not in (  # type: ignore[union-attr]
                     "succeeded",
                     "failed",
