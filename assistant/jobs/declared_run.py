@@ -174,7 +174,7 @@ class OutputFollower:
         for pattern in self._progress:
             match = pattern.search(text)
             if match:
-                fields = _numbers(match)
+                fields = numbers(match)
                 step = fields.pop("step", None)
                 if step is not None:
                     self._emit("progress", {"step": int(step), **fields})
@@ -182,7 +182,7 @@ class OutputFollower:
         for pattern in self._metrics:
             match = pattern.search(text)
             if match:
-                fields = _numbers(match)
+                fields = numbers(match)
                 step = int(fields.pop("step", self.step or 0))
                 for name, value in fields.items():
                     self._emit("metric", {"step": step, "name": name, "value": value})
@@ -272,7 +272,10 @@ def _no_link_on_the_way(root: Path, rel: Path) -> bool:
     return True
 
 
-def _numbers(match: re.Match[str]) -> dict[str, float]:
+def numbers(match: re.Match[str]) -> dict[str, float]:
+    """A declared pattern's named groups as numbers (a run's output and a watched job's
+    alike); a group that is no number, or a step that is no whole number (`inf`, `2.5`),
+    is left out rather than failing the line."""
     out: dict[str, float] = {}
     for name, text in match.groupdict().items():
         if text is None:
@@ -281,7 +284,12 @@ def _numbers(match: re.Match[str]) -> dict[str, float]:
             value = float(text)
         except ValueError:
             continue
-        out[name] = int(value) if name == "step" else value
+        if name == "step":
+            if not value.is_integer() or not 0 <= value < 2**53:
+                continue
+            out[name] = int(value)
+        else:
+            out[name] = value
     return out
 
 

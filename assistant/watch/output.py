@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.jobs.declared import ProgressRules
+from assistant.jobs.declared_run import numbers
 from assistant.jobs.reporting import DEFAULT_PREFIX
 from assistant.jobs.text import decoded
 from assistant.runs import rundir
@@ -80,7 +81,7 @@ class LineReader:
         for pattern in self.progress:
             match = pattern.search(text)
             if match:
-                fields = _numbers(match)
+                fields = numbers(match)
                 step = fields.pop("step", None)
                 if step is None:
                     return []
@@ -91,7 +92,7 @@ class LineReader:
         for pattern in self.metrics:
             match = pattern.search(text)
             if match:
-                fields = _numbers(match)
+                fields = numbers(match)
                 step = int(fields.pop("step", self.step or 0))
                 return self._noted(
                     [
@@ -121,24 +122,6 @@ class LineReader:
             if isinstance(step, int) and not isinstance(step, bool):
                 self.step = step
         return events
-
-
-def _numbers(match: re.Match[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, text in match.groupdict().items():
-        if text is None:
-            continue
-        try:
-            value = float(text)
-        except ValueError:
-            continue
-        if name == "step":
-            if not value.is_integer() or not 0 <= value < 2**53:
-                continue
-            out[name] = int(value)
-        else:
-            out[name] = value
-    return out
 
 
 @dataclass
