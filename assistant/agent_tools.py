@@ -32,9 +32,10 @@ from assistant.operations.runs import (
     RunRef,
 )
 from assistant.operations.tasks import AddTask, TaskRef
+from assistant.operations.watches import AddWatch, WatchRef
 from assistant.redaction import Redactor, truncate
 from assistant.reply import Action, Reply
-from commands import build_router, debug, runs, status, tasks
+from commands import build_router, debug, runs, status, tasks, watch
 from commands.registry import Bound, CommandContext, CommandRouter, CommandRules, TypedHandler
 
 RESULT_LIMIT = 8 * 1024
@@ -272,6 +273,51 @@ TOOLS: dict[str, Tool] = {
             tasks.run_now,
             ("task", "run"),
             subject="task_id",
+        ),
+        Tool(
+            "watch_job",
+            "Follow a job launched outside the assistant (/watch): kind container (name or"
+            " id), pid (a process on this host; log: the file it writes, when its stdout is"
+            " not one) or slurm (job id); pattern: a declared recipe whose progress rules read"
+            " its output. The chat gets its start, its end and a report; the job is not"
+            " changed.",
+            AddWatch,
+            watch.add,
+            ("watch", ""),
+        ),
+        Tool(
+            "list_watches",
+            "Watched jobs (/watches): active, then recent, with id, state, step and a metric.",
+            Arguments,
+            watch.listing,
+            ("watches", ""),
+        ),
+        Tool(
+            "show_watch",
+            "One watched job: state, numbers and its last output lines.",
+            WatchRef,
+            watch.show,
+            ("watch", "show"),
+            subject="watch_id",
+        ),
+        Tool(
+            "unwatch_job",
+            "Stop following a watched job (/unwatch); the job itself goes on.",
+            WatchRef,
+            watch.unwatch,
+            ("unwatch", ""),
+            subject="watch_id",
+        ),
+        Tool(
+            "stop_watched_job",
+            "Stop a watched job, which the assistant did not launch (SIGTERM to a container or"
+            " process, scancel for a Slurm job), where the admin allows it."
+            " Destructive: does nothing unless confirmed is true.",
+            WatchRef,
+            watch.stop,
+            ("watch", "stop"),
+            subject="watch_id",
+            confirmable=True,
         ),
         Tool(
             "debug_why",

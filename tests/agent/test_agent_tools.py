@@ -9,11 +9,13 @@ import pytest
 
 from assistant.agent_tools import RESULT_LIMIT, TOOLS, AgentTools, ToolError, prepare
 from assistant.errors import NotFoundError, StateError
+from assistant.operations.arguments import Arguments
 from assistant.operations.runs import LaunchTraining
 from assistant.operations.tasks import AddTask
+from assistant.operations.watches import WatchRef
 from assistant.redaction import Redactor
 from assistant.reply import Reply
-from commands import build_router, runs, tasks
+from commands import build_router, runs, tasks, watch
 from commands.registry import Bound, parse_command
 
 # (tool, its input, the command that does the same)
@@ -43,6 +45,17 @@ ROUND_TRIPS: list[tuple[str, dict[str, Any], str]] = [
     ("resume_task", {"task_id": "k3m9x2aa"}, "/task resume k3m9x2aa"),
     ("delete_task", {"task_id": "k3m9x2aa", "confirmed": True}, "/task delete k3m9x2aa"),
     ("run_task", {"task_id": "k3m9x2aa"}, "/task run k3m9x2aa"),
+    ("watch_job", {"kind": "container", "target": "trainer-7"}, "/watch container trainer-7"),
+    (
+        "watch_job",
+        {"kind": "pid", "target": 4242, "log": "/data/train.log", "pattern": "gpt"},
+        "/watch pid 4242 log=/data/train.log pattern=gpt",
+    ),
+    ("watch_job", {"kind": "slurm", "target": "1234_7"}, "/watch slurm 1234_7"),
+    ("list_watches", {}, "/watches"),
+    ("show_watch", {"watch_id": "ab12cd"}, "/watch show ab12cd"),
+    ("unwatch_job", {"watch_id": "ab12cd"}, "/unwatch ab12cd"),
+    ("stop_watched_job", {"watch_id": "ab12cd", "confirmed": True}, "/watch stop ab12cd"),
 ]
 # read-only views whose handlers take their one argument as the command does
 VIEWS = {"status", "debug_why", "debug_event", "debug_run"}
@@ -52,7 +65,11 @@ def _parsed(text: str) -> Bound:
     cmd = parse_command(text)
     if cmd.name == "runs":
         return Bound(runs.runs_list, prepare("list_runs", {}).arguments)
-    family = {"run": runs.parse, "task": tasks.parse}[cmd.name]
+    if cmd.name == "watches":
+        return Bound(watch.listing, Arguments())
+    if cmd.name == "unwatch":
+        return Bound(watch.unwatch, WatchRef.read({"watch_id": cmd.args[0]}))
+    family = {"run": runs.parse, "task": tasks.parse, "watch": watch.parse}[cmd.name]
     return family(cmd)
 
 
