@@ -310,8 +310,9 @@ TOOLS: dict[str, Tool] = {
         ),
         Tool(
             "stop_watched_job",
-            "Stop a watched job, which the assistant did not launch (SIGTERM to a container or"
-            " process, scancel for a Slurm job), where the admin allows it."
+            "Stop a watched job, which the assistant did not launch (a container or process:"
+            " SIGTERM, then SIGKILL if it outlives the grace period; a Slurm job: scancel),"
+            " where the admin allows it. The result says which it took."
             " Destructive: does nothing unless confirmed is true.",
             WatchRef,
             watch.stop,

@@ -209,6 +209,10 @@ class Settings(BaseSettings):
         default=5, gt=0, le=300, validation_alias="ASSISTANT_WATCH_INTERVAL"
     )
     watch_allow_stop: bool = Field(default=False, validation_alias="ASSISTANT_WATCH_ALLOW_STOP")
+    # seconds a stopped watched container or process gets after SIGTERM before SIGKILL
+    watch_stop_grace_s: float = Field(
+        default=10, gt=0, le=300, validation_alias="ASSISTANT_WATCH_STOP_GRACE"
+    )
     # a pool of GPU hosts (runs/pool.py); default ASSISTANT_HOME/hosts.toml, used if present
     hosts_file: Path | None = Field(default=None, validation_alias="ASSISTANT_HOSTS_FILE")
     # seconds a pool host may stay silent before its runs are given up as lost

@@ -41,6 +41,8 @@ from assistant.watch.sources import (
     Observation,
     PidSource,
     Resolved,
+    Sig,
+    Signalled,
     SlurmSource,
     Source,
 )
@@ -50,6 +52,8 @@ from storage.watches import ACTIVE, WatchPass, WatchRecord, WatchRepo
 log = logging.getLogger(__name__)
 
 FOLLOW_BOUND_S = 10.0  # one watch's part of a pass, at most
+KILL_WAIT_S = 5.0  # how long a SIGKILLed job may take to be seen ended
+STOP_CHECK_S = 0.2  # how often a stop looks whether the job has ended
 START_TAIL_BYTES = 16 * 1024 * 1024  # a log file longer than this is read from its last part
 NUMBERS = ("step", "total", "ts", "type", "elapsed_s")  # progress fields that are not metrics
 
@@ -243,18 +247,72 @@ class Watcher:
         return await self.repo.get(watch.id) or watch
 
     async def stop(self, watch: WatchRecord, event_id: int | None) -> str:
-        """Signal the watched job to stop (the caller checked the admin's setting).
+        """Stop the watched job (the caller checked the admin's setting); what happened.
+
+        A container or process gets SIGTERM and `watch_stop_grace_s` to end; one still
+        there then (a pid 1 without --init ignores SIGTERM, a process may trap it) gets
+        SIGKILL. The answer says which, from what the source saw, never what was only
+        hoped: "stopped with SIGTERM", "did not stop on SIGTERM within 10 s; killed with
+        SIGKILL", or that SIGKILL was sent and its end is not seen yet. A Slurm job gets
+        `scancel`, which escalates by itself (Slurm's KillWait).
 
         :raises StateError: the watch is over. :raises Refused: the job cannot be signalled.
         """
         if watch.state not in ACTIVE:
             raise StateError(f"watch {watch.id} is {watch.state}: nothing to stop")
+        source = self.source(watch.kind)
         async with self.event_log.action(event_id, "watch_stop", target=watch.id) as act:
-            async with self.event_log.tool_call(f"{watch.kind}.stop", {"ref": watch.ref}) as call:
-                said = await self.source(watch.kind).stop(watch)
-                call.output = said
+            if isinstance(source, (ContainerSource, PidSource)):
+                said = await self._escalate(watch, source)
+            else:
+                async with self.event_log.tool_call(
+                    f"{watch.kind}.stop", {"ref": watch.ref}
+                ) as call:
+                    said = await source.stop(watch)
+                    call.output = said
             act.content = said
         return said
+
+    async def _escalate(self, watch: WatchRecord, source: Signalled) -> str:
+        grace = self.settings.watch_stop_grace_s
+        name = source.named(watch)
+        await self._signal(watch, source, "SIGTERM")
+        if await self._ends_within(watch, source, grace):
+            return f"{name} stopped with SIGTERM"
+        if not await self._signal(watch, source, "SIGKILL"):
+            return f"{name} stopped with SIGTERM (it ended just as its {grace:g} s ran out)"
+        if await self._ends_within(watch, source, KILL_WAIT_S):
+            return f"{name} did not stop on SIGTERM within {grace:g} s; killed with SIGKILL"
+        return (
+            f"{name} did not stop on SIGTERM within {grace:g} s; SIGKILL sent, but it is not"
+            f" seen ended {KILL_WAIT_S:g} s later"
+        )
+
+    async def _signal(self, watch: WatchRecord, source: Signalled, name: Sig) -> bool:
+        """One signal, as a tool call of the stop; whether it reached the job."""
+        kind = "stop" if name == "SIGTERM" else "kill"
+        async with self.event_log.tool_call(
+            f"{watch.kind}.{kind}", {"ref": watch.ref, "signal": name}
+        ) as call:
+            sent = await source.signal(watch, name)
+            call.output = "sent" if sent else "it had ended"
+        return sent
+
+    async def _ends_within(self, watch: WatchRecord, source: Signalled, seconds: float) -> bool:
+        """Whether the job is seen ended within `seconds` (asked every STOP_CHECK_S; an
+        engine that does not answer meanwhile is not an end)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            try:
+                if (await source.observe(watch)).state == "ended":
+                    return True
+            except (EngineUnavailable, TimeoutError) as exc:
+                log.warning("watch %s: while waiting for its end: %s", watch.id, exc)
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(STOP_CHECK_S, left))
 
     def tail(self, watch: WatchRecord, n: int = report.TAIL_LINES) -> list[str]:
         return report.output_tail(self.folder(watch.id), n)

@@ -35,6 +35,7 @@ from assistant.watch.output import KEEP_BYTES, MAX_LINE, SCAN_BYTES, Chunk, File
 from storage.watches import WatchRecord
 
 State = Literal["pending", "running", "ended"]
+Sig = Literal["SIGTERM", "SIGKILL"]
 # Never read as a job's output: what the kernel or the assistant itself keeps there.
 FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 RUN_LABEL = "assistant.run_id"
@@ -70,6 +71,18 @@ class Source(Protocol):
     async def read(self, watch: WatchRecord, *, final: bool) -> Chunk: ...
 
     async def stop(self, watch: WatchRecord) -> str: ...
+
+
+class Signalled(Protocol):
+    """A source whose job the watcher stops with signals: SIGTERM, then SIGKILL when it
+    outlives the grace period (a container's pid 1 without --init ignores SIGTERM, and a
+    process may trap it). Slurm has no such source: `scancel` escalates by itself."""
+
+    def named(self, watch: WatchRecord) -> str: ...
+
+    async def signal(self, watch: WatchRecord, name: Sig) -> bool: ...
+
+    async def observe(self, watch: WatchRecord) -> Observation: ...
 
 
 def signal_name(number: int) -> str:
@@ -139,11 +152,36 @@ class ContainerSource:
         return chunk
 
     async def stop(self, watch: WatchRecord) -> str:
-        try:
-            await self._engine().call(lambda c: c.api.kill(watch.ref, signal="SIGTERM"))
-        except docker.errors.NotFound:
-            raise Refused("the container is gone already") from None
+        await self.signal(watch, "SIGTERM")
         return "SIGTERM sent to the container"
+
+    def named(self, watch: WatchRecord) -> str:
+        return "the container"
+
+    async def signal(self, watch: WatchRecord, name: Sig) -> bool:
+        """Send `name` to the container's main process; False: it was not running (any
+        more). SIGKILL reaches a pid 1 that ignores SIGTERM: the engine sends it from
+        outside the container's pid namespace.
+
+        :raises Refused: SIGTERM to a container that is gone or not running.
+        """
+        try:
+            sent = await self._engine().call(lambda c: _kill(c, watch.ref, name))
+        except docker.errors.NotFound:
+            sent = False
+        if not sent and name == "SIGTERM":
+            raise Refused("the container is gone already or not running")
+        return sent
+
+
+def _kill(client: Any, ref: str, name: Sig) -> bool:
+    try:
+        client.api.kill(ref, signal=name)
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:  # "is not running"
+            return False
+        raise
+    return True
 
 
 def _container_state(info: dict[str, Any]) -> Observation:
@@ -370,17 +408,34 @@ class PidSource:
         return output.read(watch.out_offset, final=final)
 
     async def stop(self, watch: WatchRecord) -> str:
+        await self.signal(watch, "SIGTERM")
+        return f"SIGTERM sent to {self.named(watch)}"
+
+    def named(self, watch: WatchRecord) -> str:
+        return f"process {self._pid(watch)[0]}"
+
+    async def signal(self, watch: WatchRecord, name: Sig) -> bool:
+        """Send `name` to the process, if its pid still names it (its start time is read
+        again first: a pid given to another process is never signalled); False: it has
+        ended.
+
+        :raises Refused: SIGTERM to a process that has ended; one of another user's.
+        """
         pid, start = self._pid(watch)
         st = proc_stat(pid, self._proc)
-        if st is None or st.start != start or st.state == "Z":
+        sent = st is not None and st.start == start and st.state != "Z"
+        if sent:
+            try:
+                os.kill(pid, signal.Signals[name])
+            except PermissionError:
+                raise Refused(
+                    f"the assistant may not signal process {pid} (another user's)"
+                ) from None
+            except ProcessLookupError:
+                sent = False
+        if not sent and name == "SIGTERM":
             raise Refused(f"process {pid} has ended already")
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except PermissionError:
-            raise Refused(f"the assistant may not signal process {pid} (another user's)") from None
-        except ProcessLookupError:
-            raise Refused(f"process {pid} has ended already") from None
-        return f"SIGTERM sent to process {pid}"
+        return sent
 
 
 def _cmdline(proc_dir: Path, limit: int = 200) -> str:

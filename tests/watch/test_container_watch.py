@@ -158,7 +158,10 @@ async def test_stopping_a_container_is_refused_unless_allowed_and_refusals_say_w
             return watch is not None and watch.lines >= 1
 
         await wait_until(handler_set, timeout=60)
-        (stopped,) = await channel.say(ADMIN, f"/watch stop {watch_id}")
-        assert "SIGTERM sent to the container" in stopped
+        # the stop waits for the end, whose report may come first
+        replies = await channel.say(ADMIN, f"/watch stop {watch_id}")
+        assert any(
+            f"Watch {watch_id}: the container stopped with SIGTERM;" in r for r in replies
+        ), replies
         report = await channel.wait_for("ended: exit code 143: killed by SIGTERM", timeout=60)
         assert report.startswith(f"Watch {watch_id}")

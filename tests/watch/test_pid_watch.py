@@ -151,8 +151,11 @@ async def test_an_admin_who_allowed_it_stops_a_watched_process(
         job = start_job(tmp_path / "job", steps=5, code=0)
         (reply,) = await channel.say(ADMIN, f"/watch pid {job.pid}")
         watch_id = watch_id_of(reply)
-        (stopped,) = await channel.say(ADMIN, f"/watch stop {watch_id}")
-        assert f"SIGTERM sent to process {job.pid}" in stopped
+        # the stop waits for the end, whose report may come first
+        replies = await channel.say(ADMIN, f"/watch stop {watch_id}")
+        assert any(
+            f"Watch {watch_id}: process {job.pid} stopped with SIGTERM;" in r for r in replies
+        ), replies
         report = await channel.wait_for("ended: killed by SIGTERM", timeout=30)
         assert report.startswith(f"Watch {watch_id}")
         assert job.reap() == -15
