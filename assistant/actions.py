@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from assistant.channels.base import Button, Channel, Press, PressResult
 from assistant.clock import Clock
-from assistant.reply import Reply
+from assistant.reply import PLATFORM_THREAD, Reply
 from storage.buttons import ButtonRepo, NewButton
 from storage.timestamps import from_iso
 
@@ -59,7 +59,7 @@ class Actions:
         """Store the reply's actions as buttons and find its thread's root message."""
         thread = None
         if reply.thread and channel.supports_threads:
-            thread = await self.repo.thread_root(chat_id, reply.thread)
+            thread = await self.root(chat_id, reply.thread)
         if not reply.actions:
             return Drawn(reply.text, (), thread)
         if not channel.supports_buttons:
@@ -78,8 +78,16 @@ class Actions:
         )
         return Drawn(reply.text, buttons, thread)
 
+    async def root(self, chat_id: str, key: str) -> str | None:
+        """The platform id of the message a thread key's thread hangs from in the chat."""
+        if key.startswith(PLATFORM_THREAD):  # a thread of the platform's: named as it is
+            return key[len(PLATFORM_THREAD) :] or None
+        return await self.repo.thread_root(chat_id, key)
+
     async def opened(self, chat_id: str, reply: Reply, message_id: str | None) -> None:
-        """Remember the message that opened the reply's thread (the launch reply)."""
+        """Remember the message that opened the reply's thread (the launch reply). The
+        caller passes the root of the thread the reply went in instead where threads do
+        not nest (Slack, Discord): a run launched from a thread tells its story there."""
         if reply.opens and message_id:
             await self.repo.open_thread(chat_id, reply.opens, message_id, self._clock.now())
 

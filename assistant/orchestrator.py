@@ -33,7 +33,7 @@ from assistant.observability import EventLog
 from assistant.pruner import Pruner
 from assistant.queue import GroupQueue
 from assistant.redaction import Redactor
-from assistant.reply import Reply
+from assistant.reply import PLATFORM_THREAD, Reply, platform_thread
 from assistant.runs.runner import Runner
 from assistant.runs.select import choose_runner, gpu_inventory
 from assistant.scheduler import TaskScheduler
@@ -88,6 +88,9 @@ class Orchestrator:
         self._platforms = platforms  # also start the chat platforms whose tokens are set
         self._state = State.UNOPENED
         self._known_chats: set[str] = set()
+        # chat -> seq of a stored message awaiting the model's answer -> the thread it was
+        # typed in: the answer goes there (kept in memory: after a restart, top level)
+        self._typed_in: dict[str, dict[int, str]] = {}
         # the process's one redactor (cli.py's log formatter holds the same object)
         self.redact: Redactor = shared_redactor(settings)
         self.services: Services
@@ -271,12 +274,19 @@ class Orchestrator:
             await self.services.chats.seen(message.chat_id, message.chat_title)
             self._known_chats.add(message.chat_id)
         source = self._source_name(message.chat_id)
+        # the chat's rights were read above from chat_id; the thread only says where to answer
+        thread = platform_thread(message.thread) if message.thread else None
         if looks_like_command(text):
             if not admin:
                 log.warning("ignored command from non-admin chat %s", message.chat_id)
                 return
             await self.handle_command(
-                message.chat_id, message.sender, text, source=source, source_id=message.platform_id
+                message.chat_id,
+                message.sender,
+                text,
+                source=source,
+                source_id=message.platform_id,
+                thread=thread,
             )
             return
         await self._store_conversation(message, text, source, self.services.access.answers(message))
@@ -340,13 +350,14 @@ class Orchestrator:
                 act.content = {"seq": seq} if seq else "duplicate delivery, ignored"
         except Exception as exc:
             log.error("could not store a message from %s: %s", message.chat_id, exc)
-            await self.send(
-                message.chat_id,
-                f"I could not store your message ({exc}); it was not processed. Please resend.",
-                event_id,
-            )
+            text = f"I could not store your message ({exc}); it was not processed. Please resend."
+            thread = platform_thread(message.thread) if message.thread else None
+            await self.send(message.chat_id, Reply(text, thread=thread), event_id)
             return
         if seq is not None and answer:
+            if message.thread:
+                waiting = self._typed_in.setdefault(message.chat_id, {})
+                waiting[seq] = platform_thread(message.thread)
             services.queue.enqueue(message.chat_id)
 
     # ---- commands ----------------------------------------------------------------------
@@ -538,9 +549,23 @@ class Orchestrator:
             log.exception("agent failed for %s", chat_id)
             replies = [f"Sorry, I could not answer that: {exc}. /debug why shows what happened."]
         await self.messages.advance_cursor(chat_id, batch[-1].seq)
+        thread = self._answered_in(chat_id, batch[-1].seq)
         for text in replies:
-            await self.send(chat_id, text, event_id)
+            await self.send(chat_id, Reply(text, thread=thread), event_id)
             await self.messages.store(chat_id, self.settings.assistant_name, text, from_me=True)
+
+    def _answered_in(self, chat_id: str, last: int) -> str | None:
+        """The thread a batch's last message was typed in (None: the top level); the
+        threads of the batch's messages are forgotten."""
+        waiting = self._typed_in.get(chat_id)
+        if not waiting:
+            return None
+        thread = waiting.get(last)
+        for seq in [s for s in waiting if s <= last]:
+            del waiting[seq]
+        if not waiting:
+            del self._typed_in[chat_id]
+        return thread
 
     # ---- outgoing ----------------------------------------------------------------------
 
@@ -621,7 +646,9 @@ class Orchestrator:
             try:
                 if image is None:
                     sent = await _send_drawn(channel, chat_id, drawn)
-                    await self.actions.opened(chat_id, reply, sent)
+                    # sent in a thread where threads do not nest: the thread is the root
+                    nests = channel.nested_threads or drawn.thread is None
+                    await self.actions.opened(chat_id, reply, sent if nests else drawn.thread)
                 elif drawn.thread is not None:
                     await channel.send_image(chat_id, image, thread=drawn.thread)
                 else:
@@ -637,8 +664,13 @@ class Orchestrator:
 
 
 def _in(thread: str | None, reply: Reply) -> Reply:
-    """`reply` in `thread` (a pressed button's), unless it has or opens a thread itself."""
-    if thread is None or reply.thread is not None or reply.opens is not None:
+    """`reply` in `thread` (a pressed button's, or the one a command was typed in), unless
+    it belongs in a thread itself (a run's) or opens one. A reply that opens a run's
+    thread still goes in a thread of the platform's it was asked from: Slack and Discord
+    start no thread within a thread, so the run's messages follow it there."""
+    if thread is None or reply.thread is not None:
+        return reply
+    if reply.opens is not None and not thread.startswith(PLATFORM_THREAD):
         return reply
     return dataclasses.replace(reply, thread=thread)
 

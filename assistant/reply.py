@@ -50,3 +50,13 @@ class Reply:
 def run_thread(run_id: str) -> str:
     """The thread key of a run's messages: opened by its launch reply."""
     return f"run:{run_id}"
+
+
+PLATFORM_THREAD = "at:"
+
+
+def platform_thread(root: str) -> str:
+    """The thread key of a thread the chat platform already has: the one a message was
+    typed in (`IncomingMessage.thread`, its root as the channel names it). Its answer, and
+    a press of a button under that answer, go back there; nothing needs storing."""
+    return f"{PLATFORM_THREAD}{root}"

@@ -37,6 +37,11 @@ class IncomingMessage:
     platform_id: str | None = None  # the platform's message id, for de-duplication
     chat_title: str = ""
     reply_to: str | None = None
+    # The thread it was typed in, as the channel's `thread=` takes it (the root: Discord's
+    # thread channel, Slack's thread_ts, the message a Telegram reply answers); None at the
+    # chat's top level. The answer goes there. The chat stays `chat_id`: a thread of an
+    # admin chat is that chat, with its rights, never a chat of its own.
+    thread: str | None = None
     # addressed to the assistant: a direct message, a mention, a reply to it, its name.
     # In a group, free text that is not addressed is stored but not answered.
     addressed: bool = True
@@ -46,7 +51,7 @@ class IncomingMessage:
         for name in ("chat_id", "sender", "text", "chat_title"):
             value = getattr(self, name)
             object.__setattr__(self, name, valid_text("" if value is None else str(value)))
-        for name in ("platform_id", "reply_to"):
+        for name in ("platform_id", "reply_to", "thread"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, valid_text(str(value)))
@@ -130,6 +135,9 @@ class Channel(ABC):
     supports_buttons: bool = False
     # True where send_message and send_image honour `thread=` (a root message id)
     supports_threads: bool = False
+    # True where a message inside a thread can root a thread of its own (Telegram's reply
+    # chains); on Slack and Discord a thread opened from inside one is that same thread
+    nested_threads: bool = False
     # Incoming items that could not be read and were skipped (see note_skipped)
     skipped: int = 0
 

@@ -43,7 +43,10 @@ Threads: `thread=` is the root message id; a thread started from a message has t
 as its channel id, so it is created on first use (POST …/messages/{id}/threads; "already
 exists" after a restart is success) and written to by id after. In a DM, where Discord
 has no threads, messages go to the DM itself. A message or press in a thread belongs to
-the thread's parent channel: that is the chat, with its rights.
+the thread's parent channel: that is the chat, with its rights; a message or slash command
+typed in a thread carries it (`IncomingMessage.thread`, the thread's id), so its answer
+goes there. A guild channel discord.py holds no copy of (a thread it was not told about)
+is looked up once (GET /channels/{id}), so such a thread never passes for a chat of its own.
 """
 
 from __future__ import annotations
@@ -159,6 +162,7 @@ class DiscordChannel(Channel):
         # where no thread can be started (a DM); message id -> the thread it was sent to
         self._threads: dict[int, int] = {}
         self._parents: dict[int, int] = {}  # thread id -> its parent channel id
+        self._plain: OrderedDict[int, None] = OrderedDict()  # looked up: not threads
         self._in_thread: OrderedDict[int, int] = OrderedDict()
         self._first_lines: OrderedDict[int, str] = OrderedDict()  # for a thread's name
         self._asked: dict[str, _Asked] = {}  # chat id -> the slash command being answered
@@ -273,7 +277,8 @@ class DiscordChannel(Channel):
             log.debug("discord: message %s delivered again, dropped", message.id)
             return
         try:
-            incoming = self._incoming(message, me.id)
+            chat_id, thread = await self._place(message.channel)
+            incoming = self._incoming(message, me.id, chat_id, thread)
         except Exception as exc:  # a field discord.py let through with the wrong type
             self.note_skipped(f"message {message.id}", f"{type(exc).__name__}: {exc}")
             return
@@ -286,7 +291,9 @@ class DiscordChannel(Channel):
             except Exception:
                 log.exception("discord: delivering message %s failed", message.id)
 
-    def _incoming(self, message: discord.Message, me: int) -> IncomingMessage:
+    def _incoming(
+        self, message: discord.Message, me: int, chat_id: str, thread: str | None
+    ) -> IncomingMessage:
         text = message.content
         mentioned = any(user.id == me for user in message.mentions)
         if mentioned:
@@ -303,24 +310,54 @@ class DiscordChannel(Channel):
         dm = message.guild is None
         named = re.match(rf"{re.escape(self.bot_name)}\b", text, re.IGNORECASE) is not None
         return IncomingMessage(
-            chat_id=self._chat_of(message.channel),
+            chat_id=chat_id,
             sender=message.author.display_name,
             text=text,
             platform_id=str(message.id),
             chat_title=_title(message.channel, message.author, dm),
             reply_to=str(replied_id) if replied_id is not None else None,
+            thread=thread,
             addressed=dm or mentioned or to_me or named,
         )
 
-    def _chat_of(self, channel: Any) -> str:
-        """The chat a channel belongs to: a thread's parent, else the channel itself."""
+    async def _place(self, channel: Any) -> tuple[str, str | None]:
+        """The chat a channel belongs to, and the thread in it (None: the chat itself).
+
+        A thread's chat is its parent channel, with that channel's rights. A guild channel
+        discord.py has no copy of (a thread whose THREAD_CREATE it missed, one started
+        while the bot was away) is looked up once: taken for a chat of its own, a thread
+        of an admin channel would lose the channel's rights.
+        """
         channel_id = int(channel.id)
-        parent = getattr(channel, "parent_id", None)
+        parent: int | None = None
         if isinstance(channel, discord.Thread) or getattr(channel, "type", None) in THREAD_TYPES:
-            channel_id = int(parent) if parent is not None else channel_id
+            found = getattr(channel, "parent_id", None)
+            parent = int(found) if found is not None else None
         else:  # a thread discord.py has not seen (not cached): one we started, perhaps
-            channel_id = self._parents.get(channel_id, channel_id)
-        return f"{self.prefix}:{channel_id}"
+            parent = self._parents.get(channel_id)
+            if parent is None and _uncached_guild_channel(channel, self._plain):
+                parent = await self._parent_by_lookup(channel_id)
+        if parent is None:
+            return f"{self.prefix}:{channel_id}", None
+        self._parents[channel_id] = parent
+        self._threads.setdefault(channel_id, channel_id)  # a message under it goes in it
+        return f"{self.prefix}:{parent}", str(channel_id)
+
+    async def _parent_by_lookup(self, channel_id: int) -> int | None:
+        """GET /channels/{id}: a thread's parent id; None for any other channel (then
+        remembered, so it is asked once) or when Discord cannot say (asked again later)."""
+        client = self._client
+        if client is None:
+            return None
+        try:
+            found = await client.fetch_channel(channel_id)
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("discord: cannot tell what channel %s is (%s)", channel_id, _describe(exc))
+            return None
+        if isinstance(found, discord.Thread) and found.parent_id is not None:
+            return int(found.parent_id)
+        _remember(self._plain, channel_id)
+        return None
 
     async def _on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """A slash command or a button press; anything else (autocomplete, modals) is
@@ -344,7 +381,7 @@ class DiscordChannel(Channel):
         channel = interaction.channel
         if inbox is None or channel is None:
             raise _Unreadable("no channel")
-        chat_id = self._chat_of(channel)
+        chat_id, thread = await self._place(channel)
         user = interaction.user
         incoming = IncomingMessage(
             chat_id=chat_id,
@@ -352,6 +389,7 @@ class DiscordChannel(Channel):
             text=f"/{name} {args}".strip(),
             platform_id=str(interaction.id),
             chat_title=_title(channel, user, interaction.guild_id is None),
+            thread=thread,
         )
         asked: _Asked | None = _Asked(interaction)
         try:  # first: Discord gives 3 s, and another command may hold the chat's lock
@@ -403,8 +441,9 @@ class DiscordChannel(Channel):
             log.warning("discord: press %s not acknowledged: %s", interaction.id, exc)
         user = interaction.user
         who = user.display_name if user else "someone"
+        chat_id, _ = await self._place(channel)
         press = Press(
-            chat_id=self._chat_of(channel),
+            chat_id=chat_id,
             sender=who,
             token=token,
             platform_id=str(interaction.id),
@@ -526,6 +565,8 @@ class DiscordChannel(Channel):
             raise ChannelError(f"discord: {root!r} is not a Discord message id")
         root_id = int(root)
         known = self._threads.get(root_id)
+        if known is None and isinstance(client.get_channel(root_id), discord.Thread):
+            known = self._threads[root_id] = root_id  # a thread itself (after a restart)
         if known is None:
             known = self._threads[root_id] = await self._start_thread(target, root_id)
         return client.get_partial_messageable(known)
@@ -692,6 +733,15 @@ def _title(channel: Any, user: Any, dm: bool) -> str:
     if title:
         return str(title)
     return f"DM with {user.name}" if dm and user is not None else ""
+
+
+def _uncached_guild_channel(channel: Any, plain: OrderedDict[int, None]) -> bool:
+    """A guild channel discord.py knows by id only (PartialMessageable), not looked up."""
+    return (
+        isinstance(channel, discord.PartialMessageable)
+        and channel.guild_id is not None
+        and int(channel.id) not in plain
+    )
 
 
 def _channel_id(asked: _Asked) -> int | None:

@@ -491,6 +491,7 @@ class SlackChannel(Channel):
             platform_id=str(ts),
             chat_title=await self._title(str(channel)),
             reply_to=event.get("thread_ts"),
+            thread=event.get("thread_ts"),  # typed in a thread: answered in it
             addressed=addressed,
         )
 

@@ -4,7 +4,8 @@
 Native where Telegram offers it: the command menu (the `/` button) filled from the command
 registry, inline keyboard buttons whose callback queries come back as presses (answered
 with the orchestrator's note, the pressed button taken off once it acted), and threads as
-replies to the thread's first message (a run's messages reply to its launch message).
+replies to the thread's first message (a run's messages reply to its launch message). A
+message that is itself a reply (or in a forum topic) is in a thread: its answer replies to it.
 
 Polling needs no public URL, which suits a single assistant on a GPU host. The update offset
 is stored after each update is handled, so a restart neither replays what was answered nor
@@ -94,6 +95,7 @@ class TelegramChannel(Channel):
     supports_edit = True
     supports_buttons = True
     supports_threads = True
+    nested_threads = True  # a reply in a chain can be replied to in turn
     backoff_s = 1.0  # first wait after a failed poll; doubles up to max_backoff_s
     max_backoff_s = 30.0
 
@@ -422,6 +424,9 @@ class TelegramChannel(Channel):
         else:
             sender = message.sender_chat.effective_name if message.sender_chat else None
         reply = message.reply_to_message
+        # a reply (or a message in a forum topic) is in a thread: a chain of replies, which
+        # the answer continues by replying to it (in a topic, that keeps it in the topic)
+        in_thread = reply is not None or bool(message.is_topic_message)
         return IncomingMessage(
             chat_id=f"tg:{chat.id}",
             sender=sender or "unknown",
@@ -429,6 +434,7 @@ class TelegramChannel(Channel):
             platform_id=str(message.message_id),
             chat_title=chat.effective_name or "",
             reply_to=str(reply.message_id) if reply else None,
+            thread=str(message.message_id) if in_thread else None,
             addressed=self._addressed(message, text),
         )
 

@@ -5,6 +5,7 @@ webhooks over 127.0.0.1), a real Orchestrator behind it."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from assistant.channels.base import Button
 from assistant.channels.discord import DESCRIPTION_LIMIT, DiscordChannel
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from assistant.reply import Action, Reply
+from assistant.reply import Action, Reply, platform_thread
 from assistant.runs.process_runner import ProcessRunner
 from tests.fakes.discord_server import (
     ADMIN_CHANNEL,
@@ -354,8 +355,8 @@ async def test_after_a_restart_the_thread_is_found_again(
         await after.send_message(ADMIN, "step 2", thread=root)
         await after.send_message(ADMIN, "step 3", thread=root)
     assert [m.content for m in fake.sent[int(root)]] == ["step 1", "step 2", "step 3"]
-    # started once; the restarted channel heard "already exists" once and wrote there
-    assert fake.count(THREADS, 201) == 1 and fake.count(THREADS, 400) == 1
+    # started once; the restarted channel knew it from the guild's active threads
+    assert fake.count(THREADS, 201) == 1 and fake.count(THREADS) == 1
 
 
 async def test_a_threads_message_is_edited_there_after_a_restart(
@@ -398,13 +399,59 @@ async def test_a_slash_command_in_a_thread_is_the_parent_chats_and_answered_ther
     assert answer["channel_id"] == root
 
 
-async def test_a_message_typed_in_a_thread_is_the_parent_chats(env: Env) -> None:
+async def test_a_message_typed_in_a_thread_is_the_parent_chats_and_answered_there(
+    env: Env,
+) -> None:
     root = await env.channel.send_text(ADMIN, "Run abc123 queued")
     assert root is not None
     await env.channel.send_message(ADMIN, "step 1", thread=root)
     await env.fake.push_message(int(root), "/status")
-    await env.fake.wait_sent(ADMIN_CHANNEL, 2)
-    assert "Uptime:" in env.texts(ADMIN_CHANNEL)[1]  # an admin chat's command, answered
+    await env.fake.wait_sent(int(root), 2)
+    assert "Uptime:" in env.texts(int(root))[1]  # an admin chat's command, answered there
+    assert env.texts(ADMIN_CHANNEL) == ["Run abc123 queued"]  # nothing at the top level
+    # free text addressed to the bot in the thread: the model's answer goes there too
+    await env.fake.push_message(int(root), "how is it going?", mentions_bot=True)
+    await env.fake.wait_sent(int(root), 3)
+    assert env.texts(ADMIN_CHANNEL) == ["Run abc123 queued"]
+
+
+async def test_a_button_under_an_answer_in_a_thread_answers_in_that_thread(env: Env) -> None:
+    thread = await env.fake.add_thread(ADMIN_CHANNEL)
+    # an answer given in the thread, offering an action (as a command typed there would)
+    reply = Reply("Pick one", actions=(Action("Status", "/status"),))
+    in_thread = dataclasses.replace(reply, thread=platform_thread(str(thread)))
+    assert await env.orch.send(ADMIN, in_thread, None)
+    (offered,) = await env.fake.wait_sent(thread, 1)
+    message = env.fake.message(offered.id)
+    assert message is not None
+    await env.press(thread, offered.id, _buttons(message)[0]["custom_id"])
+    (_, answer) = await env.fake.wait_sent(thread, 2)
+    assert "Uptime:" in answer.content and env.texts(ADMIN_CHANNEL) == []
+
+
+async def test_a_thread_the_bot_was_not_told_of_is_still_its_channels(env: Env) -> None:
+    thread = await env.fake.add_thread(ADMIN_CHANNEL, announce=False)
+    await env.fake.push_message(thread, "/status")
+    (answer,) = await env.fake.wait_sent(thread, 1)
+    assert "Uptime:" in answer.content  # the admin channel's rights, answered in the thread
+    await env.fake.push_message(thread, "/help")
+    await env.fake.wait_sent(thread, 2)
+    assert env.fake.count("GET /channels/{channel_id}") == 1  # looked up once
+    rows = await env.orch.services.db.fetchall("SELECT id FROM chats")
+    assert {r["id"] for r in rows} == {ADMIN}  # no chat of its own
+
+
+async def test_a_thread_of_a_chat_without_rights_gets_none(env: Env) -> None:
+    for announce in (True, False):
+        thread = await env.fake.add_thread(OTHER_CHANNEL, announce=announce)
+        await env.fake.push_message(thread, "/task add every 1h /status")
+        await env.fake.push_message(thread, "/status")
+        asked = await env.command(thread, "status")  # a slash command there: removed
+        assert asked.deleted and not asked.edits
+        assert env.fake.sent[thread] == []
+    assert env.fake.sent[OTHER_CHANNEL] == [] and await env.tasks() == 0
+    rows = await env.orch.services.db.fetchall("SELECT id FROM chats")
+    assert {r["id"] for r in rows} == {OTHER}  # the channel's, not a new chat per thread
 
 
 # ---- hostile input ----------------------------------------------------------------------

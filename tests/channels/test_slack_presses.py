@@ -204,6 +204,58 @@ async def test_a_press_after_the_chat_lost_its_rights_does_nothing(live: Live) -
     assert await tasks(live) == 1
 
 
+# ---- typed in a thread ---------------------------------------------------------------
+
+
+async def test_a_command_typed_in_a_thread_is_answered_in_that_thread(live: Live) -> None:
+    slack = live.slack
+    root = await slack.push_message(ADMIN, "the loss looks odd", channel_type="channel")
+    await slack.push_message(ADMIN, "/status", channel_type="channel", thread_ts=root)
+    await slack.wait_messages(ADMIN, 1, timeout=30)
+    await live.orch.settled(f"sl:{ADMIN}")
+    (answer,) = slack.messages[ADMIN]
+    assert "Uptime:" in answer["text"] and answer.get("thread_ts") == root
+    assert answer.get("subtype") != "thread_broadcast"  # typed there: seen there
+    # free text addressed to the bot in the thread: the model's answer goes there too
+    await slack.push_message(
+        ADMIN, f"<@{slack.bot_user}> is it fine?", channel_type="channel", thread_ts=root
+    )
+    await slack.wait_messages(ADMIN, 2, timeout=30)
+    assert [m.get("thread_ts") for m in slack.messages[ADMIN]] == [root, root]
+
+
+async def test_a_thread_of_a_chat_without_rights_gets_nothing(live: Live) -> None:
+    slack = live.slack
+    root = await slack.push_message(GROUP, "a question", channel_type="channel")
+    await slack.push_message(
+        GROUP, '/task add once +2h "x"', channel_type="channel", thread_ts=root
+    )
+    await live.barrier(GROUP)
+    assert slack.messages.get(GROUP, []) == [] and await tasks(live) == 0
+    assert await commands(live) == []  # nothing ran (the barrier's /status is not traced)
+
+
+async def test_a_run_launched_in_a_thread_tells_its_story_there(live: Live) -> None:
+    slack = live.slack
+    root = await slack.push_message(ADMIN, "trying the classifier", channel_type="channel")
+    await slack.push_message(
+        ADMIN, "/run train classifier steps=10 gpus=0", channel_type="channel", thread_ts=root
+    )
+    await slack.wait_messages(ADMIN, 1, timeout=30)
+    launch = slack.messages[ADMIN][0]
+    match = RUN_ID.search(launch["text"])
+    assert match, launch["text"]
+    run_id = match.group(1)
+    assert launch.get("thread_ts") == root  # Slack starts no thread in a thread
+    report = await wait_for(live, f"Run {run_id} (classifier) succeeded")
+    assert report.get("thread_ts") == root
+    assert all(m.get("thread_ts") == root for m in slack.messages[ADMIN])
+    # Logs, pressed under the launch message, answers in the same thread
+    assert await live.press(ADMIN, "Logs", seen=launch) == ""
+    logs = slack.messages[ADMIN][-1]
+    assert logs["text"].startswith(f"Run {run_id}, last ") and logs.get("thread_ts") == root
+
+
 # ---- a run's thread ------------------------------------------------------------------
 
 

@@ -179,6 +179,33 @@ async def test_a_press_after_the_chat_lost_its_rights_does_nothing(live: Live) -
     assert again.text.startswith("Remind me: ") and await tasks(live) == 1
 
 
+async def test_a_reply_is_in_a_thread_and_is_answered_by_replying_to_it(live: Live) -> None:
+    (top,) = await live.say(ADMIN, "/status")
+    assert "Uptime:" in top.text and top.reply_to is None  # typed at the top: answered there
+    update = live.fake.push_message(ADMIN, "/status", reply_to_message_id=top.message_id)
+    await live.fake.wait_confirmed(update)
+    await live.orch.settled(f"tg:{ADMIN}")
+    answer = live.fake.sent[ADMIN][-1]
+    assert "Uptime:" in answer.text and answer.reply_to == live.fake.message_id(update)
+    # free text in the chain: the model's answer continues it too
+    update = live.fake.push_message(ADMIN, "and the GPUs?", reply_to_message_id=answer.message_id)
+    await live.fake.wait_confirmed(update)
+    await live.orch.settled(f"tg:{ADMIN}")
+    said = live.fake.sent[ADMIN][-1]
+    assert said.text.startswith("No model is configured")
+    assert said.reply_to == live.fake.message_id(update)
+
+
+async def test_a_reply_in_a_chat_without_rights_gets_nothing(live: Live) -> None:
+    offer = await live.offer(GROUP, ADD_TASK)  # a message of the bot's to reply to
+    update = live.fake.push_message(
+        GROUP, '/task add once +2h "x"', "supergroup", reply_to_message_id=offer.message_id
+    )
+    await live.fake.wait_confirmed(update)
+    await live.orch.settled(f"tg:{GROUP}")
+    assert live.fake.sent[GROUP] == [offer] and await tasks(live) == 0
+
+
 def menu_of(fake: FakeTelegram, chat: int | None) -> list[str] | None:
     scope = {"type": "default"} if chat is None else {"type": "chat", "chat_id": chat}
     menu = fake.menus.get(json.dumps(scope, sort_keys=True))

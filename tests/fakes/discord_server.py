@@ -17,6 +17,8 @@ POST /interactions/{id}/{token}/callback, then edited and followed up through
 button under a message) return the interaction's id; `interactions[id]` records how it
 was answered. Application commands are kept per scope ("global" or the guild id) as the
 last bulk overwrite (PUT) left them; threads started from a message get its id.
+`add_thread` is a thread a user started on its own (its own id), announced over the gateway
+(THREAD_CREATE) or not, as when the bot missed it; GET /channels/{id} answers for threads.
 """
 
 from __future__ import annotations
@@ -231,6 +233,22 @@ class FakeDiscord:
         self._events[int(data["id"])] = data
         await self.dispatch("MESSAGE_CREATE", data)
         return int(data["id"])
+
+    async def add_thread(
+        self, parent: int, name: str = "questions", *, announce: bool = True
+    ) -> int:
+        """A user starts a thread in channel `parent` (not from a message); its id.
+
+        `announce=False`: the bot is not told (no THREAD_CREATE, as for a thread started
+        while it was away), so discord.py holds no copy of it."""
+        thread_id = next(self._ids)
+        thread = self._thread_json(thread_id, parent, name, owner=USER_ID, archive=1440)
+        async with self._changed:
+            self.threads[thread_id] = thread
+            self._changed.notify_all()
+        if announce:
+            await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
+        return thread_id
 
     async def push_command(
         self,
@@ -555,6 +573,8 @@ class FakeDiscord:
 
     async def _get_channel(self, request: web.Request) -> web.Response:
         channel_id = int(request.match_info["channel_id"])
+        if channel_id in self.threads:
+            return _json(self.threads[channel_id])
         if channel_id not in self.channels:
             return _error(404, "Unknown Channel", 10003)
         return _json(self._channel(channel_id))
@@ -660,11 +680,22 @@ class FakeDiscord:
         name = str(payload.get("name") or "")
         if not 1 <= len(name) <= 100:
             return _error(400, "Invalid Form Body: name must be 1-100 characters", 50035)
-        thread: Json = {
-            "id": str(message_id),
+        archive = int(payload.get("auto_archive_duration") or 1440)
+        thread = self._thread_json(message_id, channel_id, name, owner=BOT_ID, archive=archive)
+        async with self._changed:
+            self.threads[message_id] = thread
+            self._changed.notify_all()
+        await self._broadcast("THREAD_CREATE", {**thread, "newly_created": True})
+        return _json(thread, 201)
+
+    def _thread_json(
+        self, thread_id: int, parent: int, name: str, *, owner: int, archive: int
+    ) -> Json:
+        return {
+            "id": str(thread_id),
             "guild_id": str(GUILD_ID),
-            "parent_id": str(channel_id),
-            "owner_id": str(BOT_ID),
+            "parent_id": str(parent),
+            "owner_id": str(owner),
             "name": name,
             "type": 11,  # PUBLIC_THREAD
             "last_message_id": None,
@@ -674,16 +705,11 @@ class FakeDiscord:
             "flags": 0,
             "thread_metadata": {
                 "archived": False,
-                "auto_archive_duration": int(payload.get("auto_archive_duration") or 1440),
+                "auto_archive_duration": archive,
                 "archive_timestamp": datetime.now(UTC).isoformat(),
                 "locked": False,
             },
         }
-        async with self._changed:
-            self.threads[message_id] = thread
-            self._changed.notify_all()
-        await self._broadcast("THREAD_CREATE", {**thread, "newly_created": True})
-        return _json(thread, 201)
 
     async def _put_commands(self, request: web.Request) -> web.Response:
         if int(request.match_info["app_id"]) != APP_ID:

@@ -424,7 +424,10 @@ class FakeSlack:
         if blocks:
             message["blocks"] = blocks
         if args.get("thread_ts"):
-            if not any(m["ts"] == args["thread_ts"] for m in self.messages[channel]):
+            said = self._events.get(str(args["thread_ts"]))  # a person's message is a root too
+            if not any(m["ts"] == args["thread_ts"] for m in self.messages[channel]) and (
+                said is None or said.get("channel") != channel
+            ):
                 return _error("thread_not_found")
             message["thread_ts"] = args["thread_ts"]
             if args.get("reply_broadcast") in (True, "true", "1"):
