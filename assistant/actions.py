@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from assistant.channels.base import Button, Channel, Press, PressResult
+from assistant.channels.base import Button, Channel, Claimed, Press, PressResult
 from assistant.clock import Clock
 from assistant.reply import PLATFORM_THREAD, Reply
-from storage.buttons import ButtonRepo, NewButton
+from storage.buttons import ButtonRepo, NewButton, StoredButton
 from storage.timestamps import from_iso
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,29 @@ class Actions:
         if reply.opens and message_id:
             await self.repo.open_thread(chat_id, reply.opens, message_id, self._clock.now())
 
-    async def press(self, press: Press, may_command: bool, run: RunCommand) -> PressResult:
-        """Claim the button and run its command; see the module docstring. Never raises."""
+    async def press(
+        self, press: Press, may_command: bool, run: RunCommand, claimed: Claimed | None = None
+    ) -> PressResult:
+        """Claim the button and run its command; see the module docstring. `claimed` hears
+        the decision before the command runs (see `Inbox.press`). A failure of storage
+        or of `claimed` reaches the caller; the command's own failures are its reply."""
+        decided = await self._decide(press, may_command)
+        if isinstance(decided, PressResult):  # refused, or a choice's "No": nothing to run
+            if claimed is not None:
+                await claimed(decided)
+            return decided
+        button = decided
+        whole = button.grp != button.token  # a choice: its other buttons went with it
+        if claimed is not None:
+            await claimed(PressResult(True, f"{button.label}: on it"[:190], spent_all=whole))
+        text = await run(
+            press.chat_id, press.sender, button.command, "button", press.platform_id, button.thread
+        )
+        first = text.strip().splitlines()[0] if text.strip() else "done"
+        return PressResult(True, f"{button.label}: {first}"[:190], spent_all=whole)
+
+    async def _decide(self, press: Press, may_command: bool) -> PressResult | StoredButton:
+        """The claimed button whose command is to run, or what came of the press instead."""
         if not may_command:
             log.warning("ignored a button pressed in non-admin chat %s", press.chat_id)
             return PressResult(False, "Not allowed here: this chat has no command rights.")
@@ -113,14 +134,9 @@ class Actions:
             )
         if not await self.repo.claim(button, press.sender, now):
             return PressResult(False, "Already done: another press got there first.")
-        whole = button.grp != button.token  # a choice: its other buttons went with it
         if not button.command:  # "No" of a choice: it only uses the choice up
             return PressResult(True, f"{button.label}: nothing was done.", spent_all=True)
-        text = await run(
-            press.chat_id, press.sender, button.command, "button", press.platform_id, button.thread
-        )
-        first = text.strip().splitlines()[0] if text.strip() else "done"
-        return PressResult(True, f"{button.label}: {first}"[:190], spent_all=whole)
+        return button
 
     async def prune(self) -> int:
         cutoff = self._clock.now() - BUTTON_TTL * 4

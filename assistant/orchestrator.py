@@ -19,7 +19,7 @@ from types import TracebackType
 from assistant.access import Access
 from assistant.actions import Actions, Drawn
 from assistant.agent import Agent, OfflineAgent
-from assistant.channels.base import Channel, IncomingMessage, Press, PressResult
+from assistant.channels.base import Channel, Claimed, IncomingMessage, Press, PressResult
 from assistant.channels.factory import platform_channels
 from assistant.claude_agent import ClaudeAgent, build_claude_agent
 from assistant.clock import Clock, SystemClock
@@ -294,15 +294,18 @@ class Orchestrator:
     async def settled(self, chat_id: str) -> None:
         await self.services.queue.settled(chat_id)
 
-    async def press(self, press: Press) -> PressResult:
+    async def press(self, press: Press, claimed: Claimed | None = None) -> PressResult:
         """A button pressed in a chat (the `Inbox` protocol); see assistant/actions.py.
 
-        Rights are the chat's now, not when the button was drawn. Never raises: the
-        channel must still answer the platform.
+        Rights are the chat's now, not when the button was drawn. `claimed` hears the
+        decision before the command runs. Never raises: the channel must still answer
+        the platform.
         """
         press = dataclasses.replace(press, sender=self.redact(press.sender))
         try:
-            return await self.actions.press(press, self.is_admin(press.chat_id), self._run_pressed)
+            return await self.actions.press(
+                press, self.is_admin(press.chat_id), self._run_pressed, claimed
+            )
         except Exception as exc:
             log.exception("a button press in %s failed", press.chat_id)
             return PressResult(False, f"Sorry, that failed inside the assistant: {exc}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -102,13 +102,23 @@ class PressResult:
     spent_all: bool = False
 
 
+# Called once a press is decided, before its command runs: acted ("Stop: on it") or
+# refused (the reason). A platform that wants its answer soon (Telegram rejects an
+# answerCallbackQuery after about 15 s) answers here, not after a slow command.
+Claimed = Callable[[PressResult], Awaitable[None]]
+
+
 class Inbox(Protocol):
     """What a channel hands messages to (the orchestrator)."""
 
     async def deliver(self, message: IncomingMessage) -> None: ...
 
-    async def press(self, press: Press) -> PressResult:
-        """A button was pressed: run its command if the chat may, once; never raises."""
+    async def press(self, press: Press, claimed: Claimed | None = None) -> PressResult:
+        """A button was pressed: run its command if the chat may, once; never raises.
+
+        `claimed`, where given, is awaited once the press is decided and before the
+        command runs (not at all if deciding failed); the result returned comes after
+        the command, its note naming the reply's first line."""
         ...
 
     async def settled(self, chat_id: str) -> None:

@@ -3,7 +3,8 @@
 
 Native where Telegram offers it: the command menu (the `/` button) filled from the command
 registry, inline keyboard buttons whose callback queries come back as presses (answered
-with the orchestrator's note, the pressed button taken off once it acted), and threads as
+with the orchestrator's note as soon as the press is decided, before its command runs, the
+pressed button taken off once it acted), and threads as
 replies to the thread's first message (a run's messages reply to its launch message). A
 message that is itself a reply (or in a forum topic) is in a thread: its answer replies to it.
 
@@ -52,6 +53,7 @@ from assistant.channels.base import (
     IncomingMessage,
     MenuEntry,
     Press,
+    PressResult,
 )
 from assistant.channels.delivery import RetryAfter, SendQueue, TransientError, split_text
 from assistant.errors import ChannelError
@@ -315,11 +317,15 @@ class TelegramChannel(Channel):
         await self._advance(update.update_id)
 
     async def _handle_press(self, inbox: Inbox, update_id: int, query: CallbackQuery) -> None:
-        """An inline button pressed: hand the press to the inbox, answer the query with its
-        note (Telegram shows it as a toast and stops the button's spinner), and where the
-        press acted, take that button off the message so nobody presses it again. The
-        others stay ("Logs" pressed under a launch message leaves "Stop" there to press),
-        unless the press used them all (a choice: Yes / No), which takes the keyboard off.
+        """An inline button pressed: hand the press to the inbox and, as soon as it is
+        decided, before its command runs, answer the query with its note (Telegram shows
+        it as a toast and stops the button's spinner: "Stop: on it", or why not) and,
+        where it acted, take that button off the message so nobody presses it again. The
+        command's reply then follows in the chat. Telegram refuses an answer given more
+        than about 15 s after the press ("query is too old"), so a slow command must not
+        come first. The other buttons stay ("Logs" pressed under a launch message leaves
+        "Stop" there to press), unless the press used them all (a choice: Yes / No),
+        which takes the keyboard off.
 
         Whether it acts (rights at this moment, a button already used, one that expired) is
         the inbox's to say, never the channel's.
@@ -335,16 +341,25 @@ class TelegramChannel(Channel):
         if press is None:
             await self._answer(query, "This button is not one of the assistant's")
             return
+        answered = False
+
+        async def claimed(decided: PressResult) -> None:
+            nonlocal answered
+            answered = True
+            await self._answer(query, decided.note)
+            if decided.acted:
+                await self._spend(press, query.message, every=decided.spent_all)
+
         try:
-            result = await inbox.press(press)
+            result = await inbox.press(press, claimed)
         except Exception:
             self.skipped += 1
             log.exception("telegram: the press in update %d could not be handled", update_id)
-            await self._answer(query, PRESS_FAILED)
+            if not answered:
+                await self._answer(query, PRESS_FAILED)
             return
-        await self._answer(query, result.note)
-        if result.acted:
-            await self._spend(press, query.message, every=result.spent_all)
+        if not answered:  # it failed before it was decided: the query is still open
+            await claimed(result)
 
     def _press(self, query: CallbackQuery) -> Press | None:
         """The Press a callback query stands for; None for one no button of ours sends (a

@@ -5,6 +5,7 @@ webhooks over 127.0.0.1), a real Orchestrator behind it."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,8 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.reply import Action, Reply, platform_thread
 from assistant.runs.process_runner import ProcessRunner
+from commands import build_router
+from commands.registry import CommandContext, ParsedCommand
 from tests.fakes.discord_server import (
     ADMIN_CHANNEL,
     EPHEMERAL,
@@ -304,6 +307,33 @@ async def test_a_press_after_the_chat_lost_its_rights_does_nothing(env: Env) -> 
     assert note["flags"] == EPHEMERAL and "no command rights" in note["content"]
     assert not pressed.edits and await env.tasks() == 1
     assert _buttons(env.fake.message(int(second["id"])) or {"components": []})
+
+
+async def test_a_command_slower_than_the_ack_window_still_answers(
+    settings: Settings, fake: FakeDiscord
+) -> None:
+    fake.ack_limit_s = 1.0  # Discord's 3 s, shortened: the rule, not the wait
+
+    async def slow(ctx: CommandContext, cmd: ParsedCommand) -> str:
+        """A command that ends after its interaction's window to be acknowledged."""
+        await asyncio.sleep(fake.ack_limit_s * 2)
+        return "Slow: finished"
+
+    router = build_router()
+    router.register(slow, "slow", usage="/slow", summary="outlasts the ack window")
+    channel = _channel(fake)
+    async with Orchestrator(_settings(settings), channels=[channel], router=router) as orch:
+        env = Env(fake, channel, orch)
+        asked = await env.command(ADMIN_CHANNEL, "slow")  # deferred at once, edited later
+        assert [c["type"] for c in asked.callbacks] == [5]
+        assert asked.edits and asked.edits[-1]["content"] == "Slow: finished"
+        message = await env.draw(ADMIN, Action("Slow", "/slow"))
+        pressed = await env.press(
+            ADMIN_CHANNEL, int(message["id"]), _buttons(message)[0]["custom_id"]
+        )
+        assert [c["type"] for c in pressed.callbacks] == [6] and pressed.edits
+        assert env.texts(ADMIN_CHANNEL)[-1] == "Slow: finished"
+        assert fake.late_callbacks == []
 
 
 async def test_a_press_in_a_thread_is_the_parent_chats(env: Env) -> None:

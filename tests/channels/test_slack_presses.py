@@ -20,6 +20,8 @@ from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.reply import Action, Reply
 from assistant.runs.process_runner import ProcessRunner
+from commands import build_router
+from commands.registry import CommandContext, ParsedCommand
 from tests.fakes.slack_server import FakeSlack
 
 ADMIN = "C0123"
@@ -167,6 +169,31 @@ async def test_a_press_runs_its_command_once_in_the_chain(live: Live) -> None:
     ((summary, target),) = await commands(live)
     assert str(summary).startswith("Button from U1: /task add once")
     assert target == "/task"
+
+
+async def test_a_slow_commands_press_is_acked_before_it_runs(settings: Settings) -> None:
+    settings = settings.model_copy(update={"admin_chats": (f"sl:{ADMIN}",)})
+    acked_first: list[bool] = []
+    async with FakeSlack() as slack:
+
+        async def slow(ctx: CommandContext, cmd: ParsedCommand) -> str:
+            """Runs only once Slack has its ack for every envelope (the press's too)."""
+            try:
+                await slack.wait_acked(timeout=10)
+                acked_first.append(True)
+            except AssertionError:
+                acked_first.append(False)
+            return "Slow: finished"
+
+        router = build_router()
+        router.register(slow, "slow", usage="/slow", summary="waits for Slack's acks")
+        slack.add_channel(ADMIN, "ml-ops")
+        channel = SlackChannel(slack.bot_token, slack.app_token, api_url=slack.api_url)
+        async with Orchestrator(settings, channels=[channel], router=router) as orch:
+            live = Live(orch, slack, channel)
+            await live.offer(ADMIN, Action("Slow", "/slow"))
+            assert await live.press(ADMIN, "Slow") == ""
+            assert acked_first == [True] and slack.texts(ADMIN)[-1] == "Slow: finished"
 
 
 async def test_a_button_pressed_twice_acts_once(live: Live) -> None:

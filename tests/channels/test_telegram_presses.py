@@ -6,6 +6,8 @@ message that launched it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator
@@ -16,8 +18,10 @@ import pytest
 from assistant.channels.telegram import TelegramChannel
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
-from assistant.reply import Action, Reply
+from assistant.reply import Action, Reply, platform_thread
 from assistant.runs.process_runner import ProcessRunner
+from commands import build_router
+from commands.registry import CommandContext, ParsedCommand
 from storage.db import Database
 from storage.kv import KeyValue
 from tests.fakes.telegram_server import Answer, FakeTelegram, Sent
@@ -97,7 +101,7 @@ async def test_a_press_runs_its_command_once_in_the_chain_and_is_answered(live: 
     assert [label for row in offer.buttons for label, _ in row] == ["Remind me", "Status"]
     assert "/task add" not in offer.text  # drawn as buttons, not listed
     answer = await live.press(ADMIN, offer.message_id, "Remind me")
-    assert answer.text.startswith("Remind me: ") and await tasks(live) == 1
+    assert answer.text == "Remind me: on it" and await tasks(live) == 1
     reply = live.fake.sent[ADMIN][-1]
     assert reply.message_id != offer.message_id and "once" in reply.text.lower()
     assert live.fake.buttons(ADMIN, offer.message_id) == [[("Status", offer.buttons[0][1][1])]]
@@ -109,6 +113,53 @@ async def test_a_press_runs_its_command_once_in_the_chain_and_is_answered(live: 
     summary, kind, target = events[0]
     assert str(summary).startswith("Button from ann: /task add once")
     assert (kind, target) == ("command", "/task")
+
+
+async def test_a_slow_commands_press_is_answered_before_it_runs(settings: Settings) -> None:
+    settings = settings.model_copy(update={"admin_chats": (f"tg:{ADMIN}",)})
+    fake = FakeTelegram()
+    fake.query_max_age_s = 3.0  # Telegram's rule (15 s there), shortened for the test
+    await fake.start()
+    had_answer: list[bool] = []
+    queries: list[str] = []
+
+    async def slow(ctx: CommandContext, cmd: ParsedCommand) -> str:
+        """A command slower than a query may wait: it runs until its press was answered,
+        or 10 s (past the fake's limit: an answer given after it would be refused)."""
+        with contextlib.suppress(TimeoutError):
+            await fake.wait_answered(queries[0], timeout=10)
+        had_answer.append(queries[0] in fake.answers)
+        return "Slow: finished"
+
+    router = build_router()
+    router.register(slow, "slow", usage="/slow", summary="waits for its press's answer")
+    db = await Database.open(settings.db_path)
+    channel = TelegramChannel(fake.token, api_url=fake.base_url, kv=KeyValue(db), poll_timeout=1.0)
+    try:
+        async with Orchestrator(settings, channels=[channel], router=router) as orch:
+            live = Live(orch, fake)
+            update = fake.push_message(ADMIN, "slow, please")
+            await fake.wait_confirmed(update)
+            asked = fake.message_id(update)
+            # a button under an answer given in that message's thread
+            reply = Reply("Go?", actions=(Action("Slow", "/slow"),))
+            in_thread = dataclasses.replace(reply, thread=platform_thread(str(asked)))
+            assert await orch.send(f"tg:{ADMIN}", in_thread, None)
+            offer = fake.sent[ADMIN][-1]
+            query = fake.push_press(ADMIN, offer.message_id, "Slow")
+            queries.append(query)
+            await fake.wait_confirmed(fake.query_updates[query], timeout=60)
+            await orch.settled(f"tg:{ADMIN}")
+            assert fake.late_answers == [] and had_answer == [True]
+            assert fake.answers[query].text == "Slow: on it"
+            assert fake.buttons(ADMIN, offer.message_id) == []  # taken off when claimed
+            done = fake.sent[ADMIN][-1]  # the result, a message in the button's thread
+            assert done.text == "Slow: finished" and done.reply_to == asked
+            events = await live.rows("SELECT summary FROM event_log WHERE source = 'button'")
+            assert events == [("Button from ann: /slow",)]
+    finally:
+        await db.aclose()
+        await fake.aclose()
 
 
 async def test_a_button_pressed_twice_acts_once(live: Live) -> None:
@@ -266,7 +317,7 @@ async def test_a_run_launched_from_telegram_offers_buttons_and_its_messages_repl
     assert later and all(s.reply_to == launch.message_id for s in later)
     # Logs, pressed under the launch message once the run is done, still answers
     answer = await live.press(ADMIN, launch.message_id, "Logs")
-    assert answer.text.startswith(f"Logs: Run {run_id}, last")
+    assert answer.text == "Logs: on it"
     assert live.fake.sent[ADMIN][-1].text.startswith(f"Run {run_id}, last")
     assert [label for row in live.fake.buttons(ADMIN, launch.message_id) for label, _ in row] == [
         label for label in labels if label != "Logs"
@@ -291,10 +342,9 @@ async def test_stop_pressed_under_the_launch_message_stops_the_run_once(live: Li
     repo = live.orch.services.runs.repo
     await wait_until(lambda: step_of(repo, run_id), 2, timeout=120)
     answer = await live.press(ADMIN, launch.message_id, "Stop")
-    assert (
-        answer.text
-        == f"Stop: Run {run_id}: stopping. It checkpoints, then stops; the report follows."
-    )
+    assert answer.text == "Stop: on it"  # answered before the stop ran; its reply follows
+    stopping = f"Run {run_id}: stopping. It checkpoints, then stops; the report follows."
+    assert any(s.text == stopping for s in live.fake.sent[ADMIN])
     left = [label for row in live.fake.buttons(ADMIN, launch.message_id) for label, _ in row]
     assert "Stop" not in left and "Logs" in left
     again = await live.press(ADMIN, launch.message_id, data=stop_token)  # a second tap

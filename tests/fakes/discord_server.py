@@ -17,6 +17,9 @@ POST /interactions/{id}/{token}/callback, then edited and followed up through
 button under a message) return the interaction's id; `interactions[id]` records how it
 was answered. Application commands are kept per scope ("global" or the guild id) as the
 last bulk overwrite (PUT) left them; threads started from a message get its id.
+An interaction must be acknowledged (its callback) within `ack_limit_s` of its dispatch
+(3 s, as on Discord; later ones get 404 Unknown interaction and land in `late_callbacks`);
+its token then serves edits and followups for 15 minutes.
 `add_thread` is a thread a user started on its own (its own id), announced over the gateway
 (THREAD_CREATE) or not, as when the bot missed it; GET /channels/{id} answers for threads.
 """
@@ -75,6 +78,7 @@ class Interaction:
     type: int  # 2 application command, 3 message component
     channel_id: int
     callbacks: list[Json] = field(default_factory=list)  # each callback body (type, data)
+    dispatched: float = 0.0  # loop time it was sent over the gateway
     original: int | None = None  # the message @original names
     edits: list[Json] = field(default_factory=list)  # PATCH @original bodies
     followups: list[Json] = field(default_factory=list)  # POST /webhooks/{app}/{token} bodies
@@ -126,6 +130,8 @@ class FakeDiscord:
         # application commands as the last bulk overwrite left them: "global" or a guild id
         self.commands: dict[str | int, list[Json]] = {}
         self.interactions: dict[int, Interaction] = {}
+        self.ack_limit_s = 3.0  # Discord's window for the first response to an interaction
+        self.late_callbacks: list[int] = []  # interactions acknowledged too late (refused)
         self.threads: dict[int, Json] = {}  # thread id (= its root message's id) -> channel
         self._messages: dict[int, Json] = {}
         self._events: dict[int, Json] = {}  # MESSAGE_CREATE payloads pushed, for redelivery
@@ -345,6 +351,7 @@ class FakeDiscord:
             message = payload.get("message")
             if isinstance(message, dict):
                 interaction.original = int(message["id"])
+            interaction.dispatched = asyncio.get_running_loop().time()
             self.interactions[interaction.id] = interaction
         except (KeyError, TypeError, ValueError):
             interaction = None
@@ -745,6 +752,9 @@ class FakeDiscord:
             return _error(404, "Unknown interaction", 10062)
         if interaction.callbacks:
             return _error(400, "Interaction has already been acknowledged.", 40060)
+        if asyncio.get_running_loop().time() - interaction.dispatched > self.ack_limit_s:
+            self.late_callbacks.append(interaction.id)
+            return _error(404, "Unknown interaction", 10062)
         body = await request.json()
         kind = body.get("type")
         if kind in (4, 5):  # a message under the command: with content, or "thinking…"

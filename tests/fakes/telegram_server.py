@@ -17,7 +17,10 @@ kinds of update its `allowed_updates` (as last given) names are sent.
 A message sent with `reply_markup` keeps its inline keyboard (`Sent.buttons`, and in the
 message JSON a press carries) until `editMessageReplyMarkup` replaces or removes it; one sent
 with `reply_parameters` replies to that message where it exists (`Sent.reply_to`), and is
-refused where it does not, unless `allow_sending_without_reply` is set.
+refused where it does not, unless `allow_sending_without_reply` is set. A callback query is
+answered at most once and only while it is young: like Telegram (about 15 s), the fake
+refuses an answerCallbackQuery older than `query_max_age_s` ("query is too old"), which
+a test may shorten so that it need not wait 15 s.
 """
 
 from __future__ import annotations
@@ -199,6 +202,9 @@ class FakeTelegram:
         self.answers: dict[str, Answer] = {}  # callback query id -> its answer
         self.markup_edits: dict[int, list[MarkupEdit]] = {}
         self._queries: dict[str, int] = {}  # callback query id -> the chat it came from
+        self._pressed_at: dict[str, float] = {}  # callback query id -> when it was pressed
+        self.query_max_age_s = 15.0  # answers later than this are refused, as Telegram does
+        self.late_answers: list[str] = []  # callback query ids answered too late
         self.query_updates: dict[str, int] = {}  # callback query id -> its update_id
         # the kinds of update getUpdates last asked for (None: every kind, the default)
         self.allowed_updates: set[str] | None = None
@@ -304,6 +310,7 @@ class FakeTelegram:
         self._next_query += 1
         query_id = str(self._next_query)
         self._queries[query_id] = chat_id
+        self._pressed_at[query_id] = asyncio.get_running_loop().time()
         query: dict[str, Any] = {
             "id": query_id,
             "from": dict(from_user or ANN),
@@ -441,7 +448,10 @@ class FakeTelegram:
                 return _ok(self._send_message(params))
             if method == "sendPhoto":
                 file = form.get("photo")
-                data = file.file.read() if isinstance(file, web.FileField) else b""
+                data = b""
+                if isinstance(file, web.FileField):
+                    with file.file:  # closed now, not whenever it is collected
+                        data = file.file.read()
                 return _ok(self._send_photo(params, data))
             if method == "editMessageText":
                 return _ok(self._edit(params))
@@ -586,7 +596,13 @@ class FakeTelegram:
 
     def _answer_query(self, params: dict[str, str]) -> bool:
         query_id = params.get("callback_query_id", "")
-        if query_id not in self._queries or query_id in self.answers:
+        pressed = self._pressed_at.get(query_id)
+        late = pressed is not None and (
+            asyncio.get_running_loop().time() - pressed > self.query_max_age_s
+        )
+        if late:
+            self.late_answers.append(query_id)
+        if query_id not in self._queries or query_id in self.answers or late:
             raise _BadRequest(
                 "query is too old and response timeout expired or query ID is invalid"
             )

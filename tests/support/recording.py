@@ -10,6 +10,7 @@ from pathlib import Path
 from assistant.channels.base import (
     Button,
     Channel,
+    Claimed,
     Inbox,
     IncomingMessage,
     MenuEntry,
@@ -96,10 +97,12 @@ class RecordingInbox:
     async def deliver(self, message: IncomingMessage) -> None:
         self.messages.append(message)
 
-    async def press(self, press: Press) -> PressResult:
+    async def press(self, press: Press, claimed: Claimed | None = None) -> PressResult:
         self.presses.append(press)
         if self.fail:
             raise RuntimeError("boom")
+        if claimed is not None:  # decided at once, as the orchestrator tells it
+            await claimed(self.result)
         return self.result
 
     async def settled(self, chat_id: str) -> None:
