@@ -389,6 +389,24 @@ async def test_after_a_restart_the_thread_is_found_again(
     assert fake.count(THREADS, 201) == 1 and fake.count(THREADS) == 1
 
 
+async def test_after_a_restart_an_archived_thread_is_found_again(
+    settings: Settings, fake: FakeDiscord
+) -> None:
+    before = _channel(fake)
+    async with Orchestrator(_settings(settings), channels=[before]):
+        root = await before.send_text(ADMIN, "Run abc123 queued")
+        assert root is not None
+        await before.send_message(ADMIN, "step 1", thread=root)
+    fake.archive(int(root))  # a quiet day: the new session is not told of the thread
+    after = _channel(fake)
+    async with Orchestrator(_settings(settings), channels=[after]):
+        await after.send_message(ADMIN, "step 2", thread=root)
+        await after.send_message(ADMIN, "step 3", thread=root)
+    assert [m.content for m in fake.sent[int(root)]] == ["step 1", "step 2", "step 3"]
+    # started once; the restarted channel heard "already exists" once and wrote there
+    assert fake.count(THREADS, 201) == 1 and fake.count(THREADS, 400) == 1
+
+
 async def test_a_threads_message_is_edited_there_after_a_restart(
     settings: Settings, fake: FakeDiscord
 ) -> None:

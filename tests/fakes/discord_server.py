@@ -256,6 +256,11 @@ class FakeDiscord:
             await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
         return thread_id
 
+    def archive(self, thread_id: int) -> None:
+        """A thread archived for lack of messages: a new gateway session is not told of it
+        (GUILD_CREATE lists active threads); a message sent to it opens it again."""
+        self.threads[thread_id]["thread_metadata"]["archived"] = True
+
     async def push_command(
         self,
         channel_id: int,
@@ -494,7 +499,8 @@ class FakeDiscord:
                     "flags": 0,
                 }
             ],
-            "threads": list(self.threads.values()),
+            # the active threads only, as Discord sends them; an archived one is not listed
+            "threads": [t for t in self.threads.values() if not t["thread_metadata"]["archived"]],
             "emojis": [],
             "stickers": [],
         }
@@ -620,6 +626,8 @@ class FakeDiscord:
             for name, blob in attachments
         ]
         message_id = int(data["id"])
+        if channel_id in self.threads:  # a message opens an archived thread again
+            self.threads[channel_id]["thread_metadata"]["archived"] = False
         self._messages[message_id] = data
         await self._record(
             self.sent,
