@@ -414,6 +414,26 @@ def m012_slurm(conn: sqlite3.Connection) -> None:
         raise RuntimeError(f"m012_slurm: integrity check says {check}")
 
 
+@migration
+def m013_run_rev(conn: sqlite3.Connection) -> None:
+    # rev: raised to the table's highest + 1 by every insert and update of a run, whoever
+    # makes it (triggers, not callers), so the run monitor keeps its live runs in memory
+    # and reads again only the rows whose rev passed the highest it has seen.
+    execute_script(
+        conn,
+        """
+        ALTER TABLE runs ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX runs_rev ON runs(rev);
+        CREATE TRIGGER runs_rev_insert AFTER INSERT ON runs BEGIN
+            UPDATE runs SET rev = (SELECT max(rev) FROM runs) + 1 WHERE id = NEW.id;
+        END;
+        CREATE TRIGGER runs_rev_update AFTER UPDATE ON runs WHEN NEW.rev = OLD.rev BEGIN
+            UPDATE runs SET rev = (SELECT max(rev) FROM runs) + 1 WHERE id = NEW.id;
+        END;
+        """,
+    )
+
+
 def apply_migrations(
     conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None
 ) -> int:

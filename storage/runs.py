@@ -6,6 +6,10 @@ between them and is the only caller of `set_state` (and of `apply` with a state)
 The monitor's reading position in a run's events.jsonl (`events_offset`) is stored in the
 same transaction as what it learned from those lines, so a restart neither loses nor
 repeats an event.
+
+Every write of a run raises its `rev` above every other run's (triggers of migration 13,
+whoever writes: this process or another), so the monitor keeps its live runs in memory
+and asks only for the rows written since it last looked (`changes`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class RunRecord:
     blocked: str | None = None  # why a request or a launch waits (the engine's silence)
     host: str = ""  # the pool host it runs or ran on (runs/pool.py); "" on one engine
     host_asked: str = ""  # the host or label `host=` asked for; "" = any host
+    rev: int = 0  # raised by every write of the row (a trigger): what the monitor compares
 
 
 @dataclass
@@ -195,6 +200,28 @@ class RunRepo:
             f"SELECT * FROM runs WHERE state IN ({marks}) ORDER BY created_at, id", states
         )
         return [_run(r) for r in rows]
+
+    async def max_rev(self) -> int:
+        """The highest `rev` of any run: rows written after this read have a higher one."""
+        row = await self._db.fetchone("SELECT coalesce(max(rev), 0) AS rev FROM runs")
+        return 0 if row is None else int(row["rev"])
+
+    async def changes(self, after: int) -> list[tuple[str, int, str]]:
+        """(id, rev, state) of every run written since `rev` was `after` (an index range)."""
+        rows = await self._db.fetchall(
+            "SELECT id, rev, state FROM runs WHERE rev > ? ORDER BY rev", (after,)
+        )
+        return [(r["id"], int(r["rev"]), r["state"]) for r in rows]
+
+    async def some(self, ids: list[str]) -> list[RunRecord]:
+        """The runs of these ids (those that exist), in one query."""
+        found: list[RunRecord] = []
+        for start in range(0, len(ids), 500):  # SQLite's bound on parameters, with room
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = await self._db.fetchall(f"SELECT * FROM runs WHERE id IN ({marks})", part)
+            found.extend(_run(r) for r in rows)
+        return found
 
     async def recent(self, limit: int) -> list[RunRecord]:
         rows = await self._db.fetchall(

@@ -4,6 +4,12 @@ Each pass reads the new complete lines from the stored offset, updates the run (
 what the lines said, in one transaction), records notable events in the chain, watches
 heartbeats for a stall, and, once the runner says the run is over, settles its final
 state and sends the report. At start it reconciles with what is still running.
+
+A pass costs what changed, not what exists: the live runs are kept in memory between
+passes and only the rows written since the last pass (their `rev`, raised by a trigger
+on every write, whoever makes it) are read again; a run's events.jsonl is read only when
+one lstat says it changed (size, mtime, inode) since the read that reached its end. A
+file that shrank below the offset or is another file (a new inode) is read from its start.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -32,7 +40,7 @@ from assistant.reply import Reply, run_thread
 from assistant.runs import rundir
 from assistant.runs.bench_outcome import bench_report, engine_metrics, reads_server_metrics
 from assistant.runs.engine_watch import UNANSWERED, EngineWatch, silence
-from assistant.runs.events import read_new
+from assistant.runs.events import MAX_READ, EventBatch, read_new
 from assistant.runs.lifecycle import LIVE, Lifecycle, Move, RunState, settle
 from assistant.runs.manager import SECRETS_DIR
 from assistant.runs.offers import in_thread, resumable, run_actions
@@ -67,6 +75,15 @@ class Trouble:
     failures: int = 0  # passes in a row that failed for this run
     failed_at: int | None = None  # the offset those passes started from
     problem: str | None = None  # events.jsonl itself unreadable (told once, not each pass)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A run's events.jsonl as the last read found it, to skip a read that finds nothing."""
+
+    mark: tuple[int, int, int, int]  # (device, inode, size, mtime ns), lstat before the read
+    offset: int  # where that read left the offset
+    more: bool  # that read stopped at its bound before the end: the next one goes on
 
 
 @dataclass
@@ -233,6 +250,12 @@ class RunMonitor:
         self.trouble: dict[str, Trouble] = {}
         self.lines_skipped = 0  # over all runs, since start (for /status and /debug)
         self.pass_failures = 0  # runs whose pass failed, since start
+        # the live and queued runs as last stored, by id (None: read them all on the next
+        # pass), and the highest `rev` read: rows written since are read again
+        self._runs: dict[str, RunRecord] | None = None
+        self._rev = 0
+        self._seen: dict[str, Seen] = {}  # run -> its events.jsonl at the last read
+        self._paths: dict[str, str] = {}  # run -> its events.jsonl's path
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -301,13 +324,11 @@ class RunMonitor:
         Requests waiting for the engine (a stop, a launch) are tried again first, as the
         engine's backoff allows.
         """
-        runs = await self.repo.in_states(LIVE)
+        runs = await self._live()
         if any(r.wanted for r in runs):
             await self.signals.tend(runs)
-            runs = await self.repo.in_states(LIVE)
-        if self.engine.due() and any(
-            r.blocked for r in await self.repo.in_states((RunState.QUEUED,))
-        ):
+            runs = await self._live()
+        if self.engine.due() and any(r.blocked for r in self._queued()):
             await self.dispatch()
         for run in runs:
             try:
@@ -320,6 +341,57 @@ class RunMonitor:
                     trouble.failures, trouble.failed_at = 0, None
         if self.engine.down:
             await self._say_outage()
+
+    def reload(self) -> None:
+        """Read every live run again on the next pass (not needed after a write: see rev)."""
+        self._runs = None
+
+    async def _live(self) -> list[RunRecord]:
+        """The live runs as stored now, from memory and the rows written since the last look.
+
+        The database stays the truth: a run launched, stopped or changed by any path (a
+        command, the scheduler, another process) raises its row's `rev`, and is read again.
+        """
+        runs = self._runs
+        if runs is None:
+            self._rev = await self.repo.max_rev()  # first: a write after it is seen later
+            found = await self.repo.in_states((*LIVE, RunState.QUEUED))
+            runs = self._runs = {r.id: r for r in found}
+        else:
+            changes = await self.repo.changes(self._rev)
+            stale = []
+            for run_id, rev, state in changes:
+                self._rev = max(self._rev, rev)
+                if state not in (*LIVE, RunState.QUEUED):
+                    self._drop(run_id)
+                elif run_id not in runs or runs[run_id].rev != rev:
+                    stale.append(run_id)
+            for run in await self.repo.some(stale) if stale else []:
+                self._keep(run)
+        live = [r for r in runs.values() if r.state in LIVE]
+        live.sort(key=lambda r: (r.created_at, r.id))
+        return live
+
+    def _queued(self) -> list[RunRecord]:
+        return [r for r in (self._runs or {}).values() if r.state == RunState.QUEUED]
+
+    def _keep(self, run: RunRecord) -> None:
+        """A run as just read from the database (newer than what memory held, if anything)."""
+        if self._runs is None:
+            return
+        held = self._runs.get(run.id)
+        if held is not None and held.rev > run.rev:
+            return
+        if run.state in (*LIVE, RunState.QUEUED):
+            self._runs[run.id] = run
+        else:
+            self._drop(run.id)
+
+    def _drop(self, run_id: str) -> None:
+        if self._runs is not None:
+            self._runs.pop(run_id, None)
+        self._seen.pop(run_id, None)
+        self._paths.pop(run_id, None)
 
     def health_note(self) -> str | None:
         """What /status and /debug report say of runs' unreadable output; None: nothing."""
@@ -381,13 +453,46 @@ class RunMonitor:
                 event,
             )
 
+    def _read_events(self, run: RunRecord) -> EventBatch:
+        """The new lines of a run's events.jsonl; none, without a read, if it did not change.
+
+        One lstat decides (it never follows a link; the read itself goes through rundir,
+        which refuses links and FIFOs as before). A file smaller than the offset, or
+        another file than the one read last (a new inode), is read from its start.
+        """
+        offset = run.events_offset
+        path = self._paths.get(run.id)
+        if path is None:  # made once: a Path join costs more than the lstat
+            path = self._paths[run.id] = os.path.join(self.run_dir(run.id), protocol.EVENTS)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return EventBatch([], offset)
+        except OSError:
+            return read_new(self.run_dir(run.id), offset)  # says why it cannot be read
+        if not stat.S_ISREG(st.st_mode):
+            return read_new(self.run_dir(run.id), offset)  # refused there, with the reason
+        mark = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        seen = self._seen.get(run.id)
+        if seen is not None and seen.mark == mark and seen.offset == offset and not seen.more:
+            return EventBatch([], offset)
+        if st.st_size < offset or (seen is not None and seen.mark[:2] != mark[:2]):
+            log.info(
+                "run %s: %s was truncated or replaced; read from its start", run.id, protocol.EVENTS
+            )
+            offset = 0
+        batch = read_new(self.run_dir(run.id), offset)
+        self._seen[run.id] = Seen(mark, batch.offset, offset + MAX_READ < st.st_size)
+        return batch
+
     async def follow(self, run: RunRecord) -> None:
-        run_dir = self.run_dir(run.id)
-        batch = read_new(run_dir, run.events_offset)
+        batch = self._read_events(run)
         events = batch.events
         progress = Progress(offset=batch.offset)
-        live = self.live.setdefault(run.id, Live())
-        now = to_iso(self.clock.now())
+        live = self.live.get(run.id)
+        if live is None:
+            live = self.live[run.id] = Live()
+        now = to_iso(self.clock.now()) if events else ""
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         move: Move | None = None  # starting -> running, at its started event
@@ -454,6 +559,7 @@ class RunMonitor:
         if events or engine or progress.offset != run.events_offset:
             await self.lifecycle.record(run, progress, move)
             run = await self.repo.get(run.id) or run
+            self._keep(run)
             await self._show_progress(run, live)
         # told after the offset is stored: a failing chat cannot make them count twice
         if batch.skipped:
@@ -535,6 +641,7 @@ class RunMonitor:
         # Over: late lines first (the agent writes its last events just before exiting).
         late = read_new(self.run_dir(run.id), run.events_offset)
         if late.offset != run.events_offset:
+            self._seen.pop(run.id, None)  # read them, whatever the last lstat said
             await self.follow(run)
             return
         final, cause = settle(run, self.run_dir(run.id), state.exit, result, error)
@@ -669,6 +776,7 @@ class RunMonitor:
         self.waiting.pop(run.id, None)
         self.signals.forget(run.id)
         self._told.pop(run.id, None)
+        self._drop(run.id)
         if event is None:
             return  # another pass settled it already
         # a declared recipe's secrets, if its agent died before it could delete them
