@@ -9,13 +9,19 @@ the engine once whatever the backoff says: a person is waiting for the answer.
 
 An outage has a number, so what is said of it (to a chat, in a run's chain) is said once
 per outage, not per pass.
+
+A pool of hosts (runs/pool.py) is several engines: `EngineWatches` keeps one `EngineWatch`
+per host, keyed by its name, beside the shared one ("" : one engine, and what is asked of
+the pool as a whole). A stop that finds gpu2 silent marks gpu2 alone: runs on other hosts
+keep their backoff-free delivery and their chats hear of no outage, and gpu2's pending
+stops are delivered as soon as the pool sees it answer (`Signals.host_back`).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from assistant.errors import EngineUnavailable
 
@@ -68,3 +74,22 @@ class EngineWatch:
         was = self.down
         self.down_since, self.why, self.failures, self.next_at = None, None, 0, 0.0
         return was
+
+
+@dataclass
+class EngineWatches:
+    """One `EngineWatch` per pool host, keyed by host name; `main` for "" (one engine)."""
+
+    main: EngineWatch = field(default_factory=EngineWatch)
+    hosts: dict[str, EngineWatch] = field(default_factory=dict)
+
+    def of(self, host: str | None) -> EngineWatch:
+        """The watch of `host` (a run's `host` column); the shared one for none."""
+        if not host:
+            return self.main
+        if host not in self.hosts:
+            self.hosts[host] = EngineWatch(self.main.first_s, self.main.cap_s)
+        return self.hosts[host]
+
+    def any_down(self) -> bool:
+        return self.main.down or any(w.down for w in self.hosts.values())

@@ -29,7 +29,7 @@ from assistant.observability import EventLog, traced
 from assistant.recipes.catalog import RecipeCatalog
 from assistant.recipes.workdir import check_workdir
 from assistant.runs import rundir
-from assistant.runs.engine_watch import UNANSWERED, EngineWatch, silence
+from assistant.runs.engine_watch import UNANSWERED, EngineWatch, EngineWatches, silence
 from assistant.runs.lifecycle import ACTIVE, HALTING, LIVE, Lifecycle, RunState
 from assistant.runs.offers import in_thread, resumable
 from assistant.runs.placement import OneHost, Plan
@@ -72,8 +72,15 @@ class RunManager:
         self.lifecycle = Lifecycle(repo, event_log, clock)
         self.engine = EngineWatch()  # shared with the monitor: one view of the engine
         self.engine_name = {"docker": "Docker", "slurm": "Slurm"}.get(runner.kind, runner.kind)
+        # signals keep a view per pool host (a silent host holds back only its own runs)
         self.signals = Signals(
-            repo, runner, event_log, clock, self.engine, self.engine_name, settings.stop_grace_s
+            repo,
+            runner,
+            event_log,
+            clock,
+            EngineWatches(self.engine),
+            self.engine_name,
+            settings.stop_grace_s,
         )
         self._recheck = True  # look for containers of queued runs before launching them
         self._waiting: dict[str, tuple[int, int]] = {}  # run -> (outage, its wait event)
@@ -83,7 +90,7 @@ class RunManager:
         self.launched = launched or asyncio.Event()  # set at each launch: the monitor wakes
         self.servers = runner.capabilities.servers
         if runner.capabilities.hosts is not None:  # a pool host answers again: start what waits
-            runner.capabilities.hosts.when_back(self.dispatch)
+            runner.capabilities.hosts.when_back(self._host_back)
         self.catalog = RecipeCatalog(
             settings.recipes_path,
             allowed_roots=settings.recipe_roots,
@@ -335,6 +342,12 @@ class RunManager:
     def free_gpus(self, live: list[RunRecord]) -> list[int]:
         busy = {g for r in live for g in r.gpus}
         return [g for g in self.gpu_inventory if g not in busy]
+
+    async def _host_back(self, host: str) -> None:
+        """A pool host answers again: the stops and pauses waiting for it reach their runs
+        first, then queued runs may start there."""
+        await self.signals.host_back(host)
+        await self.dispatch()
 
     async def dispatch(self) -> None:
         """Start every queued run whose resources are free, oldest first.

@@ -87,6 +87,7 @@ class Hosts(Protocol):
         """/status: each host, up or not, its GPUs free and used, its runs."""
         ...
 
-    def when_back(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """`callback()` is awaited when a host answers again (queued runs may start there)."""
+    def when_back(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """`callback(host name)` is awaited when a host answers again (a stop waiting for
+        it is delivered, queued runs may start there)."""
         ...

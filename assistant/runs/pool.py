@@ -70,7 +70,7 @@ SEP = "/"  # between a host's name and the container id in a pooled handle
 PING_S = 2.0
 GPU_PROBE_S = 90.0
 
-Callback = Callable[[], Awaitable[None]]
+Callback = Callable[[str], Awaitable[None]]  # given the name of the host that answers
 T = TypeVar("T")
 
 
@@ -167,7 +167,7 @@ class HostPool:
             await probe_gpus(host)
         for callback in self._callbacks:
             try:
-                await callback()
+                await callback(host.name)
             except Exception:
                 log.exception("after host %s answered again", host.name)
 

@@ -7,6 +7,11 @@ the engine once; the monitor tries again each pass the engine's backoff allows. 
 attempt is an action `run_signal` with its engine call as a tool call, under the event
 of the move that asked for it, so `/debug run` shows what was tried and what the engine
 said. A run still alive `grace_s` after its signal was delivered is killed.
+
+Whether the engine answers is kept per host (`EngineWatches`, keyed by the run's `host`):
+in a pool, a stop that finds one host silent holds back only that host's runs, and is
+delivered as soon as the pool sees the host answer (`host_back`), not when a backoff
+shared with every host next allows.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 
 from assistant.clock import Clock
 from assistant.observability import EventLog
-from assistant.runs.engine_watch import UNANSWERED, EngineWatch, silence
+from assistant.runs.engine_watch import UNANSWERED, EngineWatches, silence
 from assistant.runs.lifecycle import HALTING
 from assistant.runs.runner import RunHandle, Runner
 from storage.runs import RunRecord, RunRepo
@@ -38,7 +43,7 @@ class Signals:
         runner: Runner,
         event_log: EventLog,
         clock: Clock,
-        engine: EngineWatch,
+        engines: EngineWatches,
         engine_name: str,
         grace_s: float,
     ) -> None:
@@ -46,7 +51,7 @@ class Signals:
         self._runner = runner
         self._log = event_log
         self._clock = clock
-        self._engine = engine
+        self.engines = engines
         self._engine_name = engine_name
         self._grace_s = grace_s
         self._asked: dict[str, int] = {}  # run -> the event its attempts go under
@@ -80,10 +85,10 @@ class Signals:
                         await self._runner.signal_stop(handle)
         except UNANSWERED as exc:
             why = silence(self._engine_name, exc)
-            self._engine.failed(why)
+            self.engines.of(run.host).failed(why)
             await self._repo.update(run.id, blocked=why)
             return False
-        self._engine.answered()
+        self.engines.of(run.host).answered()
         await self._repo.update(run.id, signalled_at=to_iso(self._clock.now()), blocked=None)
         return True
 
@@ -94,7 +99,7 @@ class Signals:
         asked during an outage gets its whole grace once it reaches the run.
         """
         for run in runs:
-            if run.state not in HALTING or not self._engine.due():
+            if run.state not in HALTING or not self.engines.of(run.host).due():
                 continue
             if pending(run):
                 await self.deliver(run)
@@ -103,6 +108,23 @@ class Signals:
                 if waited >= self._grace_s:
                     log.warning("run %s did not stop within the grace period: killing it", run.id)
                     await self.ask(run, "kill", None)
+
+    async def host_back(self, host: str) -> None:
+        """Pool host `host` answers again: what waits for it is delivered now, each run's
+        chain saying why it is tried now."""
+        self.engines.of(host).answered()
+        for run in await self._repo.in_states(HALTING):
+            if run.host != host or not pending(run):
+                continue
+            self._log.log_event(
+                "run",
+                run.id,
+                summary=f"run {run.id}: host {host} answers again; its {run.wanted} is"
+                " delivered now",
+                content={"host": host, "wanted": run.wanted},
+                caused_by=run.launch_action,
+            )
+            await self.deliver(run)
 
     def forget(self, run_id: str) -> None:
         """The run has ended: nothing of it is kept."""
