@@ -12,6 +12,13 @@ For each size N, on a real service (real SQLite file, real run dirs, real log fi
   its own log file; a busy pass after one report line was appended to every log, an idle
   pass after nothing was.
 
+Both keep their state in memory between passes: an idle run pass asks SQLite only for the
+rows written since the last pass (none) and takes one lstat of each events.jsonl; a busy
+one reads each changed file from its offset and stores every run's progress in one
+transaction, then reads those rows back in one query. Runs, before -> after that change,
+measured back to back on the loaded 2-core dev machine (2026-12-02): 1,000 runs busy
+440-870 -> 155-200 ms, idle 76-94 -> 16-23 ms; 100 runs busy 55 -> 16 ms, idle 7 -> 1 ms.
+
 Printed: the median pass time of `--passes` passes of each kind. Nothing is asserted.
 """
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiosqlite
+
 from storage.db import Database
 from storage.ids import short_random_id
 from storage.rows import from_row, resolve_prefix
@@ -292,38 +294,76 @@ class RunRepo:
     ) -> bool:
         """Store a monitor pass: new offset, progress, metrics, atomically; with `state`
         also the state, if the stored one is among `sources`. Whether the state changed."""
-        metrics = {**run.metrics, **progress.metrics}
-        best = {**run.best, **progress.best}
         async with self._db.atomic() as conn:
-            await conn.execute(
-                "UPDATE runs SET events_offset = ?, step = coalesce(?, step),"
-                " total = coalesce(?, total), metrics = ?, best = ?,"
-                " checkpoint = coalesce(?, checkpoint), last_beat_at = coalesce(?, last_beat_at),"
-                " stalled = CASE WHEN ? IS NULL THEN stalled ELSE 0 END"
-                " WHERE id = ?",
-                (
-                    progress.offset,
-                    progress.step,
-                    progress.total,
-                    json.dumps(metrics),
-                    json.dumps(best),
-                    progress.checkpoint,
-                    progress.beat_at,
-                    progress.beat_at,
-                    run.id,
-                ),
-            )
+            await conn.execute(_APPLY, _apply_values(run, progress))
             if state is None:
                 return False
-            marks = ",".join("?" * len(sources))
-            cursor = await conn.execute(
-                f"UPDATE runs SET state = ? WHERE id = ? AND state IN ({marks})",
-                (state, run.id, *sources),
-            )
-            if cursor.rowcount == 0:
-                return False
-            await conn.execute(
-                "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
-                (run.id, now, state, note and self._clean(note)),
-            )
+            return await self._move(conn, run.id, now, state, note, sources)
+
+    async def apply_many(self, passes: list[Applied], now: str) -> None:
+        """Store a monitor pass over many runs in one transaction (one commit, not one a run).
+
+        The same writes as `apply` for each: progress first, then each move whose stored
+        state is still among its sources.
+        """
+        async with self._db.atomic() as conn:
+            await conn.executemany(_APPLY, [_apply_values(a.run, a.progress) for a in passes])
+            for a in passes:
+                if a.state is not None:
+                    await self._move(conn, a.run.id, now, a.state, a.note, a.sources)
+
+    async def _move(
+        self,
+        conn: aiosqlite.Connection,
+        run_id: str,
+        now: str,
+        state: str,
+        note: str | None,
+        sources: tuple[str, ...],
+    ) -> bool:
+        marks = ",".join("?" * len(sources))
+        cursor = await conn.execute(
+            f"UPDATE runs SET state = ? WHERE id = ? AND state IN ({marks})",
+            (state, run_id, *sources),
+        )
+        if cursor.rowcount == 0:
+            return False
+        await conn.execute(
+            "INSERT INTO run_states (run_id, ts, state, note) VALUES (?, ?, ?, ?)",
+            (run_id, now, state, note and self._clean(note)),
+        )
         return True
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One run's part of `apply_many`: its pass, and the move stored with it, if any."""
+
+    run: RunRecord
+    progress: Progress
+    state: str | None = None
+    note: str | None = None
+    sources: tuple[str, ...] = ()
+
+
+_APPLY = (
+    "UPDATE runs SET events_offset = ?, step = coalesce(?, step),"
+    " total = coalesce(?, total), metrics = ?, best = ?,"
+    " checkpoint = coalesce(?, checkpoint), last_beat_at = coalesce(?, last_beat_at),"
+    " stalled = CASE WHEN ? IS NULL THEN stalled ELSE 0 END"
+    " WHERE id = ?"
+)
+
+
+def _apply_values(run: RunRecord, progress: Progress) -> tuple[Any, ...]:
+    return (
+        progress.offset,
+        progress.step,
+        progress.total,
+        json.dumps({**run.metrics, **progress.metrics}),
+        json.dumps({**run.best, **progress.best}),
+        progress.checkpoint,
+        progress.beat_at,
+        progress.beat_at,
+        run.id,
+    )

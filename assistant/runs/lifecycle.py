@@ -59,7 +59,7 @@ from assistant.observability import EventLog
 from assistant.runs import rundir
 from assistant.runs.events import valid_json
 from assistant.runs.runner import ExitInfo
-from storage.runs import Progress, RunRecord, RunRepo
+from storage.runs import Applied, Progress, RunRecord, RunRepo
 from storage.timestamps import to_iso
 
 
@@ -188,6 +188,18 @@ class Lifecycle:
             return False
         return await self._repo.apply(
             run, progress, now, state=move.to, note=move.note, sources=sources(move.to)
+        )
+
+    async def record_many(self, passes: list[tuple[RunRecord, Progress, Move | None]]) -> None:
+        """Store a monitor pass over many runs, each with its move if any, in one commit."""
+        await self._repo.apply_many(
+            [
+                Applied(run, progress)
+                if move is None
+                else Applied(run, progress, move.to, move.note, sources(move.to))
+                for run, progress, move in passes
+            ],
+            to_iso(self._clock.now()),
         )
 
     def _event(

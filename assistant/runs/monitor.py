@@ -87,6 +87,22 @@ class Seen:
 
 
 @dataclass
+class Absorbed:
+    """One run's new lines taken in: stored with the other runs' in one transaction, then
+    settled (progress shown, skipped lines told, its end checked)."""
+
+    before: RunRecord  # as the pass found it
+    run: RunRecord  # as stored after the pass's write
+    batch: EventBatch
+    progress: Progress
+    live: Live
+    move: Move | None
+    write: bool  # something to store: new events, a server's figures, a moved offset
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+
+@dataclass
 class Live:
     """Throughput of a live run, for /status (kept in memory, rebuilt after a restart).
 
@@ -330,9 +346,19 @@ class RunMonitor:
             runs = await self._live()
         if self.engine.due() and any(r.blocked for r in self._queued()):
             await self.dispatch()
+        absorbed: list[Absorbed] = []
         for run in runs:
             try:
-                await self.follow(run)
+                absorbed.append(await self._absorb(run))
+            except Exception as exc:
+                await self._follow_failed(run, exc)
+        unstored = await self._store(absorbed)
+        for done in absorbed:
+            run = done.before
+            try:
+                if run.id in unstored:
+                    raise unstored[run.id]
+                await self._settle(done)
             except Exception as exc:
                 await self._follow_failed(run, exc)
             else:
@@ -341,10 +367,6 @@ class RunMonitor:
                     trouble.failures, trouble.failed_at = 0, None
         if self.engine.down:
             await self._say_outage()
-
-    def reload(self) -> None:
-        """Read every live run again on the next pass (not needed after a write: see rev)."""
-        self._runs = None
 
     async def _live(self) -> list[RunRecord]:
         """The live runs as stored now, from memory and the rows written since the last look.
@@ -486,6 +508,15 @@ class RunMonitor:
         return batch
 
     async def follow(self, run: RunRecord) -> None:
+        """One run's part of a pass: its new lines read, stored, and what they call for."""
+        done = await self._absorb(run)
+        unstored = await self._store([done])
+        if run.id in unstored:
+            raise unstored[run.id]
+        await self._settle(done)
+
+    async def _absorb(self, run: RunRecord) -> Absorbed:
+        """A run's new lines, taken in: what to store, and what to do once it is stored."""
         batch = self._read_events(run)
         events = batch.events
         progress = Progress(offset=batch.offset)
@@ -556,10 +587,39 @@ class RunMonitor:
         engine = await self._engine_stats(run, live)
         if engine:
             progress.metrics.update(engine)
-        if events or engine or progress.offset != run.events_offset:
-            await self.lifecycle.record(run, progress, move)
-            run = await self.repo.get(run.id) or run
-            self._keep(run)
+        write = bool(events or engine or progress.offset != run.events_offset)
+        return Absorbed(run, run, batch, progress, live, move, write, result, error)
+
+    async def _store(self, passes: list[Absorbed]) -> dict[str, Exception]:
+        """What the runs' new lines said, with their offsets, in one transaction.
+
+        One commit a pass, not one a run. Should it fail, each run is stored on its own, so
+        one run's bad write is that run's failure alone (returned, by run).
+        """
+        todo = [p for p in passes if p.write]
+        if not todo:
+            return {}
+        failed: dict[str, Exception] = {}
+        try:
+            await self.lifecycle.record_many([(p.run, p.progress, p.move) for p in todo])
+        except Exception:
+            log.warning("storing a pass of %d runs failed; storing each alone", len(todo))
+            for p in todo:
+                try:
+                    await self.lifecycle.record(p.run, p.progress, p.move)
+                except Exception as exc:
+                    failed[p.run.id] = exc
+        stored = [p for p in todo if p.run.id not in failed]
+        fresh = {r.id: r for r in await self.repo.some([p.run.id for p in stored])}
+        for p in stored:
+            p.run = fresh.get(p.run.id, p.run)
+            self._keep(p.run)
+        return failed
+
+    async def _settle(self, done: Absorbed) -> None:
+        """After the store: the progress message, skipped lines told, and the end checked."""
+        run, batch, live = done.run, done.batch, done.live
+        if done.write:
             await self._show_progress(run, live)
         # told after the offset is stored: a failing chat cannot make them count twice
         if batch.skipped:
@@ -568,9 +628,9 @@ class RunMonitor:
         if batch.problem is not None and (trouble is None or trouble.problem != batch.problem):
             self.trouble.setdefault(run.id, Trouble()).problem = batch.problem
             await self._skipped(run, [batch.problem])
-        if events and result is None and error is None:
+        if batch.events and done.result is None and done.error is None:
             return  # it just wrote: alive, and not stalled; the engine need not be asked
-        await self._check_end(run, result, error)
+        await self._check_end(run, done.result, done.error)
 
     def _checkpoint_problem(self, run: RunRecord, path: object) -> str | None:
         """Why a checkpoint a run names is not taken: a symlink, outside, not a file."""

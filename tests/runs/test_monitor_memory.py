@@ -87,9 +87,7 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
         http_address="off",
         _env_file=None,  # type: ignore[call-arg]
     )
-    async with Orchestrator(
-        settings, channels=[RecordingChannel()], runner=StillRunning()
-    ) as orch:
+    async with Orchestrator(settings, channels=[RecordingChannel()], runner=StillRunning()) as orch:
         s = orch.services
         await s.monitor.aclose()  # the test drives the passes
         yield s
@@ -290,7 +288,7 @@ async def test_a_run_stopped_elsewhere_leaves_the_pass(services: Services) -> No
 
 async def test_a_run_changed_elsewhere_is_read_again(services: Services) -> None:
     s = services
-    run, events = await running(s, progress(1) + progress(2))
+    run, _ = await running(s, progress(1) + progress(2))
     await s.monitor.poll()
     absorbed = s.monitor.events_absorbed
     conn = other_connection(s)
@@ -320,3 +318,28 @@ async def test_every_write_raises_the_rows_rev(services: Services) -> None:
     assert theirs > mine
     assert await s.runs.repo.changes(mine) == [(run.id, theirs, "running")]
     assert await s.runs.repo.changes(theirs) == []
+
+
+async def test_a_run_whose_write_fails_costs_the_others_nothing(services: Services) -> None:
+    s = services
+    good, good_events = await running(s, progress(1))
+    bad, _ = await running(s, progress(1))
+    conn = other_connection(s)
+    try:  # the database refuses this one run's progress (as a full disk or a bad row would)
+        conn.execute(
+            "CREATE TRIGGER refuse_one BEFORE UPDATE OF events_offset ON runs"
+            f" WHEN NEW.id = '{bad.id}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    finally:
+        conn.close()
+    await s.monitor.poll()
+    assert (await stored(s, good.id)).step == 1
+    assert (await stored(s, bad.id)).events_offset == 0
+    trouble = s.monitor.trouble.get(bad.id)
+    assert trouble is not None and trouble.failures == 1
+    assert s.monitor.pass_failures == 1
+    with good_events.open("a") as fh:
+        fh.write(progress(2))
+    await s.monitor.poll()
+    assert (await stored(s, good.id)).step == 2
+    assert s.monitor.pass_failures == 2  # the bad one failed again, alone
