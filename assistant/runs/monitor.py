@@ -260,8 +260,10 @@ class RunMonitor:
         self.engine = engine
         self.engine_name = {"docker": "Docker", "slurm": "Slurm"}.get(runner.kind, runner.kind)
         self.signals = signals
-        self._told: dict[str, int] = {}  # run -> the outage its chain was told of
-        self._told_chats: dict[str, int] = {}  # chat -> the outage it was told of
+        # run -> (host, outage) its chain was told of; (chat, host) -> the outage it was told
+        # of ("" is the one engine; a pool host's outages are its own)
+        self._told: dict[str, tuple[str, int]] = {}
+        self._told_chats: dict[tuple[str, str], int] = {}
         self.events_absorbed = 0
         self.trouble: dict[str, Trouble] = {}
         self.lines_skipped = 0  # over all runs, since start (for /status and /debug)
@@ -365,7 +367,7 @@ class RunMonitor:
                 trouble = self.trouble.get(run.id)
                 if trouble is not None:
                     trouble.failures, trouble.failed_at = 0, None
-        if self.engine.down:
+        if self.signals.engines.any_down():
             await self._say_outage()
 
     async def _live(self) -> list[RunRecord]:
@@ -759,12 +761,18 @@ class RunMonitor:
 
     async def _say_outage(self) -> None:
         """While the engine does not answer, each live run's chain and chat are told so,
-        once an outage (whichever call found it out: a state, a signal, a command's)."""
-        why = self.engine.why or f"the {self.engine_name} engine does not answer"
+        once an outage (whichever call found it out: a state, a signal, a command's). In a
+        pool each host is its own engine: only the silent host's runs and chats are told."""
+        engines = self.signals.engines
         for run in await self.repo.in_states(LIVE):
-            if self._told.get(run.id) == self.engine.outage:
+            host = engines.of(run.host)
+            watch, key = (host, run.host or "") if host.down else (engines.main, "")
+            if not watch.down:
                 continue
-            self._told[run.id] = self.engine.outage
+            if self._told.get(run.id) == (key, watch.outage):
+                continue
+            self._told[run.id] = (key, watch.outage)
+            why = watch.why or f"the {self.engine_name} engine does not answer"
             waits = f"; its {run.wanted} is delivered then" if pending(run) else ""
             event = self.event_log.log_event(
                 "run",
@@ -773,14 +781,14 @@ class RunMonitor:
                 content={"state": run.state, "wanted": run.wanted},
                 caused_by=run.launch_action,
             )
-            if self._told_chats.get(run.chat_id) == self.engine.outage:
+            if self._told_chats.get((run.chat_id, key)) == watch.outage:
                 continue
-            self._told_chats[run.chat_id] = self.engine.outage
+            self._told_chats[(run.chat_id, key)] = watch.outage
             await self.notify(
                 run.chat_id,
-                f"{why[0].upper()}{why[1:]}. Runs keep their state until it answers: nothing"
-                " is reported ended that may still run, and stops, pauses and launches asked"
-                " meanwhile happen when it answers.",
+                f"{why[0].upper()}{why[1:]}. {f'Runs on host {key}' if key else 'Runs'} keep"
+                " their state until it answers: nothing is reported ended that may still run,"
+                " and stops, pauses and launches asked meanwhile happen when it answers.",
                 event,
             )
 

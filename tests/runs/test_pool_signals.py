@@ -1,8 +1,8 @@
 """A stop sent to a run on a silent pool host: only that host is marked silent.
 
 Two admin chats, a long run in each: one on gpu2 (behind a proxy the test cuts), one on
-local. While gpu2 is silent a stop of its run waits for it and the other chat is told
-nothing of gpu2's outage; the local run's stop is delivered at once. When
+local. While gpu2 is silent a stop of its run waits for it, its chat is told of gpu2's
+outage and the other chat is told nothing; the local run's stop is delivered at once. When
 gpu2 answers again the waiting stop is delivered then (its chain says the host answered),
 not at the next retry a shared backoff allows.
 """
@@ -68,7 +68,10 @@ async def test_a_silent_host_holds_back_only_its_own_runs_and_its_stop_goes_when
             engines = orch.services.runs.signals.engines
             assert engines.of("gpu2").down
             assert not engines.of("local").down and not engines.main.down
-            await orch.services.monitor.poll()  # a whole pass: nothing is told elsewhere
+            notice = await channel.wait_for("Runs on host gpu2 keep their state", timeout=60)
+            assert "host gpu2 does not answer" in notice
+            assert notice in said_to(channel, ADMIN)
+            await orch.services.monitor.poll()  # one whole pass more: nothing else is told
             assert not [t for t in said_to(channel, OTHER) if "does not answer" in t]
 
             # the healthy host's run is stopped at once, whatever gpu2 does
