@@ -17,18 +17,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from assistant.jobs.bench.client import BenchClient, ClientConfig
 from assistant.jobs.bench.profiles import custom_profile
 from assistant.jobs.bench.results import RunMetadata, build_result
-from tests.fakes.openai_process import FakeProcess
 
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = ROOT / "tests" / "fakes" / "openai_server.py"
 META = RunMetadata("fake-model", "fake-model", "/v1/completions", server_healthy=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class FakeProcess:
+    """The fake server as its own process, as the benchmark meets a real one."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        command = [sys.executable, str(FAKE), "--port", str(self.port), "--stats-interval-s", "0"]
+        self.proc = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL)
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the fake server did not start")
+
+    def cpu_s(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 async def overhead(requests: int) -> None:

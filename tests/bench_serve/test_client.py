@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import statistics
 from typing import Any
 
 import pytest
@@ -13,7 +14,6 @@ from aiohttp import web
 from assistant.jobs.bench.client import BenchClient, ClientConfig, api_base, server_root
 from assistant.jobs.bench.profiles import custom_profile
 from assistant.jobs.bench.results import ProfileRun, RunMetadata, build_result, comparable
-from tests.fakes.openai_process import FakeProcess
 from tests.fakes.openai_server import FakeOpenAIServer
 
 META = RunMetadata("Qwen/Qwen3-0.6B", "fake-model", "/v1/completions", server_healthy=True)
@@ -25,51 +25,54 @@ def figures(run: ProfileRun) -> dict[str, Any]:
 
 
 ATTEMPTS = 3
-LIMIT_MS = 2.0
-
-
-def peak_in_flight(run: ProfileRun) -> int:
-    """The most requests that were between their send and their last token at once."""
-    edges = sorted(
-        edge
-        for rec in run.records
-        if rec.e2el is not None
-        for edge in ((rec.start + rec.e2el, -1), (rec.start, 1))
-    )
-    return max(itertools.accumulate(step for _, step in edges))
+JITTER_MS = 2.0  # the fake's seeded +-uniform jitter on every delay (means unchanged)
+LIMITS_MS = {"ttft": 3.0, "tpot": 1.0, "itl": 1.0}  # of the mean and of the median
 
 
 @pytest.mark.parametrize(("concurrency", "n"), [(1, 12), (16, 96)])
 async def test_measured_timings_match_the_configured_ones(concurrency: int, n: int) -> None:
-    """Mean and median TTFT, TPOT and ITL within 2 ms of the fake's settings.
+    """Mean and median TTFT within 3 ms, TPOT and ITL within 1 ms, of the fake's settings.
 
-    The fake runs as its own process (tests/fakes/openai_process.py), as vLLM does: in
-    this process the two would share one event loop, and at c16 the sixteenth request of a
-    batch would reach the server only after the loop had handled the other fifteen, an
-    error of the test's making (3-4 ms on a busy 2-core box), not the client's. A
-    systematic error shows in every attempt; load from elsewhere rarely lasts three.
+    The fake jitters every delay by up to 2 ms, as a real server's steps vary; without it
+    the c16 requests, all of one length, move in lock-step batches whose sixteen first
+    tokens are due at one instant and are read one after another by the one event loop
+    this process gives the fake and the client: 2-4 ms on the last of a batch on a busy
+    2-core box, a queue of the test's making that failed CI, not the client's error
+    (1.3-1.5 ms with the jitter, 0.8-1.2 ms at c1: the send and the server's parse).
+    A systematic error shows in every attempt; load from elsewhere rarely lasts three.
     """
     profile = custom_profile(128, OUT, concurrency, n)
     misses: list[dict[str, float]] = []
     for _ in range(ATTEMPTS):
-        with FakeProcess("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS)) as fake:
+        async with FakeOpenAIServer(
+            ttft_ms=TTFT_MS, itl_ms=ITL_MS, jitter_ms=JITTER_MS, stats_interval_s=0
+        ) as fake:
             async with BenchClient(ClientConfig(fake.url, "fake-model")) as client:
                 run = await client.run(profile)
+            peak = fake.counters.peak_running
+            late = [
+                (q.first_token_at - q.arrived) * 1000 - TTFT_MS
+                for q in fake.requests[1:]  # the first is the warm-up
+                if q.first_token_at is not None
+            ]
         r = figures(run)
         assert (r["completed"], r["failed"]) == (n, 0)
-        assert peak_in_flight(run) == concurrency  # never more than c, and c reached
+        assert peak == concurrency  # all n in flight from the start, never more than c
         assert all(len(rec.itl) == OUT - 1 for rec in run.records)
         assert (r["total_output_tokens"], r["total_input_tokens"]) == (n * OUT, n * 128)
         assert comparable(r, profile) == (True, None)
         off = {
-            f"{stat}_{name}_ms": r[f"{stat}_{name}_ms"] - configured
+            (stat, name): r[f"{stat}_{name}_ms"] - configured
             for name, configured in (("ttft", TTFT_MS), ("tpot", ITL_MS), ("itl", ITL_MS))
             for stat in ("mean", "median")
         }
-        if all(abs(error) < LIMIT_MS for error in off.values()):
+        if all(abs(error) < LIMITS_MS[name] for (_, name), error in off.items()):
             return
-        misses.append({k: round(v, 2) for k, v in off.items()})
-    pytest.fail(f"timings off by more than {LIMIT_MS} ms in {ATTEMPTS} attempts: {misses}")
+        # how late the fake itself wrote first tokens: large on an overloaded machine
+        shown = {f"{stat}_{name}_ms": round(error, 2) for (stat, name), error in off.items()}
+        shown["fake_late_ms"] = round(statistics.fmean(late), 2)
+        misses.append(shown)
+    pytest.fail(f"timings off by more than {LIMITS_MS} ms in {ATTEMPTS} attempts: {misses}")
 
 
 async def test_completions_requests_carry_exact_token_id_prompts() -> None:
