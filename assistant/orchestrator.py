@@ -89,8 +89,11 @@ class Orchestrator:
         self._state = State.UNOPENED
         self._known_chats: set[str] = set()
         # chat -> seq of a stored message awaiting the model's answer -> the thread it was
-        # typed in: the answer goes there (kept in memory: after a restart, top level)
+        # typed in: the answer, and a confirmation the model asks for on the way, go there
+        # (kept in memory: after a restart, top level)
         self._typed_in: dict[str, dict[int, str]] = {}
+        # chat -> the thread of the batch the model is answering now (None: top level)
+        self._answering: dict[str, str | None] = {}
         # the process's one redactor (cli.py's log formatter holds the same object)
         self.redact: Redactor = shared_redactor(settings)
         self.services: Services
@@ -524,7 +527,8 @@ class Orchestrator:
         channel = self._channel_for(chat_id)
         if channel is None or not channel.supports_buttons:
             return False
-        return await self.send(chat_id, reply, caused_by)
+        # a confirmation goes in the thread of the message the model is answering
+        return await self.send(chat_id, _in(self._answering.get(chat_id), reply), caused_by)
 
     async def notify(self, chat_id: str, text: str, caused_by: int | None) -> None:
         await self.send(chat_id, text, caused_by)
@@ -544,6 +548,8 @@ class Orchestrator:
             content={"seqs": [m.seq for m in batch]},
             caused_by=batch[-1].action_id,
         )
+        thread = self._answered_in(chat_id, batch[-1].seq)
+        self._answering[chat_id] = thread  # where a confirmation asked on the way goes
         try:
             async with services.log.action(event_id, "agent_reply", target=chat_id) as act:
                 replies = await services.agent.respond(chat_id, batch, event_id)
@@ -551,8 +557,9 @@ class Orchestrator:
         except Exception as exc:
             log.exception("agent failed for %s", chat_id)
             replies = [f"Sorry, I could not answer that: {exc}. /debug why shows what happened."]
+        finally:
+            self._answering.pop(chat_id, None)
         await self.messages.advance_cursor(chat_id, batch[-1].seq)
-        thread = self._answered_in(chat_id, batch[-1].seq)
         for text in replies:
             await self.send(chat_id, Reply(text, thread=thread), event_id)
             await self.messages.store(chat_id, self.settings.assistant_name, text, from_me=True)

@@ -22,6 +22,8 @@ from assistant.reply import Action, Reply, platform_thread
 from assistant.runs.process_runner import ProcessRunner
 from commands import build_router
 from commands.registry import CommandContext, ParsedCommand
+from tests.fakes.anthropic_server import FakeAnthropic, ToolUse
+from tests.fakes.anthropic_server import Reply as Answer
 from tests.fakes.discord_server import (
     ADMIN_CHANNEL,
     EPHEMERAL,
@@ -32,6 +34,7 @@ from tests.fakes.discord_server import (
     Interaction,
     Json,
 )
+from tests.support.model_service import model_settings
 from tests.support.run_flow import RUN_ID, step_of, wait_until
 
 ADMIN = f"dc:{ADMIN_CHANNEL}"
@@ -475,6 +478,38 @@ async def test_a_button_under_an_answer_in_a_thread_answers_in_that_thread(env: 
     await env.press(thread, offered.id, _buttons(message)[0]["custom_id"])
     (_, answer) = await env.fake.wait_sent(thread, 2)
     assert "Uptime:" in answer.content and env.texts(ADMIN_CHANNEL) == []
+
+
+async def test_the_models_confirmation_asked_in_a_thread_is_drawn_there(
+    settings: Settings, fake: FakeDiscord
+) -> None:
+    """Asked in a thread to delete a task, the model's unconfirmed call puts its Yes / No in
+    that thread, beside its answer; pressed there, Yes deletes the task."""
+    async with FakeAnthropic() as model:
+        model_config = model_settings(_settings(settings), model)
+        channel = _channel(fake)
+        async with Orchestrator(model_config, channels=[channel]) as orch:
+            env = Env(fake, channel, orch)
+            added = fake.message(
+                (await env.command(ADMIN_CHANNEL, "task", "add every 1h /status")).original or 0
+            )
+            assert added is not None
+            task_id = added["content"].split()[1]
+            model.add(
+                Answer([ToolUse("tu_1", "delete_task", {"task_id": task_id, "confirmed": False})]),
+                Answer("I put a button for it in the chat."),
+            )
+            thread = await fake.add_thread(ADMIN_CHANNEL)
+            await fake.push_message(thread, "delete that task", mentions_bot=True)
+            confirm, answer = await fake.wait_sent(thread, 2)
+            assert confirm.content.startswith(f"Confirm: delete task {task_id}")
+            assert answer.content == "I put a button for it in the chat."
+            assert env.texts(ADMIN_CHANNEL) == []  # nothing at the top level
+            message = fake.message(confirm.id)
+            assert message is not None
+            (yes,) = [b for b in _buttons(message) if b["label"].startswith("Yes")]
+            await env.press(thread, confirm.id, yes["custom_id"])
+            assert await env.tasks() == 0
 
 
 async def test_a_thread_the_bot_was_not_told_of_is_still_its_channels(env: Env) -> None:
