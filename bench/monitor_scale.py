@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from assistant.orchestrator import Orchestrator
 from assistant.watch.sources import proc_stat
 from bench.harness import NullChannel
-from bench.runs import AlwaysRunning, settings_for
+from bench.runs import settings_for
 from storage.timestamps import to_iso
+from tests.support.still_running import StillRunning
 
 SLEEPERS = 10  # real processes the N pid watches point at, round robin
 TARGET_MS = 50.0
@@ -56,7 +57,7 @@ async def measure(n: int, passes: int) -> tuple[float, float, float, float]:
         sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(SLEEPERS)]  # noqa: ASYNC220
         try:
             async with Orchestrator(
-                settings, channels=[NullChannel()], runner=AlwaysRunning()
+                settings, channels=[NullChannel()], runner=StillRunning()
             ) as orch:
                 s = orch.services
                 await s.monitor.aclose()  # the bench drives both passes itself

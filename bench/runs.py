@@ -27,53 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from assistant.config import Settings
 from assistant.orchestrator import Orchestrator
 from assistant.runs.process_runner import ProcessRunner
-from assistant.runs.runner import (
-    Capabilities,
-    HostPaths,
-    LaunchRequest,
-    RunHandle,
-    RunnerKind,
-    RunnerState,
-)
 from bench.harness import NullChannel, started_at
-
-
-class AlwaysRunning:
-    """A `Runner` whose one run never ends: the monitor only reads its events."""
-
-    kind: RunnerKind = "process"
-    capabilities = Capabilities(paths=HostPaths())
-
-    @property
-    def description(self) -> str:
-        return "bench"
-
-    async def launch(self, request: LaunchRequest) -> RunHandle:
-        return RunHandle("process", "1", request.run_id)
-
-    async def state(self, handle: RunHandle) -> RunnerState:
-        return RunnerState(running=True)
-
-    async def signal_stop(self, handle: RunHandle) -> None:
-        return None
-
-    async def kill(self, handle: RunHandle) -> None:
-        return None
-
-    async def logs_tail(self, handle: RunHandle, lines: int) -> str:
-        return ""
-
-    async def list_managed(self) -> list[RunHandle]:
-        return []
-
-    async def remove(self, handle: RunHandle) -> None:
-        return None
-
-    async def ping(self, timeout_s: float) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
+from tests.support.still_running import StillRunning
 
 
 def settings_for(home: Path, runner: str) -> Settings:
@@ -137,7 +92,7 @@ async def launch_latency(kind: str, n: int) -> None:
 async def monitor_overhead(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(Path(tmp), "process")
-        async with Orchestrator(settings, channels=[NullChannel()], runner=AlwaysRunning()) as orch:
+        async with Orchestrator(settings, channels=[NullChannel()], runner=StillRunning()) as orch:
             reply = await orch.handle_command(
                 "tg:1", "bench", "/run train gpt steps=1000000", source="bench"
             )

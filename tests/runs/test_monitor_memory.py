@@ -21,56 +21,11 @@ from assistant.config import Settings
 from assistant.jobs import protocol
 from assistant.orchestrator import Orchestrator
 from assistant.runs.events import MAX_READ
-from assistant.runs.runner import (
-    Capabilities,
-    HostPaths,
-    LaunchRequest,
-    RunHandle,
-    RunnerKind,
-    RunnerState,
-)
 from assistant.services import Services
 from storage.runs import RunRecord
 from storage.timestamps import to_iso
 from tests.support.recording import RecordingChannel
-
-
-class StillRunning:
-    """A `Runner` whose runs never end: what is under test is the monitor's reading."""
-
-    kind: RunnerKind = "process"
-    capabilities = Capabilities(paths=HostPaths())
-
-    @property
-    def description(self) -> str:
-        return "still running"
-
-    async def launch(self, request: LaunchRequest) -> RunHandle:
-        return RunHandle("process", "1", request.run_id)
-
-    async def state(self, handle: RunHandle) -> RunnerState:
-        return RunnerState(running=True)
-
-    async def signal_stop(self, handle: RunHandle) -> None:
-        return None
-
-    async def kill(self, handle: RunHandle) -> None:
-        return None
-
-    async def logs_tail(self, handle: RunHandle, lines: int) -> str:
-        return ""
-
-    async def list_managed(self) -> list[RunHandle]:
-        return []
-
-    async def remove(self, handle: RunHandle) -> None:
-        return None
-
-    async def ping(self, timeout_s: float) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
+from tests.support.still_running import StillRunning
 
 
 def progress(step: int) -> str:
