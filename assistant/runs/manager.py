@@ -73,6 +73,7 @@ class RunManager:
         self.engine = EngineWatch()  # shared with the monitor: one view of the engine
         self.engine_name = {"docker": "Docker", "slurm": "Slurm"}.get(runner.kind, runner.kind)
         # signals keep a view per pool host (a silent host holds back only its own runs)
+        hosts = runner.capabilities.hosts
         self.signals = Signals(
             repo,
             runner,
@@ -81,6 +82,7 @@ class RunManager:
             EngineWatches(self.engine),
             self.engine_name,
             settings.stop_grace_s,
+            silent=None if hosts is None else (lambda run: hosts.unknown(run) is not None),
         )
         self._recheck = True  # look for containers of queued runs before launching them
         self._waiting: dict[str, tuple[int, int]] = {}  # run -> (outage, its wait event)

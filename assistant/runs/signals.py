@@ -11,12 +11,15 @@ said. A run still alive `grace_s` after its signal was delivered is killed.
 Whether the engine answers is kept per host (`EngineWatches`, keyed by the run's `host`):
 in a pool, a stop that finds one host silent holds back only that host's runs, and is
 delivered as soon as the pool sees the host answer (`host_back`), not when a backoff
-shared with every host next allows.
+shared with every host next allows. While the pool sees a host silent, the monitor does
+not try it at all: a call to a silent ssh host costs its whole timeout, and the pool's
+own probe is what hears it first.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from assistant.clock import Clock
 from assistant.observability import EventLog
@@ -46,6 +49,7 @@ class Signals:
         engines: EngineWatches,
         engine_name: str,
         grace_s: float,
+        silent: Callable[[RunRecord], bool] | None = None,
     ) -> None:
         self._repo = repo
         self._runner = runner
@@ -54,6 +58,8 @@ class Signals:
         self.engines = engines
         self._engine_name = engine_name
         self._grace_s = grace_s
+        # whether the pool sees the run's host silent: its stop then waits for `host_back`
+        self._silent = silent or (lambda run: False)
         self._asked: dict[str, int] = {}  # run -> the event its attempts go under
 
     async def ask(self, run: RunRecord, wanted: str, event: int | None) -> RunRecord:
@@ -100,6 +106,8 @@ class Signals:
         """
         for run in runs:
             if run.state not in HALTING or not self.engines.of(run.host).due():
+                continue
+            if self._silent(run):  # the pool's probe hears it first, then `host_back`
                 continue
             if pending(run):
                 await self.deliver(run)
