@@ -113,7 +113,7 @@ async def test_a_run_waits_with_slurms_reason_then_pauses_resumes_and_stops(
     async def reason() -> int:
         return int(orch.services.monitor.waiting.get(small) == "Resources")
 
-    await wait_until(reason, 1, timeout=30)
+    await wait_until(reason, 1, timeout=120)
     listing = await _said(channel, "/runs")
     assert f"{small} gpt starting" in listing and "waiting: Resources" in listing, listing
     status = await _said(channel, "/status")
