@@ -41,7 +41,7 @@ from assistant.watch.sources import proc_stat
 from bench.harness import NullChannel
 from bench.runs import settings_for
 from storage.timestamps import to_iso
-from tests.support.still_running import StillRunning
+from tests.support.still_running import StillRunning, running_run
 
 SLEEPERS = 10  # real processes the N pid watches point at, round robin
 TARGET_MS = 50.0
@@ -66,25 +66,7 @@ async def measure(n: int, passes: int) -> tuple[float, float, float, float]:
                 now = to_iso(s.clock.now())
                 run_dirs = []
                 for _ in range(n):
-                    run = await s.runs.repo.create(
-                        kind="train",
-                        recipe="gpt",
-                        params={},
-                        image="bench",
-                        gpus_wanted=0,
-                        nproc=1,
-                        memory_mb=None,
-                        cpus=None,
-                        chat_id="tg:1",
-                        total=None,
-                        now=now,
-                        state="running",
-                    )
-                    await s.runs.repo.update(
-                        run.id, runner="process", handle="1", started_at=now, last_beat_at=now
-                    )
-                    run_dir = s.runs.run_dir(run.id)
-                    run_dir.mkdir(parents=True)
+                    _, run_dir = await running_run(s, image="bench", beat=True)
                     (run_dir / "events.jsonl").write_text(_progress(0) + "\n")
                     run_dirs.append(run_dir)
                 await s.monitor.poll()  # the first lines, read once

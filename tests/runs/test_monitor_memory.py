@@ -25,7 +25,7 @@ from assistant.services import Services
 from storage.runs import RunRecord
 from storage.timestamps import to_iso
 from tests.support.recording import RecordingChannel
-from tests.support.still_running import StillRunning
+from tests.support.still_running import StillRunning, running_run
 
 
 def progress(step: int) -> str:
@@ -50,24 +50,7 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
 
 async def running(s: Services, lines: str = "") -> tuple[RunRecord, Path]:
     """A run in state running with its run dir and events.jsonl, made through the repo."""
-    now = to_iso(s.clock.now())
-    run = await s.runs.repo.create(
-        kind="train",
-        recipe="gpt",
-        params={},
-        image="img",
-        gpus_wanted=0,
-        nproc=1,
-        memory_mb=None,
-        cpus=None,
-        chat_id="tg:1",
-        total=None,
-        now=now,
-        state="running",
-    )
-    await s.runs.repo.update(run.id, runner="process", handle="1", started_at=now)
-    run_dir = s.runs.run_dir(run.id)
-    run_dir.mkdir(parents=True)
+    run, run_dir = await running_run(s)
     events = run_dir / protocol.EVENTS
     events.write_text(lines)
     return run, events

@@ -4,6 +4,8 @@ bench/runs.py and bench/monitor_scale.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from assistant.runs.runner import (
     Capabilities,
     HostPaths,
@@ -12,6 +14,9 @@ from assistant.runs.runner import (
     RunnerKind,
     RunnerState,
 )
+from assistant.services import Services
+from storage.runs import RunRecord
+from storage.timestamps import to_iso
 
 
 class StillRunning:
@@ -50,3 +55,30 @@ class StillRunning:
 
     async def aclose(self) -> None:
         return None
+
+
+async def running_run(
+    services: Services, image: str = "img", beat: bool = False
+) -> tuple[RunRecord, Path]:
+    """A run made through the repo in state running, as StillRunning launched it (`beat`:
+    with a heartbeat now), and its run dir, made empty."""
+    now = to_iso(services.clock.now())
+    run = await services.runs.repo.create(
+        kind="train",
+        recipe="gpt",
+        params={},
+        image=image,
+        gpus_wanted=0,
+        nproc=1,
+        memory_mb=None,
+        cpus=None,
+        chat_id="tg:1",
+        total=None,
+        now=now,
+        state="running",
+    )
+    beats = {"last_beat_at": now} if beat else {}
+    await services.runs.repo.update(run.id, runner="process", handle="1", started_at=now, **beats)
+    run_dir = services.runs.run_dir(run.id)
+    run_dir.mkdir(parents=True)
+    return run, run_dir
